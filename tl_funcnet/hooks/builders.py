@@ -1,0 +1,99 @@
+"""Builders: small functions named for their effect that return one-hook :class:`Intervention` values.
+
+Builders never touch a model; only :meth:`Intervention.applied` and TransformerLens's ``run_with_hooks``
+do. Sites are TransformerLens hook names, verbatim.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, MutableMapping, Sequence
+
+from jaxtyping import Float
+from torch import Tensor
+
+from .intervention import Hook, Intervention
+from .ops import PosSpec, UnitSpec
+
+
+def _one(site: str, op: str, **params: Any) -> Intervention:
+    return Intervention((Hook(site, op, {k: v for k, v in params.items() if v is not None}),))
+
+
+def steer(site: str, vector: Float[Tensor, "*trailing"], *, scale: float = 1.0, pos: PosSpec = None) -> Intervention:
+    """Add ``scale * vector`` to the activation at ``site`` (all positions by default)."""
+    return _one(site, "add", vector=vector, scale=scale, pos=pos)
+
+
+def add(site: str, value: float | Tensor, *, units: UnitSpec = None, pos: PosSpec = None) -> Intervention:
+    """Add a constant (or per-unit tensor) to the selected units."""
+    return _one(site, "add", vector=value, units=units, pos=pos)
+
+
+def scale(site: str, factor: float | Tensor, *, units: UnitSpec = None, pos: PosSpec = None) -> Intervention:
+    """Multiply the selected units by ``factor``."""
+    return _one(site, "scale", factor=factor, units=units, pos=pos)
+
+
+def ablate(site: str, units: UnitSpec = None, *, mode: str = "zero", values: Tensor | float | None = None,
+           pos: PosSpec = None) -> Intervention:
+    """Zero-, mean- (``values`` = the mean activation) or constant-ablate the selected units or heads.
+
+    ``units`` index neurons on ``(batch, pos, d)`` sites and heads on per-head sites like ``attn.hook_z``.
+    ``units=None`` ablates the whole activation.
+    """
+    return _one(site, "ablate", units=units, mode=mode, values=values, pos=pos)
+
+
+def keep_only(site: str, units: UnitSpec, *, mode: str = "zero", values: Tensor | float | None = None,
+              pos: PosSpec = None) -> Intervention:
+    """Ablate every unit (or head) except ``units``."""
+    return _one(site, "keep_only", units=units, mode=mode, values=values, pos=pos)
+
+
+def patch(site: str, activation: Float[Tensor, "*batch pos ..."], *, units: UnitSpec = None,
+          pos: PosSpec = None) -> Intervention:
+    """Replace the activation (optionally only some units / positions) with a stored one."""
+    return _one(site, "replace", activation=activation, units=units, pos=pos)
+
+
+def project_out(site: str, directions: Float[Tensor, "*k d"], *, pos: PosSpec = None) -> Intervention:
+    """Remove the activation's component in the span of ``directions``."""
+    return _one(site, "project_out", directions=directions, pos=pos)
+
+
+def project_onto(site: str, directions: Float[Tensor, "*k d"], *, pos: PosSpec = None) -> Intervention:
+    """Keep only the activation's component in the span of ``directions``."""
+    return _one(site, "project_onto", directions=directions, pos=pos)
+
+
+def clamp(site: str, *, min: float | Tensor | None = None, max: float | Tensor | None = None,  # noqa: A002
+          units: UnitSpec = None, pos: PosSpec = None) -> Intervention:
+    """Clamp the selected units into ``[min, max]``."""
+    return _one(site, "clamp", min=min, max=max, units=units, pos=pos)
+
+
+def capture(sites: str | Sequence[str], store: MutableMapping[str, Any], *, append: bool = False,
+            detach: bool = True) -> Intervention:
+    """Copy activations at ``sites`` into ``store`` (a dict the caller owns), keyed by site.
+
+    ``append=True`` keeps a list per site across forward passes. Capture only reads, so it joins any
+    intervention with ``|``. It holds a Python object and so cannot be saved.
+    """
+    names = [sites] if isinstance(sites, str) else list(sites)
+    return Intervention(tuple(Hook(s, "capture", {"store": store, "key": s, "append": append, "detach": detach})
+                              for s in names))
+
+
+def capture_grad(sites: str | Sequence[str], store: MutableMapping[str, Any]) -> Intervention:
+    """Copy the gradient reaching each site during ``backward()`` into ``store`` (a backward hook)."""
+    names = [sites] if isinstance(sites, str) else list(sites)
+    return Intervention(tuple(Hook(s, "capture_grad", {"store": store, "key": s}) for s in names))
+
+
+def custom(site: str, fn: Callable[..., Any]) -> Intervention:
+    """Wrap an arbitrary TransformerLens hook function ``fn(activation, hook)`` (not serializable)."""
+    return Intervention((Hook.custom(site, fn),))
+
+
+__all__ = ["steer", "add", "scale", "ablate", "keep_only", "patch", "project_out", "project_onto", "clamp",
+           "capture", "capture_grad", "custom"]

@@ -1,0 +1,116 @@
+"""What a model's hook sites look like: validation of names and of the widths an op expects.
+
+The model is duck-typed: anything with a ``hook_dict`` mapping hook names to hook points and a ``hooks()``
+context manager (``HookedTransformer``, ``HookedEncoder``, ``HookedSAETransformer``) is accepted.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any, Iterable
+
+from ..errors import FuncnetError, UnknownSiteError
+
+_LAYER = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+#: Hook-name suffixes and the trailing shape of their activations, from the model's config.
+#: ``None`` entries are resolved per layer (MLP widths may differ per layer after pruning).
+_TRAILING_SHAPES: dict[str, str] = {
+    "hook_resid_pre": "d_model",
+    "hook_resid_mid": "d_model",
+    "hook_resid_post": "d_model",
+    "hook_attn_out": "d_model",
+    "hook_mlp_out": "d_model",
+    "hook_mlp_in": "d_model",
+    "hook_attn_in": "d_model",
+    "ln1.hook_normalized": "d_model",
+    "ln2.hook_normalized": "d_model",
+    "mlp.hook_pre": "d_mlp",
+    "mlp.hook_pre_linear": "d_mlp",
+    "mlp.hook_post": "d_mlp",
+    "attn.hook_z": "heads",
+    "attn.hook_q": "heads",
+    "attn.hook_result": "heads",
+    "attn.hook_rot_q": "heads",
+    "attn.hook_k": "kv_heads",
+    "attn.hook_v": "kv_heads",
+    "attn.hook_rot_k": "kv_heads",
+}
+_GLOBAL_SHAPES = {"hook_embed": "d_model", "hook_pos_embed": "d_model", "ln_final.hook_normalized": "d_model"}
+
+
+def require_hooked(model: Any) -> None:
+    """Raise unless ``model`` offers the TransformerLens hook surface (``hook_dict`` and ``hooks()``)."""
+    if not (hasattr(model, "hook_dict") and hasattr(model, "hooks")):
+        raise FuncnetError(
+            f"expected a TransformerLens hooked model (HookedTransformer, HookedEncoder or "
+            f"HookedSAETransformer), got {type(model).__name__}; load one with tl_funcnet.models.load(...)"
+        )
+
+
+def check_sites(model: Any, sites: Iterable[str]) -> None:
+    """Raise :class:`UnknownSiteError` for the first site the model lacks, with the closest valid names."""
+    require_hooked(model)
+    names = model.hook_dict
+    for site in sites:
+        if site in names:
+            continue
+        close = difflib.get_close_matches(site, list(names), n=3, cutoff=0.6)
+        hint = f" Did you mean {close}?" if close else ""
+        raise UnknownSiteError(
+            f"{site!r} is not a hook point of {type(model).__name__} "
+            f"({len(names)} hook points, e.g. 'blocks.0.hook_resid_post').{hint}"
+        )
+
+
+def site_layer(site: str) -> int | None:
+    """The block index of a ``blocks.{layer}.…`` site, else ``None``."""
+    m = _LAYER.match(site)
+    return int(m.group(1)) if m else None
+
+
+def _mlp_width(model: Any, layer: int) -> int | None:
+    try:
+        mlp = model.blocks[layer].mlp
+        return int(mlp.W_out.shape[0])
+    except (AttributeError, IndexError, TypeError):
+        cfg = getattr(model, "cfg", None)
+        return getattr(cfg, "d_mlp", None)
+
+
+def site_shape(model: Any, site: str) -> tuple[int, ...] | None:
+    """Trailing activation shape at ``site`` (after batch and pos), or ``None`` where it is not known.
+
+    ``(d_model,)`` for residual sites, ``(d_mlp,)`` for MLP neurons (per layer), ``(n_heads, d_head)``
+    for per-head attention sites.
+    """
+    cfg = getattr(model, "cfg", None)
+    if cfg is None:
+        return None
+    m = _LAYER.match(site)
+    kind = _GLOBAL_SHAPES.get(site) if m is None else _TRAILING_SHAPES.get(m.group(2))
+    if kind is None:
+        return None
+    if kind == "d_model":
+        return (int(cfg.d_model),)
+    if kind == "d_mlp":
+        width = _mlp_width(model, int(m.group(1))) if m else None
+        return (width,) if width else None
+    if kind == "heads":
+        return (int(cfg.n_heads), int(cfg.d_head))
+    if kind == "kv_heads":
+        n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
+        return (int(n_kv), int(cfg.d_head))
+    return None
+
+
+def unit_count(model: Any, site: str) -> int | None:
+    """Number of units an index refers to at ``site``: the last dim, or the head count on per-head sites."""
+    shape = site_shape(model, site)
+    if shape is None:
+        return None
+    return shape[0]
+
+
+__all__ = ["check_sites", "require_hooked", "site_layer", "site_shape", "unit_count"]
