@@ -167,6 +167,9 @@ def test_works_on_hooked_encoder(tokens):
     cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=4, d_head=4, d_mlp=32, d_vocab=50, n_ctx=12,
                                   act_fn="gelu", attention_dir="bidirectional", seed=0)
     enc = guard(HookedEncoder(cfg).eval())
+    with torch.no_grad():  # HookedEncoder leaves its weights at zero until loaded
+        for p in enc.parameters():
+            p.normal_(0.0, 0.2)
     site = "blocks.1.hook_resid_post"  # the random MLM head is zero-initialized, so compare hidden states
     base = captured(enc, tokens, ablate(POST, units=[]), site)
     out = captured(enc, tokens, ablate(POST, units=[1, 2]), site)
