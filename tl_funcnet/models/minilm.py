@@ -107,6 +107,7 @@ def load_minilm(
     if missing or unexpected:
         raise FormatError(f"{folder / 'model.safetensors'}: weights do not fit HookedEncoder "
                           f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
-    model.to(device)
+    if torch.device(device).type != "cpu":
+        model.to(device)
     model.eval()
     return model

@@ -1,0 +1,130 @@
+"""Collected activations: per-site token matrices with token ids and sequence boundaries."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from .._io import atomic_dir
+from ..errors import FormatError, FuncnetError
+
+_FORMAT = "tl_funcnet.activations"
+_VERSION = 1
+
+
+class Activations:
+    """Activations at several sites over a corpus: row ``t`` of every matrix is the same token.
+
+    Attributes:
+        sites: site names in collection order.
+        token_ids: ``(n_samples,)`` token id of each row.
+        offsets: ``(n_seq + 1,)`` row boundaries; sequence ``i`` is rows ``offsets[i]:offsets[i+1]``.
+    """
+
+    def __init__(self, data: Mapping[str, Tensor | np.ndarray], token_ids: Int[Tensor, "n_samples"],
+                 offsets: Int[Tensor, "n_seq_plus_1"], sites: Sequence[str] | None = None,
+                 path: Path | None = None):
+        self._data = dict(data)
+        self.sites = tuple(sites) if sites is not None else tuple(self._data)
+        self.token_ids = token_ids
+        self.offsets = offsets
+        self.path = path
+
+    def __repr__(self) -> str:
+        where = f", on disk at {self.path}" if self.path else ""
+        return f"Activations({self.n_samples} tokens x {self.n_units} units over {len(self.sites)} sites{where})"
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def n_sequences(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def n_units(self) -> int:
+        return sum(self.width(s) for s in self.sites)
+
+    def width(self, site: str) -> int:
+        return int(self._data[site].shape[1])
+
+    def __getitem__(self, site: str) -> Float[Tensor, "n_samples n_units"]:
+        if site not in self._data:
+            raise FuncnetError(f"{site!r} was not collected; collected sites: {list(self.sites)}")
+        x = self._data[site]
+        return torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x
+
+    def matrix(self, sites: Sequence[str] | None = None,
+               dtype: torch.dtype | None = None) -> Float[Tensor, "n_samples n_units"]:
+        """Sites concatenated along units (in the given order, default collection order)."""
+        sites = self.sites if sites is None else tuple(sites)
+        parts = [self[s] for s in sites]
+        out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0].clone()
+        return out if dtype is None else out.to(dtype)
+
+    def unit_slices(self, sites: Sequence[str] | None = None) -> dict[str, slice]:
+        """Column range of each site inside :meth:`matrix`."""
+        sites = self.sites if sites is None else tuple(sites)
+        out, start = {}, 0
+        for s in sites:
+            out[s] = slice(start, start + self.width(s))
+            start += self.width(s)
+        return out
+
+    def sequence_rows(self, i: int) -> slice:
+        return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write a directory (``.npy`` per site, tokens, manifest) atomically."""
+        target = Path(path)
+        with atomic_dir(target) as tmp:
+            files = {}
+            for i, s in enumerate(self.sites):
+                files[s] = f"site_{i:03d}.npy"
+                np.save(tmp / files[s], self[s].numpy())
+            torch.save({"token_ids": self.token_ids, "offsets": self.offsets}, tmp / "tokens.pt")
+            (tmp / "manifest.json").write_text(json.dumps({
+                "format": _FORMAT, "version": _VERSION, "sites": list(self.sites), "files": files,
+                "n_tokens": self.n_samples, "dtype": str(self[self.sites[0]].numpy().dtype),
+            }, indent=2))
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, mmap: bool = True) -> "Activations":
+        """Open a store written by :meth:`save` or by a streaming collection (memory-mapped by default)."""
+        root = Path(path)
+        manifest = root / "manifest.json"
+        if not manifest.is_file():
+            partial = root.with_name(root.name + ".partial")
+            hint = f"; an interrupted collection is at {partial}: rerun it to resume" if partial.exists() else ""
+            raise FormatError(f"{manifest} is missing: {root} is not a finished activation store{hint}")
+        try:
+            meta = json.loads(manifest.read_text())
+        except json.JSONDecodeError as err:
+            raise FormatError(f"{manifest} is corrupt ({err})") from None
+        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
+            raise FormatError(f"{root} is not a version-{_VERSION} tl_funcnet activation store "
+                              f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
+        tok = torch.load(root / "tokens.pt", weights_only=True)
+        data = {}
+        for s in meta["sites"]:
+            try:
+                arr = np.load(root / meta["files"][s], mmap_mode="c" if mmap else None)
+            except (OSError, ValueError) as err:
+                raise FormatError(f"{root / meta['files'][s]} could not be read ({err})") from None
+            if arr.shape[0] != meta["n_tokens"]:
+                raise FormatError(f"{meta['files'][s]} has {arr.shape[0]} rows, the manifest says {meta['n_tokens']}")
+            data[s] = arr
+        return cls(data, tok["token_ids"], tok["offsets"], meta["sites"], path=root)
+
+
+_ = Any
+__all__ = ["Activations"]

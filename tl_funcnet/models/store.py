@@ -1,0 +1,230 @@
+"""Save a processed TransformerLens model to a directory and load it back without re-processing.
+
+Layout of a saved directory::
+
+    config.json        {"format": "tl_funcnet.model", "version": 1, "class": ..., "config": {...},
+                        "d_mlp_per_layer": [...] (only when the widths differ from config.d_mlp),
+                        "tokenizer": "tokenizer" | null}
+    model.safetensors  the parameters (already processed: loading never folds or centres again)
+    tokenizer/         the tokenizer's save_pretrained output, when the model has one
+
+Buffers (causal masks, rotary tables) are not stored; the model rebuilds them from the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._io import atomic_dir
+from ..errors import FormatError, FuncnetError
+from ._hf import offline_transformers
+
+FORMAT = "tl_funcnet.model"
+VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TOKENIZER_DIR = "tokenizer"
+_MLP_WIDTH_PARAMS = ("W_in", "W_gate", "b_in", "W_out")
+
+
+def _classes() -> dict[str, type]:
+    from transformer_lens import HookedEncoder, HookedTransformer
+
+    return {"HookedTransformer": HookedTransformer, "HookedEncoder": HookedEncoder}
+
+
+def _class_name(model: Any) -> str:
+    for name, cls in _classes().items():
+        if isinstance(model, cls):
+            return name
+    raise FuncnetError(f"save() got a {type(model).__name__}; expected a HookedTransformer or HookedEncoder")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    if isinstance(value, torch.device):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value
+
+
+def mlp_widths(model: Any) -> list[int] | None:
+    """Per-layer MLP width (``W_in.shape[-1]``), or ``None`` for attention-only models."""
+    widths = []
+    for block in getattr(model, "blocks", []):
+        mlp = getattr(block, "mlp", None)
+        if mlp is None or not hasattr(mlp, "W_in"):
+            return None
+        widths.append(int(mlp.W_in.shape[-1]))
+    return widths
+
+
+def save(model: Any, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
+    """Write ``model`` (processed weights, config, tokenizer) to the directory ``path``, atomically."""
+    from safetensors.torch import save_file
+
+    class_name = _class_name(model)
+    cfg = _jsonable(model.cfg.to_dict())
+    header: dict[str, Any] = {"format": FORMAT, "version": VERSION, "class": class_name, "config": cfg}
+    widths = mlp_widths(model)
+    if widths is not None and any(w != model.cfg.d_mlp for w in widths):
+        header["d_mlp_per_layer"] = widths
+    tokenizer = getattr(model, "tokenizer", None)
+    header["tokenizer"] = TOKENIZER_DIR if tokenizer is not None else None
+    try:
+        text = json.dumps(header, indent=2) + "\n"
+    except TypeError as e:
+        raise FuncnetError(f"save(): the model config holds a value JSON cannot store ({e})") from None
+    # clone: parameters may share storage, which safetensors refuses
+    tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.named_parameters()}
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "tl_funcnet": FORMAT})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        (tmp / CONFIG_FILE).write_text(text)
+    return Path(path)
+
+
+def is_saved_model(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a directory holding a ``config.json`` of this format."""
+    try:
+        header = json.loads((Path(path) / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(header, dict) and header.get("format") == FORMAT
+
+
+def _read_header(folder: Path) -> dict[str, Any]:
+    file = folder / CONFIG_FILE
+    if not folder.is_dir():
+        raise FormatError(f"{folder} is not a directory; expected a directory written by tl_funcnet.models.save")
+    try:
+        header = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise FormatError(f"{file} is missing; {folder} was not written by tl_funcnet.models.save "
+                          "(or the save was interrupted); save the model again") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise FormatError(f"{file} is not valid JSON ({e}); the file is corrupt, save the model again") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        got = header.get("format") if isinstance(header, dict) else type(header).__name__
+        raise FormatError(f"{file} has format {got!r}; expected {FORMAT!r} (a directory written by "
+                          "tl_funcnet.models.save)")
+    if header.get("version") != VERSION:
+        raise FormatError(f"{file} has version {header.get('version')!r}; this tl_funcnet reads version "
+                          f"{VERSION}; upgrade tl_funcnet or save the model again with this version")
+    if header.get("class") not in _classes():
+        raise FormatError(f"{file} names class {header.get('class')!r}; expected one of {list(_classes())}")
+    if not isinstance(header.get("config"), dict):
+        raise FormatError(f"{file} lacks a 'config' object")
+    return header
+
+
+def _build_config(file: Path, raw: dict[str, Any], device: str, dtype: torch.dtype | str | None) -> Any:
+    from transformer_lens import HookedTransformerConfig
+
+    fields = {f.name for f in dataclasses.fields(HookedTransformerConfig)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise FormatError(f"{file}: config has fields {unknown} that this TransformerLens does not know; "
+                          "load it with the TransformerLens version that saved it")
+    kw = dict(raw)
+    saved_dtype = kw.get("dtype", "float32")
+    dt = dtype if dtype is not None else saved_dtype
+    if isinstance(dt, str):
+        dt = getattr(torch, dt.removeprefix("torch."), None)
+        if not isinstance(dt, torch.dtype):
+            raise FormatError(f"{file}: dtype {saved_dtype!r} is not a torch dtype")
+    kw.update(dtype=dt, device=str(device), init_weights=False, seed=None)
+    try:
+        cfg = HookedTransformerConfig(**kw)
+    except (TypeError, ValueError, AssertionError) as e:
+        raise FormatError(f"{file}: the config is invalid ({e})") from None
+    return cfg
+
+
+def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise FormatError(f"{file} is missing; the saved model is incomplete, save it again")
+    try:
+        return load_file(str(file))
+    except Exception as e:  # safetensors raises its own SafetensorError on a corrupt header or short file
+        raise FormatError(f"{file} is corrupt or truncated ({type(e).__name__}: {e}); save the model again") from None
+
+
+def _resize_mlps(model: Any, widths: list[int], file: Path) -> None:
+    """Give block ``l``'s MLP parameters width ``widths[l]`` (TransformerLens allocates cfg.d_mlp)."""
+    if len(widths) != len(model.blocks):
+        raise FormatError(f"{file}: d_mlp_per_layer has {len(widths)} entries for {len(model.blocks)} layers")
+    for block, width in zip(model.blocks, widths):
+        if not isinstance(width, int) or width < 1:
+            raise FormatError(f"{file}: d_mlp_per_layer holds {width!r}; expected positive integers")
+        for name in _MLP_WIDTH_PARAMS:
+            old = getattr(block.mlp, name, None)
+            if not isinstance(old, torch.nn.Parameter):
+                continue
+            shape = list(old.shape)
+            shape[0 if name in ("W_out", "b_in") else -1] = width  # W_in/W_gate: [d_model, d_mlp]
+            setattr(block.mlp, name, torch.nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device)))
+
+
+def _check_weights(model: Any, tensors: dict[str, torch.Tensor], weights: Path, config: Path) -> None:
+    params = dict(model.named_parameters())
+    missing = sorted(set(params) - set(tensors))
+    unexpected = sorted(set(tensors) - set(params))
+    bad = [f"{k}: weights {list(tensors[k].shape)}, config implies {list(p.shape)}"
+           for k, p in params.items() if k in tensors and tensors[k].shape != p.shape]
+    if missing or unexpected or bad:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if bad:
+            parts.append("shape mismatch " + "; ".join(bad[:5]) + (" ..." if len(bad) > 5 else ""))
+        raise FormatError(f"{weights} does not fit the model described by {config}: {', '.join(parts)}; "
+                          "the two files come from different saves, save the model again")
+
+
+def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
+         dtype: torch.dtype | str | None = None) -> Any:
+    """Load a model written by :func:`save`; ``dtype=None`` keeps the saved dtype."""
+    folder = Path(path)
+    header = _read_header(folder)
+    config_file = folder / CONFIG_FILE
+    cfg = _build_config(config_file, header["config"], str(device), dtype)
+    tensors = _read_weights(folder / WEIGHTS_FILE)
+    tokenizer = None
+    if header.get("tokenizer"):
+        tok_dir = folder / str(header["tokenizer"])
+        try:
+            tokenizer = offline_transformers().AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+        except (OSError, ValueError) as e:
+            raise FormatError(f"{tok_dir}: cannot load the saved tokenizer ({e}); save the model again") from None
+    cls = _classes()[header["class"]]
+    tokenizer_name, cfg.tokenizer_name = cfg.tokenizer_name, None  # never fetch a tokenizer by name
+    model = cls(cfg, tokenizer, move_to_device=False)
+    # restore what was switched off for construction: no hub lookup, no random init, no global reseed
+    model.cfg.tokenizer_name = tokenizer_name
+    model.cfg.init_weights = header["config"].get("init_weights", cfg.init_weights)
+    model.cfg.seed = header["config"].get("seed")
+    widths = header.get("d_mlp_per_layer")
+    if widths is not None:
+        _resize_mlps(model, list(widths), config_file)
+    _check_weights(model, tensors, folder / WEIGHTS_FILE, config_file)
+    model.load_state_dict(tensors, strict=False)
+    if torch.device(device).type != "cpu":
+        model.to(device)
+    model.eval()
+    return model
