@@ -32,7 +32,9 @@ _SOLVERS = ("auto", "gram", "randomized", "svd")
 
 
 # --------------------------------------------------------------------------- input helpers
-def as_matrix(X: Any, *, dtype: torch.dtype, device: str | torch.device, who: str) -> tuple[Tensor, bool]:
+def as_matrix(
+    X: Any, *, dtype: torch.dtype, device: str | torch.device, who: str, check: bool = True
+) -> tuple[Tensor, bool]:
     """Return ``X`` as a 2-D finite tensor of ``dtype`` on ``device`` and whether it came from numpy."""
     is_numpy = isinstance(X, np.ndarray)
     if is_numpy:
@@ -52,13 +54,25 @@ def as_matrix(X: Any, *, dtype: torch.dtype, device: str | torch.device, who: st
     if not (T.is_floating_point() or T.dtype in (torch.int8, torch.int16, torch.int32, torch.int64)):
         raise FuncnetError(f"{who}: X must hold real numbers, got dtype {T.dtype}.")
     T = T.to(device=device, dtype=dtype)
-    if not bool(torch.isfinite(T).all()):
-        n_bad = int((~torch.isfinite(T)).sum())
-        raise FuncnetError(
-            f"{who}: X contains {n_bad} NaN or infinite values; ICA needs finite data. "
-            "Drop or impute those entries (e.g. torch.nan_to_num) before fitting."
-        )
+    if check and not bool(T.sum().isfinite()):
+        check_finite_mean(T, T.mean(0), who)
     return T, is_numpy
+
+
+def check_finite_mean(T: Tensor, mean: Tensor, who: str) -> None:
+    """Raise on NaN/inf in ``T``; ``mean`` (its column mean) makes the common case one cheap test."""
+    if bool(mean.isfinite().all()):
+        return
+    bad = ~torch.isfinite(T)
+    if bool(bad.any()):
+        rows = bad.any(1).nonzero().flatten()[:5].tolist()
+        raise FuncnetError(
+            f"{who}: X contains {int(bad.sum())} NaN or infinite values (first rows {rows}); ICA needs "
+            "finite data. Drop or impute those entries (e.g. torch.nan_to_num) before fitting."
+        )
+    raise FuncnetError(
+        f"{who}: the column means of X overflow {T.dtype}; rescale X or fit in dtype=torch.float64."
+    )
 
 
 def _out(T: Tensor, as_numpy: bool) -> Tensor | np.ndarray:
@@ -74,8 +88,75 @@ def check_fitted(est: Any, attr: str) -> None:
 
 
 # --------------------------------------------------------------------------- top-k SVD
+class Affine:
+    """The matrix ``A = (X - 1 mean^T) / scale`` (columnwise) without forming it.
+
+    Products use ``X`` directly and correct for the mean afterwards; ``transposed=True`` stands for
+    ``A.T``. If the mean carries almost all of the energy of ``X`` (so the correction would cancel
+    badly in float), call :meth:`materialize` first.
+    """
+
+    def __init__(self, X: Tensor, mean: Tensor, scale: Tensor | None = None, transposed: bool = False):
+        self.X, self.mean, self.scale, self.transposed = X, mean, scale, transposed
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        n, f = self.X.shape
+        return (f, n) if self.transposed else (n, f)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.X.dtype
+
+    @property
+    def T(self) -> "Affine":
+        return Affine(self.X, self.mean, self.scale, not self.transposed)
+
+    def materialize(self) -> "Affine":
+        Xc = self.X - self.mean
+        if self.scale is not None:
+            Xc.div_(self.scale)
+        return Affine(Xc, torch.zeros_like(self.mean), None, self.transposed)
+
+    def _fwd(self, B: Tensor) -> Tensor:  # Xs @ B, B: (f, l)
+        if self.scale is not None:
+            B = B / self.scale[:, None]
+        return self.X @ B - self.mean @ B
+
+    def _bwd(self, Q: Tensor) -> Tensor:  # Xs^T @ Q, Q: (n, l)
+        out = self.X.T @ Q
+        out.sub_(self.mean[:, None] * Q.sum(0))
+        if self.scale is not None:
+            out.div_(self.scale[:, None])
+        return out
+
+    def __matmul__(self, B: Tensor) -> Tensor:
+        B = B.to(self.X.dtype)
+        return self._bwd(B) if self.transposed else self._fwd(B)
+
+    def gram(self) -> Tensor:
+        """``A @ A.T`` in float64 (formed by one product in the working dtype)."""
+        if self.transposed:
+            Xs = self.X if self.scale is None else self.X / self.scale
+            G = (Xs.T @ Xs).double()
+            m = (self.mean if self.scale is None else self.mean / self.scale).double()
+            return G - self.X.shape[0] * torch.outer(m, m)
+        Xs = self.X if self.scale is None else self.X / self.scale
+        m = self.mean if self.scale is None else self.mean / self.scale
+        G = (Xs @ Xs.T).double()
+        r = (Xs @ m).double()
+        c = float((m.double() ** 2).sum())
+        return G - r[:, None] - r[None, :] + c
+
+    def dense(self) -> Tensor:
+        Xc = self.X - self.mean
+        if self.scale is not None:
+            Xc = Xc / self.scale
+        return Xc.T if self.transposed else Xc
+
+
 def top_svd(
-    A: Float[Tensor, "m p"],
+    A: Affine,
     k: int,
     *,
     solver: str,
@@ -90,30 +171,40 @@ def top_svd(
     """
     m, p = A.shape
     if solver == "svd":
-        _, s, Vh = torch.linalg.svd(A.T.double() if A.dtype != torch.float64 else A.T, full_matrices=False)
+        D = A.dense().double()
+        _, s, Vh = torch.linalg.svd(D.T, full_matrices=False)
         V = Vh[:k].T.contiguous()
-        return V, s[:k].clone(), A.T @ V.to(A.dtype)
+        return V, s[:k].clone(), A.T @ V
     if solver == "gram":
-        G = (A @ A.T).double()
-        lam, E = torch.linalg.eigh(G)
+        lam, E = torch.linalg.eigh(A.gram())
         lam, E = lam.flip(0)[:k], E.flip(1)[:, :k].contiguous()
-        return E, lam.clamp_min(0).sqrt(), A.T @ E.to(A.dtype)
+        return E, lam.clamp_min(0).sqrt(), A.T @ E
     # randomized subspace iteration on G = A A^T, starting from the small (sample) side
     ell = min(m, k + oversample)
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    Q = torch.randn(m, ell, generator=gen, dtype=torch.float64)
+    Q = torch.randn(m, ell, generator=gen, dtype=torch.float64).to(A.X.device)
     for _ in range(n_power_iter):
-        Y = (A @ (A.T @ Q.to(A.dtype, copy=False).to(A.device))).double()
-        Q = torch.linalg.qr(Y).Q
-    Zq = A.T @ Q.to(A.dtype)
-    T = Zq.double().T @ Zq.double()  # Q^T G Q, Rayleigh-Ritz in float64
-    lam, E = torch.linalg.eigh(T)
+        Q = torch.linalg.qr((A @ (A.T @ Q)).double()).Q
+    Zq = A.T @ Q
+    Zd = Zq.double()
+    lam, E = torch.linalg.eigh(Zd.T @ Zd)  # Rayleigh-Ritz on Q^T G Q, in float64
     lam, E = lam.flip(0)[:k], E.flip(1)[:, :k]
-    return Q @ E, lam.clamp_min(0).sqrt(), Zq @ E.to(A.dtype)
+    return Q @ E, lam.clamp_min(0).sqrt(), Zq @ E.to(Zq.dtype)
+
+
+def center_op(X: Tensor, mean: Tensor, scale: Tensor | None = None) -> Affine:
+    """An :class:`Affine` for ``X``; materialized when the mean holds > 99% of the energy."""
+    n = X.shape[0]
+    m = mean if scale is None else mean / scale
+    total = float((torch.linalg.vector_norm(X if scale is None else X / scale) ** 2))
+    op = Affine(X, mean, scale)
+    if total > 0 and n * float((m.double() ** 2).sum()) > 0.99 * total:
+        op = op.materialize()
+    return op
 
 
 def whiten_subspace(
-    Xc: Float[Tensor, "n f"],
+    A: Affine,
     k: int,
     *,
     solver: str,
@@ -122,29 +213,31 @@ def whiten_subspace(
     seed: int,
     who: str,
 ) -> tuple[Float[Tensor, "n k"], Float[Tensor, " k"], Float[Tensor, "f k"]]:
-    """Top-k PCA of centred ``Xc`` as ``(Vs, s, u)``: sample scores, singular values, feature loadings.
+    """Top-k PCA of the centred data ``A`` as ``(Vs, s, u)``: sample scores, singular values, loadings.
 
     Signs follow scikit-learn's FastICA convention (the first feature's loading is positive).
-    ``Vs`` and ``s`` are float64, ``u`` is in ``Xc.dtype``.
+    ``Vs`` and ``s`` are float64, ``u`` is in ``A.dtype``.
     """
-    n, f = Xc.shape
+    n, f = A.shape
+    kw = dict(solver=solver, oversample=oversample, n_power_iter=n_power_iter, seed=seed)
     if n <= f:
-        V, s, Z = top_svd(Xc, k, solver=solver, oversample=oversample, n_power_iter=n_power_iter, seed=seed)
+        V, s, Z = top_svd(A, k, **kw)
         Vs, u = V, None
     else:
-        V, s, Z = top_svd(Xc.T, k, solver=solver, oversample=oversample, n_power_iter=n_power_iter, seed=seed)
-        Vs, u = None, V.to(Xc.dtype)
-    eps = torch.finfo(Xc.dtype).eps
-    tol = s[0] * max(n, f) * eps * (1.0 if solver == "svd" else 10.0) if s.numel() else 0.0
+        V, s, Z = top_svd(A.T, k, **kw)
+        Vs, u = None, V.to(A.dtype)
     if s.numel() == 0 or s[0] <= 0:
         raise FuncnetError(
             f"{who}: X is constant (every feature has zero variance over samples); ICA needs varying data. "
             "Check that the activations were recorded (not all zeros)."
         )
+    eps = torch.finfo(A.dtype).eps
+    # singular values below this are rounding noise (Gram-based solvers square the condition number)
+    tol = s[0] * (max(n, f) * eps if solver == "svd" else math.sqrt(max(n, f)) * eps ** 0.5 * 0.1)
     rank = int((s > tol).sum())
     if rank < k:
         raise FuncnetError(
-            f"{who}: n_components={k} exceeds the numerical rank of the centred data ({rank}); "
+            f"{who}: n_components={k} exceeds the numerical rank of the centred data (about {rank}); "
             f"pass n_components <= {rank} or add more (and more varied) samples."
         )
     if u is None:
@@ -388,7 +481,7 @@ class FastICA:
         return _out(S, as_np)
 
     def _fit(self, X: Any) -> tuple[Tensor, bool]:
-        T, as_np = as_matrix(X, dtype=self.dtype, device=self.device, who="FastICA.fit")
+        T, as_np = as_matrix(X, dtype=self.dtype, device=self.device, who="FastICA.fit", check=False)
         n, f = T.shape
         self._validate(n, f)
         k = int(self.n_components)
@@ -406,10 +499,10 @@ class FastICA:
         w_init = w_init.to(self.device)
 
         mean = T.mean(0)
-        Xc = T.sub_(mean) if T.data_ptr() != _ptr(X) else T - mean
+        check_finite_mean(T, mean, "FastICA.fit")
         solver = pick_solver(self.whiten_solver, n, f, k, self.oversample, self.n_power_iter)
         Vs, s, u = whiten_subspace(
-            Xc, k, solver=solver, oversample=self.oversample, n_power_iter=self.n_power_iter,
+            center_op(T, mean), k, solver=solver, oversample=self.oversample, n_power_iter=self.n_power_iter,
             seed=seed, who="FastICA.fit",
         )
         # whitened data: X1 = K Xc^T sqrt(n) = Vs^T sqrt(n); K = (u / s)^T
@@ -480,10 +573,3 @@ class FastICA:
             )
         return _out(T @ self.mixing_.T + self.mean_, as_np)
 
-
-def _ptr(X: Any) -> int:
-    if isinstance(X, np.ndarray):
-        return X.__array_interface__["data"][0]
-    if isinstance(X, Tensor):
-        return X.data_ptr()
-    return -1

@@ -219,6 +219,11 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
     model.cfg.tokenizer_name = tokenizer_name
     model.cfg.init_weights = header["config"].get("init_weights", cfg.init_weights)
     model.cfg.seed = header["config"].get("seed")
+    if tokenizer is not None:
+        # TransformerLens may swap in a re-loaded "with BOS" variant; keep the tokenizer exactly as saved
+        model.tokenizer = tokenizer
+        model.cfg.tokenizer_prepends_bos = header["config"].get("tokenizer_prepends_bos",
+                                                                model.cfg.tokenizer_prepends_bos)
     widths = header.get("d_mlp_per_layer")
     if widths is not None:
         _resize_mlps(model, list(widths), config_file)

@@ -1,0 +1,143 @@
+"""The ``tl-funcnet`` command line. Subcommands import their features lazily so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+Handler = Callable[[argparse.Namespace], int]
+_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, str]] = {}
+
+
+def command(name: str, help: str):  # noqa: A002
+    """Register a subcommand: the decorated function adds arguments and returns the handler."""
+
+    def deco(add_args: Callable[[argparse.ArgumentParser], Handler]):
+        def configure(p: argparse.ArgumentParser) -> None:
+            _COMMANDS[name] = (configure, add_args(p), help)
+
+        _COMMANDS[name] = (configure, lambda a: 0, help)
+        return add_args
+
+    return deco
+
+
+def emit(args: argparse.Namespace, payload: dict[str, Any], lines: Sequence[str]) -> None:
+    """Print one JSON object with ``--json``, else human-readable lines."""
+    if getattr(args, "json", False):
+        print(json.dumps(payload, default=_jsonable))
+    else:
+        for line in lines:
+            print(line)
+
+
+def _jsonable(x: Any) -> Any:
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            return x.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
+
+
+def _quiet_env() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+# ------------------------------------------------------------------------------------------- info
+
+
+@command("info", "versions, and the embedded models and whether they are installed")
+def _info(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def run(args: argparse.Namespace) -> int:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from .models._embedded import EMBEDDED, is_installed
+
+        versions = {}
+        for pkg in ("tl_funcnet", "torch", "transformer-lens", "sae-lens", "transformers", "scikit-learn", "numpy"):
+            try:
+                versions[pkg] = version(pkg)
+            except PackageNotFoundError:
+                versions[pkg] = None
+        models = {name: {"installed": is_installed(name), "description": str(spec)} for name, spec in EMBEDDED.items()}
+        lines = ["versions:"] + [f"  {k:18s} {v}" for k, v in versions.items()] + ["embedded models:"]
+        lines += [f"  {k:14s} {'installed' if v['installed'] else 'MISSING'}  {v['description']}" for k, v in models.items()]
+        emit(args, {"versions": versions, "models": models}, lines)
+        return 0
+
+    return run
+
+
+# ------------------------------------------------------------------------------------------- demo
+
+
+@command("demo", "the main job: functional networks, masking, fingerprint and patching on SmolLM2, as an HTML report")
+def _demo(p: argparse.ArgumentParser) -> Handler:
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--out", default="demo_out", help="output folder for report.html, plots and JSON")
+    p.add_argument("--quick", action="store_true", help="smaller settings (for CI smoke runs)")
+    p.add_argument("--json", action="store_true")
+
+    def run(args: argparse.Namespace) -> int:
+        from .demo import run_demo
+
+        summary = run_demo(args.model, args.out, quick=args.quick)
+        emit(args, summary, summary.get("lines", []))
+        return 0
+
+    return run
+
+
+# ------------------------------------------------------------------------------------------- main
+
+
+def _load_feature_commands() -> None:
+    """Feature packages register further subcommands here (imports stay lazy: only argparse setup)."""
+    from . import cli_features  # noqa: F401
+
+
+def build_parser() -> argparse.ArgumentParser:
+    try:
+        _load_feature_commands()
+    except ImportError:  # pragma: no cover - a partial install still offers the core commands
+        pass
+    parser = argparse.ArgumentParser(prog="tl-funcnet", description="tl_funcnet: interpretability interventions "
+                                     "for TransformerLens models")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (configure, _, help_text) in list(_COMMANDS.items()):
+        configure(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_env()
+    handler = _COMMANDS[args.command][1]
+    from .errors import FuncnetError
+
+    try:
+        return int(handler(args) or 0)
+    except FuncnetError as err:
+        print(f"tl-funcnet {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
