@@ -14,7 +14,8 @@ from __future__ import annotations
 import inspect
 import math
 import warnings
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -121,11 +122,12 @@ class Affine:
     def _fwd(self, B: Tensor) -> Tensor:  # Xs @ B, B: (f, l)
         if self.scale is not None:
             B = B / self.scale[:, None]
-        return self.X @ B - self.mean @ B
+        out = self.X @ B
+        return out.sub_(self.mean @ B)
 
     def _bwd(self, Q: Tensor) -> Tensor:  # Xs^T @ Q, Q: (n, l)
         out = self.X.T @ Q
-        out.sub_(self.mean[:, None] * Q.sum(0))
+        out.addr_(self.mean, Q.sum(0), alpha=-1.0)
         if self.scale is not None:
             out.div_(self.scale[:, None])
         return out
@@ -276,10 +278,22 @@ def _g(fun: str) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     return g
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run small LAPACK calls on one thread: multi-threaded 64 x 64 SVDs are 100x slower under load."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def polar(W: Float[Tensor, "... k k"]) -> Float[Tensor, "... k k"]:
     """Symmetric decorrelation ``(W W^T)^{-1/2} W`` computed as the SVD polar factor ``U V^T``."""
-    U, _, Vh = torch.linalg.svd(W)
-    return U @ Vh
+    with one_thread():
+        U, _, Vh = torch.linalg.svd(W)
+        return U @ Vh
 
 
 def ica_parallel(

@@ -210,8 +210,9 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
         tok_dir = folder / str(header["tokenizer"])
         try:
             tokenizer = offline_transformers().AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise FormatError(f"{tok_dir}: cannot load the saved tokenizer ({e}); save the model again") from None
+        except Exception as e:  # tokenizers raises plain Exceptions on a corrupt tokenizer.json
+            raise FormatError(f"{tok_dir}: cannot load the saved tokenizer ({type(e).__name__}: {e}); "
+                              "save the model again") from None
     cls = _classes()[header["class"]]
     tokenizer_name, cfg.tokenizer_name = cfg.tokenizer_name, None  # never fetch a tokenizer by name
     model = cls(cfg, tokenizer, move_to_device=False)

@@ -1,0 +1,365 @@
+"""Functional networks: ICA over unit activity, z-scored spatial maps, thresholded into unit sets.
+
+Paper 1 (temporal ICA, as in fMRI group ICA): tokens are samples, units are features; the spatial map of
+component ``c`` is column ``c`` of ``mixing_``, z-scored across units; the network is the set of units whose
+z-score passes the threshold. Each map is flipped so that its largest-|loading| unit is positive, which
+makes one-sided thresholds independent of ICA's arbitrary signs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from .._io import atomic_dir
+from ..activations import Activations
+from ..errors import FormatError, FuncnetError, NotFittedError
+from ..hooks import Intervention, ablate, add, keep_only, scale
+from ..hooks.sites import site_layer
+
+_FORMAT, _VERSION = "tl_funcnet.functional_networks", 1
+SCOPES = ("joint", "per_layer", "window")
+
+
+@dataclass(frozen=True)
+class Block:
+    """One ICA fit: which sites (a contiguous run of ``sites_``) and which rows of ``maps_`` it produced."""
+
+    sites: tuple[str, ...]
+    networks: tuple[int, int]  # [start, stop) rows of maps_
+
+
+class FunctionalNetworks:
+    """Fit functional networks from collected activations and turn them into interventions.
+
+    Args:
+        n_networks: ICA components per fit (per layer with ``scope="per_layer"``, per window with ``"window"``).
+        threshold: z-score a unit's loading must reach to join a network (papers: 3.6).
+        sides: ``"one"`` keeps units with ``z >= threshold``; ``"two"`` keeps ``|z| >= threshold``.
+        scope: ``"joint"`` (one ICA over all sites), ``"per_layer"`` (one per site) or ``"window"``
+            (sliding windows of ``window`` consecutive sites).
+        standardize: z-score each unit over tokens before ICA (as the pruning paper's CanICA does).
+        fun, max_iter, tol, random_state, dtype: passed to :class:`~tl_funcnet.funcnet.ica.FastICA`.
+
+    Fitted attributes: ``sites_``, ``widths_``, ``maps_`` (n_networks_total × n_units, z-scored),
+    ``masks_`` (bool, same shape), ``sources_`` (n_samples × n_networks_total, training time courses),
+    ``unit_mean_``, ``unit_std_``, ``blocks_``, ``converged_``.
+    """
+
+    def __init__(self, n_networks: int = 10, *, threshold: float = 3.6, sides: str = "one", scope: str = "joint",
+                 window: int = 3, standardize: bool = False, fun: str = "logcosh", max_iter: int = 200,
+                 tol: float = 1e-4, random_state: int | None = 666, dtype: torch.dtype = torch.float32):
+        self.n_networks = n_networks
+        self.threshold = threshold
+        self.sides = sides
+        self.scope = scope
+        self.window = window
+        self.standardize = standardize
+        self.fun = fun
+        self.max_iter = max_iter
+        self.tol = tol
+        self.random_state = random_state
+        self.dtype = dtype
+
+    # ------------------------------------------------------------------ fitting
+
+    def _validate(self, acts: Activations, sites: Sequence[str]) -> None:
+        if self.sides not in ("one", "two"):
+            raise FuncnetError(f"sides should be 'one' or 'two', got {self.sides!r}")
+        if self.scope not in SCOPES:
+            raise FuncnetError(f"scope should be one of {SCOPES}, got {self.scope!r}")
+        if not (isinstance(self.threshold, (int, float)) and self.threshold > 0):
+            raise FuncnetError(f"threshold should be a positive z-score such as 3.6, got {self.threshold!r}")
+        if not isinstance(self.n_networks, int) or self.n_networks < 1:
+            raise FuncnetError(f"n_networks should be a positive int, got {self.n_networks!r}")
+        if self.scope == "window" and not (1 <= self.window <= len(sites)):
+            raise FuncnetError(f"window should be between 1 and the number of sites ({len(sites)}), got {self.window}")
+        missing = [s for s in sites if s not in acts.sites]
+        if missing:
+            raise FuncnetError(f"sites {missing} were not collected; collected: {list(acts.sites)}")
+        if acts.n_samples < 2:
+            raise FuncnetError(f"need at least 2 tokens of activity, got {acts.n_samples}")
+
+    def fit(self, acts: Activations, sites: Sequence[str] | None = None) -> "FunctionalNetworks":
+        """Run ICA over ``acts`` (tokens of all texts concatenated: group ICA) and threshold the maps."""
+        from .ica import FastICA
+
+        sites = tuple(acts.sites if sites is None else sites)
+        self._validate(acts, sites)
+        X = acts.matrix(sites, dtype=self.dtype)
+        if not bool(torch.isfinite(X).all()):
+            bad = int((~torch.isfinite(X)).sum())
+            raise FuncnetError(f"the activations contain {bad} NaN or infinite values; check the model and "
+                               f"inputs (e.g. fp16 overflow) before fitting networks")
+        self.unit_mean_ = X.mean(0)
+        self.unit_std_ = X.std(0)
+        if self.standardize:
+            X = (X - self.unit_mean_) / torch.where(self.unit_std_ > 1e-8, self.unit_std_, torch.ones_like(self.unit_std_))
+        self.sites_ = sites
+        self.widths_ = tuple(acts.width(s) for s in sites)
+        offsets = np.concatenate([[0], np.cumsum(self.widths_)])
+        groups = self._groups(len(sites))
+        maps, sources, blocks, conv = [], [], [], True
+        for g in groups:
+            cols = slice(int(offsets[g[0]]), int(offsets[g[-1] + 1]))
+            Xg = X[:, cols]
+            rank_cap = min(Xg.shape)
+            if self.n_networks > rank_cap:
+                raise FuncnetError(f"n_networks={self.n_networks} exceeds what {Xg.shape[0]} tokens x "
+                                   f"{Xg.shape[1]} units support (at most {rank_cap}); collect more tokens or "
+                                   f"ask for fewer networks")
+            if float(Xg.std(0).max()) == 0.0:
+                raise FuncnetError(f"every unit of {sites[g[0]]!r}..{sites[g[-1]]!r} is constant over the tokens; "
+                                   f"there is no activity to decompose")
+            ica = FastICA(self.n_networks, fun=self.fun, max_iter=self.max_iter, tol=self.tol,
+                          random_state=self.random_state, dtype=self.dtype)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                S = ica.fit_transform(Xg)
+            conv = conv and not any("converge" in str(w.message) for w in caught)
+            full = torch.zeros(self.n_networks, X.shape[1], dtype=torch.float32)
+            full[:, cols] = ica.mixing_.T.float()
+            # z-score within the fitted block only (units outside it are not part of this map)
+            blk = full[:, cols]
+            z = (blk - blk.mean(1, keepdim=True)) / blk.std(1, correction=0, keepdim=True).clamp_min(1e-12)
+            flip = torch.sign(z.gather(1, z.abs().argmax(1, keepdim=True))).clamp(min=-1)
+            flip[flip == 0] = 1
+            full[:, cols] = z * flip
+            start = sum(m.shape[0] for m in maps)
+            maps.append(full)
+            sources.append(S.float() * flip.T)
+            blocks.append(Block(tuple(sites[i] for i in g), (start, start + self.n_networks)))
+        self.maps_ = torch.cat(maps)
+        self.sources_ = torch.cat(sources, dim=1)
+        self.blocks_ = tuple(blocks)
+        self.converged_ = conv
+        self.masks_ = self._threshold(self.maps_)
+        return self
+
+    def _groups(self, n_sites: int) -> list[list[int]]:
+        if self.scope == "joint":
+            return [list(range(n_sites))]
+        if self.scope == "per_layer":
+            return [[i] for i in range(n_sites)]
+        return [list(range(s, s + self.window)) for s in range(n_sites - self.window + 1)]
+
+    def _threshold(self, maps: Tensor) -> Bool[Tensor, "n_networks n_units"]:
+        return maps >= self.threshold if self.sides == "one" else maps.abs() >= self.threshold
+
+    def with_threshold(self, threshold: float, sides: str | None = None) -> "FunctionalNetworks":
+        """A copy re-thresholded without refitting."""
+        other = object.__new__(FunctionalNetworks)
+        other.__dict__.update(self.__dict__)
+        other.threshold = threshold
+        other.sides = sides or self.sides
+        other.masks_ = other._threshold(self.maps_)
+        return other
+
+    # ------------------------------------------------------------------ reading
+
+    def _check(self) -> None:
+        if not hasattr(self, "maps_"):
+            raise NotFittedError("This FunctionalNetworks instance is not fitted yet. Call 'fit' with "
+                                 "activations before using this method.")
+
+    @property
+    def n_networks_total(self) -> int:
+        self._check()
+        return int(self.maps_.shape[0])
+
+    def _ids(self, ids: Sequence[int] | None) -> list[int]:
+        n = self.n_networks_total
+        ids = list(range(n)) if ids is None else [int(i) for i in ids]
+        bad = [i for i in ids if not 0 <= i < n]
+        if bad:
+            raise FuncnetError(f"network ids {bad} are out of range; there are {n} networks (0..{n - 1})")
+        return ids
+
+    def union(self, ids: Sequence[int] | None = None) -> Bool[Tensor, "n_units"]:
+        """Key units: the union of the selected networks (all by default)."""
+        self._check()
+        return self.masks_[self._ids(ids)].any(0)
+
+    def site_units(self, mask: Bool[Tensor, "n_units"]) -> dict[str, Tensor]:
+        """Split a mask over the concatenated units into unit indices per site."""
+        self._check()
+        out, start = {}, 0
+        for s, w in zip(self.sites_, self.widths_):
+            out[s] = mask[start:start + w].nonzero().flatten()
+            start += w
+        return out
+
+    def networks(self, ids: Sequence[int] | None = None) -> list[dict[str, list[int]]]:
+        """Each selected network as ``{site: [unit, ...]}`` (sites with no units omitted)."""
+        return [{s: u.tolist() for s, u in self.site_units(self.masks_[i]).items() if len(u)} for i in self._ids(ids)]
+
+    def per_layer_counts(self, ids: Sequence[int] | None = None) -> dict[str, int]:
+        """Number of key units per site in the union of the selected networks."""
+        return {s: int(len(u)) for s, u in self.site_units(self.union(ids)).items()}
+
+    def summary(self, ids: Sequence[int] | None = None) -> dict[str, Any]:
+        u = self.union(ids)
+        return {"n_networks": len(self._ids(ids)), "n_units": int(u.sum()), "total_units": int(u.numel()),
+                "fraction": float(u.float().mean()), "per_site": self.per_layer_counts(ids),
+                "network_sizes": self.masks_[self._ids(ids)].sum(1).tolist(), "converged": self.converged_}
+
+    def time_courses(self, acts: Activations | None = None, *, kind: str = "sources",
+                     ids: Sequence[int] | None = None) -> Float[Tensor, "n_samples n_networks"]:
+        """Network activity per token: ICA sources (training data) or the mean activation of each network's units."""
+        ids = self._ids(ids)
+        if kind == "sources":
+            if acts is not None:
+                raise FuncnetError("kind='sources' gives the training time courses; use kind='mean' for new activations")
+            return self.sources_[:, ids]
+        if kind != "mean":
+            raise FuncnetError(f"kind should be 'sources' or 'mean', got {kind!r}")
+        if acts is None:
+            raise FuncnetError("kind='mean' needs activations collected at the fitted sites")
+        X = acts.matrix(self.sites_, dtype=torch.float32)
+        M = self.masks_[ids].float()
+        return (X @ M.T) / M.sum(1).clamp_min(1)
+
+    def connectivity(self, acts: Activations | None = None, *, kind: str = "sources",
+                     ids: Sequence[int] | None = None) -> Float[Tensor, "n_networks n_networks"]:
+        """Pearson correlation between network time courses (the functional connectivity matrix)."""
+        tc = self.time_courses(acts, kind=kind, ids=ids).double()
+        return torch.corrcoef(tc.T).float()
+
+    # ------------------------------------------------------------------ interventions
+
+    def intervention(self, mode: str = "mask", ids: Sequence[int] | None = None, *, value: float = 1.0,
+                     gain: float | None = None, ablation: str = "zero",
+                     mask: Bool[Tensor, "n_units"] | None = None) -> Intervention:
+        """Mask the selected networks' units, preserve only them, or amplify them.
+
+        ``mode="amplify"`` adds ``value`` to each unit (the papers' additive form) or, with ``gain``, multiplies
+        by it. ``ablation="mean"`` replaces ablated units by their mean over the fitting tokens instead of 0.
+        ``mask`` overrides the unit set (used for controls of the same size).
+        """
+        self._check()
+        if mode not in ("mask", "preserve", "amplify"):
+            raise FuncnetError(f"mode should be 'mask', 'preserve' or 'amplify', got {mode!r}")
+        if ablation not in ("zero", "mean"):
+            raise FuncnetError(f"ablation should be 'zero' or 'mean', got {ablation!r}")
+        units = self.site_units(self.union(ids) if mask is None else mask)
+        means = self._site_means()
+        iv = Intervention()
+        for site, idx in units.items():
+            kw = {"mode": "mean", "values": means[site]} if ablation == "mean" else {}
+            if mode == "mask":
+                if len(idx):
+                    iv = iv + ablate(site, units=idx.tolist(), **kw)
+            elif mode == "preserve":
+                iv = iv + keep_only(site, units=idx.tolist(), **kw)
+            elif len(idx):
+                iv = iv + (scale(site, float(gain), units=idx.tolist()) if gain is not None
+                           else add(site, float(value), units=idx.tolist()))
+        return iv
+
+    def _site_means(self) -> dict[str, Tensor]:
+        out, start = {}, 0
+        for s, w in zip(self.sites_, self.widths_):
+            out[s] = self.unit_mean_[start:start + w].clone()
+            start += w
+        return out
+
+    def control_mask(self, kind: str = "per_layer", ids: Sequence[int] | None = None, *,
+                     seed: int = 0) -> Bool[Tensor, "n_units"]:
+        """A unit set of the same size as the selected networks' union, for controls.
+
+        ``"per_layer"``: the same number of random units in each site; ``"global"``: the same total spread
+        uniformly over all units; ``"top_variance"``: the same number per site, the highest-variance units.
+        """
+        target = self.union(ids)
+        g = torch.Generator().manual_seed(seed)
+        out = torch.zeros_like(target)
+        if kind == "global":
+            out[torch.randperm(target.numel(), generator=g)[: int(target.sum())]] = True
+            return out
+        if kind not in ("per_layer", "top_variance"):
+            raise FuncnetError(f"control kind should be 'per_layer', 'global' or 'top_variance', got {kind!r}")
+        start = 0
+        for w in self.widths_:
+            n = int(target[start:start + w].sum())
+            if kind == "per_layer":
+                pick = torch.randperm(w, generator=g)[:n]
+            else:
+                pick = torch.argsort(self.unit_std_[start:start + w], descending=True)[:n]
+            out[start + pick] = True
+            start += w
+        return out
+
+    def control(self, mode: str = "mask", kind: str = "per_layer", ids: Sequence[int] | None = None, *,
+                seed: int = 0, **kwargs: Any) -> Intervention:
+        """The same intervention as :meth:`intervention` on a control unit set of the same size."""
+        return self.intervention(mode, ids, mask=self.control_mask(kind, ids, seed=seed), **kwargs)
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``networks.json`` + ``networks.safetensors`` into directory ``path`` atomically."""
+        from safetensors.torch import save_file
+
+        self._check()
+        meta = {"format": _FORMAT, "version": _VERSION, "params": self._params(), "sites": list(self.sites_),
+                "widths": list(self.widths_), "converged": self.converged_,
+                "blocks": [{"sites": list(b.sites), "networks": list(b.networks)} for b in self.blocks_]}
+        tensors = {"maps": self.maps_.contiguous(), "sources": self.sources_.contiguous(),
+                   "unit_mean": self.unit_mean_.float().contiguous(), "unit_std": self.unit_std_.float().contiguous()}
+        target = Path(path)
+        with atomic_dir(target) as tmp:
+            (tmp / "networks.json").write_text(json.dumps(meta, indent=2))
+            save_file(tensors, str(tmp / "networks.safetensors"))
+        return target
+
+    def _params(self) -> dict[str, Any]:
+        p = {k: getattr(self, k) for k in ("n_networks", "threshold", "sides", "scope", "window", "standardize",
+                                            "fun", "max_iter", "tol", "random_state")}
+        p["dtype"] = str(self.dtype).replace("torch.", "")
+        return p
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> "FunctionalNetworks":
+        from safetensors.torch import load_file
+
+        root = Path(path)
+        meta_f, blob = root / "networks.json", root / "networks.safetensors"
+        if not meta_f.is_file() or not blob.is_file():
+            raise FormatError(f"{root} is not a saved FunctionalNetworks directory (expected networks.json and "
+                              f"networks.safetensors)")
+        try:
+            meta = json.loads(meta_f.read_text())
+            tensors = load_file(str(blob))
+        except Exception as err:
+            raise FormatError(f"{root} could not be read ({err}); the files are corrupt") from None
+        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
+            raise FormatError(f"{root} holds format {meta.get('format')!r} version {meta.get('version')!r}; "
+                              f"expected {_FORMAT!r} version {_VERSION}")
+        p = dict(meta["params"])
+        p["dtype"] = getattr(torch, p.pop("dtype"))
+        fn = cls(**p)
+        fn.sites_, fn.widths_ = tuple(meta["sites"]), tuple(meta["widths"])
+        fn.converged_ = meta["converged"]
+        fn.blocks_ = tuple(Block(tuple(b["sites"]), tuple(b["networks"])) for b in meta["blocks"])
+        fn.maps_, fn.sources_ = tensors["maps"], tensors["sources"]
+        fn.unit_mean_, fn.unit_std_ = tensors["unit_mean"], tensors["unit_std"]
+        if fn.maps_.shape[1] != sum(fn.widths_):
+            raise FormatError(f"{blob}: maps have {fn.maps_.shape[1]} units, the sites add up to {sum(fn.widths_)}")
+        fn.masks_ = fn._threshold(fn.maps_)
+        return fn
+
+    def layers(self) -> list[int | None]:
+        self._check()
+        return [site_layer(s) for s in self.sites_]
+
+
+__all__ = ["FunctionalNetworks", "Block", "SCOPES"]
