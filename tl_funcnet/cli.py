@@ -97,8 +97,11 @@ def _demo(p: argparse.ArgumentParser) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from .demo import run_demo
 
-        summary = run_demo(args.model, args.out, quick=args.quick)
-        emit(args, summary, summary.get("lines", []))
+        import sys as _sys
+
+        log = (lambda s: print(s, file=_sys.stderr)) if args.json else print
+        summary = run_demo(args.model, args.out, quick=args.quick, log=log)
+        emit(args, summary, [])
         return 0
 
     return run
