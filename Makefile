@@ -6,6 +6,8 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml requirements-embedded.txt | cksum | cut -d' ' -f1)
 OUT    ?= demo_out
+# processed SmolLM2 weights are cached here after the first load (GGUF conversion ~15 s, cached load ~3 s)
+export TL_FUNCNET_CACHE ?= $(CURDIR)/.cache/models
 
 .PHONY: setup demo test test-fast bench bench-quick notebooks clean
 

@@ -236,7 +236,7 @@ def whiten_subspace(
             "Check that the activations were recorded (not all zeros)."
         )
     eps = torch.finfo(A.dtype).eps
-    tol = s[0] * max(n, f) * eps  # numpy's matrix_rank tolerance
+    tol = s[0] * 10 * math.sqrt(max(n, f)) * eps  # above the rounding floor of these solvers
     rank = int((s > tol).sum())
     if rank < k:
         raise FuncnetError(

@@ -1,0 +1,170 @@
+"""Weight transforms that make a *derived* model: the robustness zoo of the fingerprint benchmark.
+
+Each function returns a new model (the input is never modified). Function-preserving ones:
+:func:`rotate_residual` (RMSPre / LNPre-free models only), :func:`permute_mlp`, :func:`widen_mlp`.
+Lossy ones: :func:`prune_mlp`, :func:`quantize_int8`, :func:`drop_layer`.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..errors import FuncnetError, ShapeError
+
+# parameters that read from the residual stream: their d_model axis; and ones that write to it
+_READS = {"W_Q": 1, "W_K": 1, "W_V": 1, "_W_K": 1, "_W_V": 1, "W_in": 0, "W_gate": 0, "W_U": 0}
+_WRITES = {"W_E": 1, "W_pos": 1, "W_O": 2, "b_O": 0, "W_out": 1, "b_out": 0}
+
+
+def random_orthogonal(d: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> Float[Tensor, "d d"]:
+    """A Haar-random orthogonal matrix (QR of a Gaussian with the sign fix)."""
+    g = torch.Generator().manual_seed(seed)
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    return (q * torch.sign(torch.diagonal(r))).to(dtype)
+
+
+def _copy(model: Any) -> Any:
+    tok = getattr(model, "tokenizer", None)
+    model.tokenizer = None  # tokenizers deep-copy slowly and need not be duplicated
+    try:
+        new = copy.deepcopy(model)
+    finally:
+        model.tokenizer = tok
+    new.tokenizer = tok
+    return new
+
+
+def rotate_residual(model: Any, R: Float[Tensor, "d_model d_model"] | None = None, *, seed: int = 0) -> Any:
+    """Express the residual stream in another orthonormal basis: ``resid -> resid @ R``.
+
+    Function-preserving when every norm before a read is rotation-invariant (``RMSPre``, or no norm);
+    ``LN``/``LNPre`` centre along the basis and ``RMS`` has per-channel weights, so those are refused.
+    """
+    norm = getattr(model.cfg, "normalization_type", None)
+    if norm not in ("RMSPre", None):
+        raise FuncnetError(f"rotate_residual needs normalization_type 'RMSPre' or None, got {norm!r}; load the "
+                           "model with fold_ln=True on an RMS model (LayerNorm centring is not rotation-invariant)")
+    d = model.cfg.d_model
+    R = random_orthogonal(d, seed) if R is None else torch.as_tensor(R)
+    if R.shape != (d, d):
+        raise ShapeError(f"rotate_residual: R has shape {tuple(R.shape)}, expected ({d}, {d})")
+    new = _copy(model)
+    with torch.no_grad():
+        for name, p in new.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            Rt = R.to(p.dtype)
+            if leaf in _READS:  # x @ W: x -> x R, so W -> R^T W along the d_model axis
+                ax = _READS[leaf]
+                p.copy_(torch.movedim(torch.tensordot(Rt.T, torch.movedim(p, ax, 0), dims=1), 0, ax))
+            elif leaf in _WRITES:
+                ax = _WRITES[leaf]
+                p.copy_(torch.movedim(torch.movedim(p, ax, -1) @ Rt, -1, ax))
+    return new
+
+
+def permute_mlp(model: Any, seed: int = 0) -> Any:
+    """Permute the hidden units of every MLP (function-preserving)."""
+    new = _copy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in new.blocks:
+            perm = torch.randperm(block.mlp.W_in.shape[1], generator=g)
+            _select_units(block.mlp, perm)
+    return new
+
+
+def _select_units(mlp: Any, idx: Tensor) -> None:
+    for name in ("W_in", "W_gate"):
+        if hasattr(mlp, name):
+            setattr(mlp, name, torch.nn.Parameter(getattr(mlp, name).data[:, idx].clone()))
+    mlp.b_in = torch.nn.Parameter(mlp.b_in.data[idx].clone())
+    mlp.W_out = torch.nn.Parameter(mlp.W_out.data[idx].clone())
+
+
+def prune_mlp(model: Any, fraction: float = 0.2) -> Any:
+    """Remove the ``fraction`` of MLP units per layer with the smallest ``|W_in|*|W_out|`` norm product."""
+    if not 0 <= fraction < 1:
+        raise FuncnetError(f"prune_mlp: fraction should be in [0, 1), got {fraction}")
+    new = _copy(model)
+    with torch.no_grad():
+        for block in new.blocks:
+            m = block.mlp
+            score = m.W_in.norm(dim=0) * m.W_out.norm(dim=1)
+            if hasattr(m, "W_gate"):
+                score = score * m.W_gate.norm(dim=0)
+            keep = int(round(score.numel() * (1 - fraction)))
+            idx = torch.sort(torch.topk(score, keep).indices).values
+            _select_units(m, idx)
+    return new
+
+
+def widen_mlp(model: Any, extra: int) -> Any:
+    """Add ``extra`` MLP units per layer with random input weights and zero output weights (function-preserving)."""
+    new = _copy(model)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for block in new.blocks:
+            m = block.mlp
+            for name in ("W_in", "W_gate"):
+                if hasattr(m, name):
+                    w = getattr(m, name).data
+                    add = torch.randn(w.shape[0], extra, generator=g, dtype=w.dtype) * w.std()
+                    setattr(m, name, torch.nn.Parameter(torch.cat([w, add], 1)))
+            m.b_in = torch.nn.Parameter(torch.cat([m.b_in.data, m.b_in.data.new_zeros(extra)]))
+            m.W_out = torch.nn.Parameter(torch.cat([m.W_out.data, m.W_out.data.new_zeros(extra, m.W_out.shape[1])]))
+    return new
+
+
+def quantize_int8(model: Any) -> Any:
+    """Per-row symmetric int8 quantize-dequantize of every weight matrix (biases and 1-D params kept)."""
+    new = _copy(model)
+    with torch.no_grad():
+        for _, p in new.named_parameters():
+            if p.ndim < 2:
+                continue
+            rows = p.reshape(-1, p.shape[-1])
+            scale = rows.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
+            p.copy_((torch.round(rows / scale).clamp(-127, 127) * scale).reshape(p.shape))
+    return new
+
+
+def drop_layer(model: Any, layer: int) -> Any:
+    """Remove block ``layer`` (the residual stream skips it)."""
+    from transformer_lens import HookedTransformer
+
+    n = model.cfg.n_layers
+    if not 0 <= layer < n:
+        raise FuncnetError(f"drop_layer: layer {layer} out of range for {n} layers")
+    cfg = copy.deepcopy(model.cfg)
+    cfg.n_layers = n - 1
+    cfg.tokenizer_name, cfg.init_weights = None, False  # no hub lookup, no wasted init
+    keep: Sequence[int] = [l for l in range(n) if l != layer]
+    state = {}
+    for k, v in model.state_dict().items():
+        if k.startswith("blocks."):
+            parts = k.split(".")
+            l = int(parts[1])
+            if l == layer:
+                continue
+            parts[1] = str(keep.index(l))
+            k = ".".join(parts)
+        state[k] = v.clone()
+    tok = getattr(model, "tokenizer", None)
+    new = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    widths = [int(model.blocks[l].mlp.W_in.shape[1]) for l in keep]
+    for block, w in zip(new.blocks, widths):
+        if w != block.mlp.W_in.shape[1]:
+            _select_units(block.mlp, torch.arange(w) % block.mlp.W_in.shape[1])
+    new.load_state_dict(state)
+    new.cfg.tokenizer_name = model.cfg.tokenizer_name
+    new.tokenizer = tok
+    return new.eval()
+
+
+__all__ = ["random_orthogonal", "rotate_residual", "permute_mlp", "prune_mlp", "widen_mlp", "quantize_int8",
+           "drop_layer"]

@@ -1,0 +1,168 @@
+"""The :class:`SteeringVector` value object and its conversion to an :class:`Intervention`."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..errors import FuncnetError, ShapeError
+from ..hooks import Hook, Intervention
+from ..hooks.sites import site_layer, site_shape
+from . import ops as _ops  # noqa: F401  (registers "steer_gen")
+from .ops import GEN_MODES
+
+DEFAULT_SITE = "blocks.{layer}.hook_resid_post"
+
+
+def resid_site(model: Any, layer: int, site: str = DEFAULT_SITE) -> str:
+    """``site`` with ``{layer}`` filled in, after checking ``layer`` against the model's depth."""
+    n_layers = int(model.cfg.n_layers)
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -n_layers <= layer < n_layers:
+        raise FuncnetError(f"layer {layer!r} is out of range for a model with {n_layers} layers; "
+                           f"expected an int in 0..{n_layers - 1} (negative ints count from the end)")
+    return site.format(layer=layer % n_layers)
+
+
+@dataclass(frozen=True, eq=False)
+class SteeringVector:
+    """A direction to add to the activation at ``site``.
+
+    Attributes:
+        vector: ``(d,)`` the raw vector (its norm carries the builder's natural scale, e.g. the size of the
+            mean difference).
+        site: TransformerLens hook name it was read at (and is applied to by default).
+        provenance: how it was built (method, layer, counts, options); JSON-able values.
+    """
+
+    vector: Float[Tensor, "d"]
+    site: str
+    provenance: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        v = self.vector
+        if not isinstance(v, Tensor) or v.ndim != 1 or v.numel() == 0:
+            raise ShapeError(f"a steering vector should be a non-empty 1-D tensor, got "
+                             f"{getattr(v, 'shape', type(v).__name__)!r}")
+        if not torch.isfinite(v).all():
+            raise FuncnetError("the steering vector holds NaN or inf; check the activations it was built from")
+        object.__setattr__(self, "vector", v.detach().to(torch.float32).cpu())
+        object.__setattr__(self, "provenance", dict(self.provenance))
+
+    def __repr__(self) -> str:
+        method = self.provenance.get("method", "?")
+        return f"SteeringVector({method} at {self.site!r}, d={self.d}, norm={self.norm:.4g})"
+
+    @property
+    def d(self) -> int:
+        return int(self.vector.shape[0])
+
+    @property
+    def norm(self) -> float:
+        return float(self.vector.norm())
+
+    @property
+    def layer(self) -> int | None:
+        return site_layer(self.site)
+
+    @property
+    def unit(self) -> Float[Tensor, "d"]:
+        """The vector scaled to unit norm (a zero vector stays zero)."""
+        n = self.norm
+        return self.vector / n if n > 0 else self.vector.clone()
+
+    def cosine(self, other: "SteeringVector | Tensor") -> float:
+        """Cosine similarity with another vector of the same width."""
+        o = other.vector if isinstance(other, SteeringVector) else other
+        if o.shape != self.vector.shape:
+            raise ShapeError(f"cannot compare a vector of shape {tuple(o.shape)} with one of shape ({self.d},)")
+        return float(torch.nn.functional.cosine_similarity(self.vector, o.float().cpu(), dim=0))
+
+    def scaled(self, factor: float) -> "SteeringVector":
+        """The same direction and provenance, with the vector multiplied by ``factor``."""
+        return replace(self, vector=self.vector * factor)
+
+    def to_intervention(self, scale: float = 1.0, pos: Any = "all", *, normalize: bool = False,
+                        layers: int | Sequence[int] | None = None, prompt_len: int | None = None,
+                        model: Any = None) -> Intervention:
+        """Add ``scale * v`` (``v`` = the raw vector, or its unit direction with ``normalize``).
+
+        Args:
+            scale: multiplier.
+            pos: ``"all"``, ``"prompt"``, ``"generated"`` or ``"last"`` (generation-aware, see
+                :mod:`tl_funcnet.steering.ops`; ``"last"`` = the last prompt token and every generated one),
+                or any position spec of the core ``add`` op (int, list, ``{"slice": [...]}``, int tensor).
+            normalize: use the unit direction instead of the raw vector.
+            layers: apply at these layers instead of the vector's own site (same site kind, e.g.
+                ``blocks.{layer}.hook_resid_post``); the vector's width must fit.
+            prompt_len: prompt length for ``"prompt"``/``"generated"``/``"last"`` (default: learned from
+                the first forward pass inside the ``applied`` block).
+            model: optional; if given, sites and widths are checked now rather than at attach time.
+        """
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+            raise FuncnetError(f"scale should be a finite number, got {scale!r}")
+        vec = self.unit if normalize else self.vector
+        sites = self._sites(layers, model)
+        hooks = []
+        for s in sites:
+            if isinstance(pos, str) and pos in GEN_MODES and pos != "all":
+                hooks.append(Hook(s, "steer_gen", {"vector": vec, "scale": float(scale), "mode": pos,
+                                                   **({"prompt_len": prompt_len} if prompt_len else {})}))
+            else:
+                if isinstance(pos, str) and pos != "all":
+                    raise FuncnetError(f"pos should be one of {GEN_MODES} or a position spec (int, list, "
+                                       f"{{'slice': [...]}}, int tensor); got {pos!r}")
+                p = None if pos == "all" else pos
+                hooks.append(Hook(s, "add", {"vector": vec, "scale": float(scale),
+                                             **({"pos": p} if p is not None else {})}))
+        iv = Intervention(tuple(hooks))
+        if model is not None:
+            iv.validate(model)
+        return iv
+
+    def _sites(self, layers: int | Sequence[int] | None, model: Any) -> list[str]:
+        if layers is None:
+            sites = [self.site]
+        else:
+            layers = [layers] if isinstance(layers, int) else list(layers)
+            if not layers:
+                raise FuncnetError("layers is empty; pass one or more layer indices, or None for the vector's site")
+            template = re.sub(r"^blocks\.\d+\.", "blocks.{layer}.", self.site)
+            if "{layer}" not in template:
+                raise FuncnetError(f"the vector's site {self.site!r} is not per-layer, so layers= cannot move it")
+            sites = [resid_site(model, l, template) if model is not None else template.format(layer=l)
+                     for l in layers]
+        if model is not None:
+            for s in sites:
+                shape = site_shape(model, s)
+                if shape is not None and shape != (self.d,):
+                    raise ShapeError(f"the steering vector has width {self.d}, but site {s!r} has trailing "
+                                     f"shape {shape}; build the vector at a site of that width")
+        return sites
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form (the vector as a list of floats)."""
+        return {"format": "tl_funcnet.steering_vector", "version": 1, "site": self.site,
+                "provenance": dict(self.provenance), "vector": self.vector.tolist()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "SteeringVector":
+        if not isinstance(data, Mapping) or data.get("format") != "tl_funcnet.steering_vector":
+            raise FuncnetError("not a tl_funcnet steering vector (expected the output of SteeringVector.to_dict)")
+        return cls(torch.tensor(data["vector"], dtype=torch.float32), data["site"], data.get("provenance", {}))
+
+
+def random_like(sv: SteeringVector, *, seed: int = 0) -> SteeringVector:
+    """A Gaussian random direction with the same norm and site (the usual control for steering)."""
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randn(sv.d, generator=g)
+    r = r / r.norm() * sv.norm
+    return SteeringVector(r, sv.site, {"method": "random", "seed": seed, "matched_to": dict(sv.provenance)})
+
+
+__all__ = ["SteeringVector", "random_like", "resid_site", "DEFAULT_SITE"]
