@@ -28,7 +28,7 @@ demo: setup
 	$(VENV)/bin/tl-funcnet demo --out $(OUT)
 
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15 --nbmake --nbmake-timeout=900 tests notebooks
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"

@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--sites", default="mlp.hook_post,hook_mlp_out", help="comma-separated site suffixes")
     ap.add_argument("--calib-tokens", type=int, default=2048)
+    ap.add_argument("--stages", default="mask,preserve", help="which parts to run: mask, preserve or both")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--eval-texts", type=int, default=24, help="evaluation chunks of --chunk-len tokens")
     ap.add_argument("--chunk-len", type=int, default=128)
@@ -116,7 +117,18 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="tiny random model on token ids (CI smoke run)")
     ap.add_argument("--stand-in", action="store_true",
                     help="use Python standard-library docstrings instead of the built-in corpus (testing only)")
+    ap.add_argument("--report-from", metavar="JSON", help="only rebuild the markdown from a (partial) result file")
     args = ap.parse_args(argv)
+    if args.report_from:
+        import json
+
+        res = json.loads(Path(args.report_from).read_text())
+        n_layers = res.get("n_layers") or max((len(m["per_layer_counts"]) for R in res["sites"].values()
+                                                for m in R["mask"].values()), default=0)
+        md = markdown(res, n_layers)
+        print(md)
+        Path(args.report_from).with_suffix(".md").write_text(md)
+        return res
 
     from tl_funcnet.activations import collect, layer_sites
     from tl_funcnet.evaluate import evaluate
@@ -158,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_layers = model.cfg.n_layers
 
     result: dict[str, Any] = {"name": NAME, "machine": machine_info(), "quick": args.quick,
-                              "config": {k: v for k, v in vars(args).items()}, "corpus": corpus_note,
+                              "config": dict(vars(args)), "corpus": corpus_note, "n_layers": n_layers,
                               "timings_s": {}, "sites": {}}
 
     def save() -> None:
@@ -230,7 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
                                  "fits": {}, "mask": {}, "preserve": {}}
 
     # ---- (a) masking, every site first (the headline), then (b)
-    for name in site_names:
+    stages = {x.strip() for x in args.stages.split(",")}
+    for name in (site_names if "mask" in stages else []):
         R = result["sites"][name]
         for sides in ("one", "two"):
             fn = get_fit(name, args.mask_k).with_threshold(args.threshold, sides)
@@ -254,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
             save()
 
     # ---- (b) preserving, two-sided
-    for name in site_names:
+    for name in (site_names if "preserve" in stages else []):
         R = result["sites"][name]
         for k in preserve_ks:
             fn = get_fit(name, k).with_threshold(args.threshold, "two")

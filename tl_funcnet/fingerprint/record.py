@@ -1,0 +1,149 @@
+"""Record a model's residual stream on a few texts and turn it into a :class:`Fingerprint`.
+
+Time courses are temporal-ICA sources of ``hook_resid_post`` of every layer jointly. With samples = tokens,
+the sources depend on the data only through the token x token Gram matrix, so they are unchanged by any
+orthogonal change of the residual basis (and by unit permutations). Everything before the ICA keeps that
+property: features are centred, and each layer's block is divided by its own RMS norm (so deep layers with
+large norms do not dominate) - a per-layer scalar, never a per-unit z-score.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..errors import FuncnetError
+from .core import Fingerprint
+
+DEFAULT_SPLIT = "evaluation"
+DEFAULT_N_TEXTS = 10
+
+Tokenizer = Callable[[str], tuple[list[int], list[tuple[int, int]]]]
+
+
+def default_texts(n: int = DEFAULT_N_TEXTS) -> list[str]:
+    """The first ``n`` passages of the built-in evaluation split (~1,000 characters, ~220 tokens each)."""
+    from ..data import load_corpus
+
+    return list(load_corpus(DEFAULT_SPLIT)[:n])
+
+
+def char_tokenizer(d_vocab: int) -> Tokenizer:
+    """One token per character, id = code point mod ``d_vocab`` (for models without a tokenizer, e.g. tests)."""
+
+    def tok(text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        return [ord(c) % d_vocab for c in text], [(i, i + 1) for i in range(len(text))]
+
+    return tok
+
+
+def tokenize_with_offsets(model: Any, text: str, tokenizer: Tokenizer | str | None = None,
+                          max_tokens: int | None = None) -> tuple[Int[Tensor, "pos"], Int[Tensor, "pos 2"]]:
+    """Token ids as the model's own ``to_tokens`` would give them, with each token's character span.
+
+    Special tokens (BOS, CLS, SEP) get the empty span ``(0, 0)``.
+    """
+    cfg = model.cfg
+    if tokenizer == "chars":
+        tokenizer = char_tokenizer(cfg.d_vocab)
+    if callable(tokenizer):
+        ids, offs = tokenizer(text)
+    else:
+        tok = getattr(model, "tokenizer", None)
+        if tok is None:
+            raise FuncnetError(f"{type(model).__name__} has no tokenizer; pass tokenizer='chars' or a callable "
+                               "text -> (ids, [(start, end), ...])")
+        encoder = getattr(cfg, "attention_dir", "causal") == "bidirectional"
+        enc = tok(text, add_special_tokens=encoder, return_offsets_mapping=True)
+        ids, offs = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+        if not encoder and getattr(cfg, "default_prepend_bos", False) and tok.bos_token_id is not None:
+            ids, offs = [tok.bos_token_id, *ids], [(0, 0), *offs]
+    limit = min(x for x in (cfg.n_ctx, max_tokens) if x is not None)
+    ids_t = torch.tensor(ids[:limit], dtype=torch.long)
+    offs_t = torch.tensor(offs[:limit], dtype=torch.long).reshape(-1, 2)
+    if ids_t.numel() == 0:
+        raise FuncnetError(f"a text produced no tokens: {text[:60]!r}")
+    return ids_t, offs_t
+
+
+@torch.no_grad()
+def record(model: Any, ids: Int[Tensor, "pos"]) -> Float[Tensor, "pos n_layers d_model"]:
+    """``hook_resid_post`` of every layer for one sequence (no padding, so encoders need no mask)."""
+    n_layers = model.cfg.n_layers
+    out: list[Tensor | None] = [None] * n_layers
+
+    def grab(act: Tensor, hook: Any) -> None:
+        out[int(hook.name.split(".")[1])] = act[0].detach().to("cpu", torch.float32)
+
+    names = [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
+    device = next(model.parameters()).device
+    kwargs = {} if getattr(model.cfg, "attention_dir", "causal") == "bidirectional" else {"return_type": None}
+    with model.hooks(fwd_hooks=[(n, grab) for n in names]):
+        model(ids[None].to(device), **kwargs)
+    return torch.stack(out, 1)  # type: ignore[arg-type]
+
+
+def layer_normalized(acts: Float[Tensor, "n_samples n_layers d_model"]) -> Float[Tensor, "n_samples n_features"]:
+    """Centre every unit, then divide each layer's block by its RMS norm (rotation-invariant), and flatten."""
+    x = acts - acts.mean(0, keepdim=True)
+    rms = x.pow(2).sum(2).mean(0).sqrt().clamp_min(1e-12)  # (n_layers,)
+    return (x / rms[None, :, None]).reshape(x.shape[0], -1)
+
+
+def fingerprint(model: Any, texts: Sequence[str] | None = None, *, n_networks: int = 64, threshold: float = 3.6,
+                random_state: int = 666, max_tokens_per_text: int | None = 512,
+                tokenizer: Tokenizer | str | None = None, dtype: torch.dtype = torch.float32,
+                name: str | None = None) -> Fingerprint:
+    """Functional-network fingerprint of ``model`` on ``texts`` (default: 10 built-in passages).
+
+    Records ``hook_resid_post`` of every layer, runs temporal FastICA with ``n_networks`` components over all
+    layers jointly (tokens of all texts as samples) and keeps each network's source time course per text,
+    with the tokens' character spans so models with other tokenizers can be aligned. Special tokens (BOS,
+    CLS, SEP) are left out. Sources are sign-canonicalised (positive skew) and ordered by explained variance.
+    ``dtype`` is that of the Gram product (float64 for exact invariance tests). ``threshold`` only sets the descriptive per-layer unit counts (``|z| > threshold`` of each mixing column).
+    """
+    from .tica import temporal_ica
+
+    texts = default_texts() if texts is None else [str(t) for t in texts]
+    if not texts or any(not t.strip() for t in texts):
+        raise FuncnetError("fingerprint() needs at least one non-empty text")
+    feats, keep_offs, lengths = [], [], []
+    for text in texts:
+        ids, offs = tokenize_with_offsets(model, text, tokenizer, max_tokens_per_text)
+        real = offs[:, 1] > offs[:, 0]  # drop special tokens (empty span)
+        if int(real.sum()) < 2:
+            raise FuncnetError(f"text {text[:40]!r} has fewer than 2 real tokens")
+        feats.append(record(model, ids)[real])
+        keep_offs.append(offs[real])
+        lengths.append(int(real.sum()))
+    acts = torch.cat(feats)
+    n_layers, d_model = acts.shape[1], acts.shape[2]
+    X = layer_normalized(acts.to(dtype))
+    del acts, feats
+    k = min(n_networks, X.shape[0] - 1, X.shape[1])
+    if k < 1:
+        raise FuncnetError(f"too few tokens ({X.shape[0]}) for an ICA; pass longer or more texts")
+    S, mixing, converged, n_iter = temporal_ica(X, k, random_state=random_state)
+    del X
+    energy = mixing.reshape(n_layers, d_model, k).pow(2).sum(1).T  # (k, n_layers)
+    energy = energy / energy.sum(1, keepdim=True).clamp_min(1e-30)
+    z = (mixing - mixing.mean(0)) / mixing.std(0).clamp_min(1e-30)
+    units = (z.abs() > threshold).reshape(n_layers, d_model, k).sum(1).T.long()
+    series = tuple(s.float().contiguous() for s in torch.split(S, lengths))
+    params = {"n_networks": k, "threshold": threshold, "random_state": random_state,
+              "max_tokens_per_text": max_tokens_per_text, "site": "hook_resid_post",
+              "ica": "temporal FastICA, sample-space whitening",
+              "ica_converged": converged, "ica_n_iter": n_iter,
+              "tokenizer": "chars" if tokenizer == "chars" else ("custom" if callable(tokenizer) else "model")}
+    info = {"name": name or getattr(model.cfg, "model_name", None) or type(model).__name__,
+            "class": type(model).__name__, "n_layers": n_layers, "d_model": d_model,
+            "n_params": int(sum(p.numel() for p in model.parameters()))}
+    return Fingerprint(tuple(texts), series, tuple(keep_offs), energy.float(), units, params, info)
+
+
+_ = np
+__all__ = ["fingerprint", "default_texts", "tokenize_with_offsets", "record", "layer_normalized", "char_tokenizer"]

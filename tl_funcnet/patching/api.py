@@ -1,0 +1,34 @@
+"""One entry point over tasks, node kinds and methods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import FuncnetError
+from .attribution import attribution_patch
+from .exact import exact_patch
+from .metrics import Metric
+from .nodes import NodeSet, node_grid
+from .result import PatchResult
+from .tasks import Task
+
+METHODS = ("exact", "atp", "relp")
+
+
+def run_patching(model: Any, task: Task, *, method: str = "exact", nodes: str | NodeSet = "mlp",
+                 metric: Metric | None = None, direction: str = "denoise", **kwargs: Any) -> PatchResult:
+    """Patch ``task`` on ``model`` with ``method`` over ``nodes`` (a node kind such as ``"mlp"`` or a NodeSet).
+
+    The default metric is the task's logit difference. ``kwargs`` go to :func:`exact_patch`
+    (``max_rows``) or :func:`attribution_patch` (``rules``).
+    """
+    if method not in METHODS:
+        raise FuncnetError(f"method should be one of {list(METHODS)}, got {method!r}")
+    ns = node_grid(model, nodes, task.n_pos) if isinstance(nodes, str) else nodes
+    m = metric if metric is not None else task.metric()
+    if method == "exact":
+        return exact_patch(model, task.clean, task.corrupted, ns, m, direction=direction, **kwargs)
+    return attribution_patch(model, task.clean, task.corrupted, ns, m, direction=direction, method=method, **kwargs)
+
+
+__all__ = ["run_patching", "METHODS"]

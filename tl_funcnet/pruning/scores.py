@@ -1,0 +1,155 @@
+"""Neuron importance scores: FN (functional networks), random, magnitude, Wanda, FLAP and mean |activation|.
+
+Every scorer has the signature ``score(model, calib, *, layers, **options) -> list[Tensor | None]``: one
+``(d_mlp_l,)`` float tensor per layer (higher = more important), ``None`` for layers it was not asked to score.
+Activations are ``mlp.hook_post`` (the input of ``W_out``) over the real calibration tokens.
+
+Per-layer allocation (how many neurons each layer loses) is part of a method, see :data:`ALLOCATION`:
+uniform (the same fraction in every prunable layer) for magnitude, wanda, activation and random; global (one
+threshold over all prunable layers) for fn (a global |z| threshold T, as in the paper) and flap (FLAP's
+global selection over per-layer standardized scores).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from ..errors import FuncnetError
+from .calibration import Calibration, fn_signals
+from .model_info import check_prunable
+
+Scores = list  # list[Float[Tensor, "d_mlp"] | None], one entry per layer
+Scorer = Callable[..., Scores]
+
+SCORERS: dict[str, Scorer] = {}
+#: "uniform" or "global" per method; "global" methods with standardize=True z-score each layer first.
+ALLOCATION: dict[str, str] = {}
+STANDARDIZE: dict[str, bool] = {}
+
+
+def _register(name: str, allocation: str, standardize: bool = False):
+    def deco(fn: Scorer) -> Scorer:
+        SCORERS[name] = fn
+        ALLOCATION[name] = allocation
+        STANDARDIZE[name] = standardize
+        return fn
+    return deco
+
+
+def _w_out_norm(model: Any, l: int) -> Float[Tensor, "d_mlp"]:
+    return model.blocks[l].mlp.W_out.detach().double().cpu().norm(dim=1)
+
+
+@_register("random", "uniform")
+def random_scores(model: Any, calib: Calibration | None, *, layers: Sequence[int], seed: int = 0,
+                  **_: Any) -> Scores:
+    """Uniform random scores (seeded): the control."""
+    g = torch.Generator().manual_seed(seed)
+    out: Scores = [None] * len(model.blocks)
+    for l in range(len(model.blocks)):
+        s = torch.rand(int(model.blocks[l].mlp.W_out.shape[0]), generator=g, dtype=torch.float64)
+        out[l] = s if l in layers else None
+    return out
+
+
+@_register("magnitude", "uniform")
+def magnitude_scores(model: Any, calib: Calibration | None, *, layers: Sequence[int], **_: Any) -> Scores:
+    """``‖W_out[j]‖₂ · ‖W_in[:, j]‖₂ (· ‖W_gate[:, j]‖₂ for gated MLPs)``: weights only."""
+    out: Scores = [None] * len(model.blocks)
+    for l in layers:
+        mlp = model.blocks[l].mlp
+        s = _w_out_norm(model, l) * mlp.W_in.detach().double().cpu().norm(dim=0)
+        if getattr(mlp, "W_gate", None) is not None:
+            s = s * mlp.W_gate.detach().double().cpu().norm(dim=0)
+        out[l] = s
+    return out
+
+
+@_register("wanda", "uniform")
+def wanda_scores(model: Any, calib: Calibration, *, layers: Sequence[int], **_: Any) -> Scores:
+    """Structured Wanda: ``‖W_out[j]‖₂ · ‖x_j‖₂`` over calibration tokens."""
+    st = calib.stats(model)
+    out: Scores = [None] * len(model.blocks)
+    for l in layers:
+        out[l] = _w_out_norm(model, l) * st.l2[l]
+    return out
+
+
+@_register("flap", "global", standardize=True)
+def flap_scores(model: Any, calib: Calibration, *, layers: Sequence[int], **_: Any) -> Scores:
+    """FLAP's fluctuation metric ``Var(x_j) · ‖W_out[j]‖₂²`` (selected globally after per-layer z-scoring)."""
+    st = calib.stats(model)
+    out: Scores = [None] * len(model.blocks)
+    for l in layers:
+        out[l] = st.var[l] * _w_out_norm(model, l) ** 2
+    return out
+
+
+@_register("activation", "uniform")
+def activation_scores(model: Any, calib: Calibration, *, layers: Sequence[int], **_: Any) -> Scores:
+    """Mean |x_j| over calibration tokens."""
+    st = calib.stats(model)
+    out: Scores = [None] * len(model.blocks)
+    for l in layers:
+        out[l] = st.abs_mean[l].clone()
+    return out
+
+
+@_register("fn", "global")
+def fn_scores(model: Any, calib: Calibration, *, layers: Sequence[int], n_components: int = 128,
+              n_restarts: int = 10, n_runs: int = 1, seed: int = 666, **_: Any) -> Scores:
+    """FN-pruning key-neuron score: max |z| over CanICA components, signals and runs.
+
+    Per layer, spatial ICA (CanICA: z-score columns, SVD, FastICA cube with features as samples) on the
+    layer's signals (gated: up projection and activated gate; else ``mlp.hook_post``). A neuron with score
+    > T is a key neuron of some functional network in some run, so keeping the neurons with score > T is
+    the paper's rule "keep if either signal is key in any component of any run". ``n_runs`` splits the
+    calibration tokens into that many consecutive chunks, one ICA run each (the union over runs).
+    """
+    from ..funcnet.canica import CanICA
+
+    if not isinstance(n_runs, int) or n_runs < 1:
+        raise FuncnetError(f"n_runs should be a positive int, got {n_runs!r}")
+    n_tok = calib.n_tokens
+    per_run = n_tok // n_runs
+    if per_run < 2 * n_components:
+        raise FuncnetError(f"FN scores need at least 2*n_components={2 * n_components} calibration tokens per "
+                           f"ICA run, got {per_run} ({n_tok} tokens / {n_runs} runs); add calibration text, "
+                           f"lower n_components or n_runs")
+    out: Scores = [None] * len(model.blocks)
+    sigs = fn_signals(model, calib, list(layers))
+    for l in layers:
+        X = sigs.pop(l)
+        w = int(model.blocks[l].mlp.W_out.shape[0])
+        best = torch.full((w,), -torch.inf, dtype=torch.float64)
+        for r in range(n_runs):
+            rows = X[r * per_run:(r + 1) * per_run]
+            ica = CanICA(n_components, n_restarts=n_restarts, standardize=True, fun="cube",
+                         random_state=seed + 1000 * r + l)
+            maps = ica.fit(rows).maps_  # (k, n_signals * w)
+            z = maps.detach().abs().amax(0).double().cpu().view(-1, w).amax(0)
+            best = torch.maximum(best, z)
+        out[l] = best
+    return out
+
+
+def score(model: Any, calib: Calibration | None, method: str, *, layers: Sequence[int] | None = None,
+          **options: Any) -> Scores:
+    """Scores of ``method`` for ``layers`` (default all); see the module docstring."""
+    check_prunable(model)
+    if method not in SCORERS:
+        raise FuncnetError(f"unknown pruning method {method!r}; choose one of {sorted(SCORERS)}")
+    if calib is None and method not in ("random", "magnitude"):
+        raise FuncnetError(f"method {method!r} needs calibration text; pass calib=Calibration.from_texts(...)")
+    if calib is not None:
+        calib.check_model(model)
+    layers = list(range(len(model.blocks))) if layers is None else list(layers)
+    return SCORERS[method](model, calib, layers=layers, **options)
+
+
+__all__ = ["SCORERS", "ALLOCATION", "STANDARDIZE", "score", "random_scores", "magnitude_scores",
+           "wanda_scores", "flap_scores", "activation_scores", "fn_scores"]

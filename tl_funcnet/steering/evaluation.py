@@ -1,0 +1,223 @@
+"""Measuring steering: target shift on test prompts, side effects on neutral text, layer x scale sweeps.
+
+Target metrics read the next-token distribution after each test prompt:
+
+- ``pos_mass`` / ``neg_mass``: probability of the positive / negative word tokens (first token of
+  ``" " + word``), averaged over prompts;
+- ``log_odds``: mean over prompts of ``log pos_mass - log neg_mass``; ``shift`` is its change against the
+  unsteered model (the headline number);
+- ``pos_logprob``: mean log-probability of the positive word tokens;
+- ``entropy``: mean next-token entropy (nats).
+
+Side effects on neutral text (steered at every position): mean per-token ``KL(base || steered)``, the
+next-token ``loss`` and its change ``delta_loss``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..errors import FuncnetError
+from ..hooks import Intervention
+from .vector import SteeringVector, random_like
+
+IvFactory = Callable[[Int[Tensor, "batch"]], Intervention]
+
+
+def word_ids(model: Any, words: Iterable[str | int]) -> list[int]:
+    """Token ids of target words: ints pass through, strings give the first token of ``" " + word``."""
+    out: list[int] = []
+    for w in words:
+        if isinstance(w, int):
+            i = w
+        else:
+            if getattr(model, "tokenizer", None) is None:
+                raise FuncnetError("the model has no tokenizer; give target words as token ids")
+            i = int(model.to_tokens(" " + w.strip(), prepend_bos=False)[0, 0])
+        if not 0 <= i < model.cfg.d_vocab:
+            raise FuncnetError(f"target token id {i} is outside the vocabulary (d_vocab={model.cfg.d_vocab})")
+        if i not in out:
+            out.append(i)
+    if not out:
+        raise FuncnetError("no target words given; pass at least one word (or token id)")
+    return out
+
+
+def _as_factory(iv: Intervention | IvFactory | None) -> IvFactory:
+    if iv is None:
+        return lambda last: Intervention()
+    if isinstance(iv, Intervention):
+        return lambda last: iv
+    return iv
+
+
+@torch.no_grad()
+def next_token_logprobs(model: Any, prompts: Sequence[Any], intervention: Intervention | IvFactory | None = None,
+                        *, batch_size: int = 16) -> Float[Tensor, "n d_vocab"]:
+    """Log-probabilities of the next token after each prompt, under ``intervention``.
+
+    ``intervention`` may be a callable ``f(last_index) -> Intervention`` to steer per-row positions (the
+    index of each row's last real token in the right-padded batch).
+    """
+    from ..activations.tokens import batches, pad_id, tokenize
+
+    make = _as_factory(intervention)
+    seqs = tokenize(model, list(prompts), max_tokens_per_seq=None)
+    out = torch.empty(len(seqs), model.cfg.d_vocab)
+    device = next(model.parameters()).device
+    for batch in batches(seqs, batch_size, pad_id=pad_id(model)):
+        last = (batch.mask.sum(1) - 1).to(device)
+        with make(last).applied(model):
+            logits = model(batch.tokens.to(device), return_type="logits")
+        out[batch.index] = F.log_softmax(logits[torch.arange(len(last)), last].float(), -1).cpu()
+    return out
+
+
+def target_metrics(logp: Float[Tensor, "n d_vocab"], pos_ids: Sequence[int], neg_ids: Sequence[int]) -> dict[str, float]:
+    """Target numbers from next-token log-probs (see the module docstring)."""
+    lp_pos = torch.logsumexp(logp[:, list(pos_ids)], -1)
+    lp_neg = torch.logsumexp(logp[:, list(neg_ids)], -1)
+    return {"log_odds": float((lp_pos - lp_neg).mean()), "pos_mass": float(lp_pos.exp().mean()),
+            "neg_mass": float(lp_neg.exp().mean()), "pos_logprob": float(logp[:, list(pos_ids)].mean()),
+            "entropy": float(-(logp.exp() * logp).sum(-1).mean())}
+
+
+class NeutralReference:
+    """Unsteered next-token log-probs on neutral text, kept to score side effects of many interventions."""
+
+    @torch.no_grad()
+    def __init__(self, model: Any, texts: Any = "evaluation", *, max_texts: int | None = 12,
+                 max_tokens_per_seq: int = 64, batch_size: int = 8):
+        from ..activations.tokens import batches, pad_id, resolve_corpus, tokenize
+
+        items = resolve_corpus(texts)
+        if max_texts is not None:
+            items = items[:max_texts]
+        seqs = tokenize(model, items, max_tokens_per_seq=max_tokens_per_seq)
+        self.model = model
+        self.batches = list(batches(seqs, batch_size, pad_id=pad_id(model)))
+        device = next(model.parameters()).device
+        self.base: list[Tensor] = []
+        self.base_loss = 0.0
+        self.n_tokens = 0
+        for b in self.batches:
+            lp = F.log_softmax(model(b.tokens.to(device))[:, :-1].float(), -1)
+            self.base.append(lp.cpu())
+            mask = b.mask[:, 1:].bool()
+            nll = -lp.cpu().gather(-1, b.tokens[:, 1:, None]).squeeze(-1)
+            self.base_loss += float(nll[mask].sum())
+            self.n_tokens += int(mask.sum())
+        self.base_loss /= self.n_tokens
+
+    @torch.no_grad()
+    def side_effects(self, intervention: Intervention) -> dict[str, float]:
+        """``kl`` (base || steered, per token), ``loss``, ``delta_loss`` and ``neutral_entropy``."""
+        device = next(self.model.parameters()).device
+        kl = loss = ent = 0.0
+        for b, base in zip(self.batches, self.base):
+            with intervention.applied(self.model):
+                lp = F.log_softmax(self.model(b.tokens.to(device))[:, :-1].float(), -1).cpu()
+            mask = b.mask[:, 1:].bool()
+            kl += float((base.exp() * (base - lp)).sum(-1)[mask].sum())
+            loss += float(-lp.gather(-1, b.tokens[:, 1:, None]).squeeze(-1)[mask].sum())
+            ent += float(-(lp.exp() * lp).sum(-1)[mask].sum())
+        n = self.n_tokens
+        return {"kl": kl / n, "loss": loss / n, "delta_loss": loss / n - self.base_loss, "neutral_entropy": ent / n}
+
+
+def sweep(model: Any, vectors: Mapping[int, SteeringVector], scales: Sequence[float], test_prompts: Sequence[Any],
+          positive_words: Sequence[str | int], negative_words: Sequence[str | int], *,
+          neutral: NeutralReference | Any = "evaluation", pos: str = "all", normalize: bool = False,
+          random_control: bool = True, seed: int = 0, progress: Callable[[str], None] | None = None):
+    """Layer x scale sweep: one row per (kind, layer, scale) with target and side-effect metrics.
+
+    ``vectors`` maps a layer to the vector applied there (e.g. :func:`mean_differences`). ``pos`` is
+    ``"all"`` or ``"last"`` (the last real token of each test prompt). With ``random_control`` every
+    configuration is repeated with a random vector of the same norm. Returns a pandas DataFrame with
+    columns ``kind, layer, scale, norm, log_odds, shift, pos_mass, neg_mass, pos_logprob, entropy, kl,
+    loss, delta_loss, neutral_entropy``.
+    """
+    import pandas as pd
+
+    if not vectors:
+        raise FuncnetError("no vectors to sweep; pass {layer: SteeringVector}")
+    if not scales:
+        raise FuncnetError("no scales to sweep; pass one or more numbers")
+    if pos not in ("all", "last"):
+        raise FuncnetError(f"pos should be 'all' or 'last' for a sweep, got {pos!r}")
+    pos_ids, neg_ids = word_ids(model, positive_words), word_ids(model, negative_words)
+    ref = neutral if isinstance(neutral, NeutralReference) else NeutralReference(model, neutral)
+    base = target_metrics(next_token_logprobs(model, test_prompts), pos_ids, neg_ids)
+    rows = [{"kind": "base", "layer": -1, "scale": 0.0, "norm": 0.0, **base, "shift": 0.0,
+             "kl": 0.0, "loss": ref.base_loss, "delta_loss": 0.0, "neutral_entropy": float("nan")}]
+    for layer, sv in vectors.items():
+        kinds = [("steer", sv)] + ([("random", random_like(sv, seed=seed + layer))] if random_control else [])
+        for kind, v in kinds:
+            for s in scales:
+                def make(last: Tensor, v: SteeringVector = v, s: float = s) -> Intervention:
+                    return v.to_intervention(s, last if pos == "last" else "all", normalize=normalize)
+
+                m = target_metrics(next_token_logprobs(model, test_prompts, make), pos_ids, neg_ids)
+                side = ref.side_effects(v.to_intervention(s, "all", normalize=normalize))
+                rows.append({"kind": kind, "layer": layer, "scale": float(s), "norm": v.norm, **m,
+                             "shift": m["log_odds"] - base["log_odds"], **side})
+                if progress:
+                    progress(f"{kind:6s} layer {layer:2d} scale {s:6.2f}: shift {rows[-1]['shift']:+.3f} "
+                             f"kl {side['kl']:.3f}")
+    return pd.DataFrame(rows)
+
+
+def best_config(df: Any, *, kl_budget: float = 1.0, kind: str = "steer") -> dict[str, Any]:
+    """The row of ``kind`` with the largest shift among those with ``kl <= kl_budget`` (or the lowest-KL
+    row if none qualifies)."""
+    rows = df[df["kind"] == kind]
+    if rows.empty:
+        raise FuncnetError(f"no rows of kind {kind!r} in the sweep")
+    ok = rows[rows["kl"] <= kl_budget]
+    row = ok.loc[ok["shift"].idxmax()] if not ok.empty else rows.loc[rows["kl"].idxmin()]
+    return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.to_dict().items()}
+
+
+def plot_sweep(df: Any, path: Any, *, title: str = "steering sweep") -> Any:
+    """PNG with three panels: shift (layer x scale), KL on neutral text, and shift against KL."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steer = df[df["kind"] == "steer"]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for ax, col, cmap in ((axes[0], "shift", "RdBu_r"), (axes[1], "kl", "viridis")):
+        grid = steer.pivot_table(index="layer", columns="scale", values=col)
+        lim = float(abs(grid.values).max()) or 1.0
+        im = ax.imshow(grid.values, aspect="auto", origin="lower", cmap=cmap,
+                       **({"vmin": -lim, "vmax": lim} if col == "shift" else {}))
+        ax.set_xticks(range(grid.shape[1]), [f"{c:g}" for c in grid.columns])
+        ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index])
+        ax.set_xlabel("scale")
+        ax.set_ylabel("layer")
+        ax.set_title("target log-odds shift" if col == "shift" else "KL(base || steered), neutral text")
+        fig.colorbar(im, ax=ax)
+    for kind, marker in (("steer", "o"), ("random", "x")):
+        sub = df[df["kind"] == kind]
+        if not sub.empty:
+            axes[2].scatter(sub["kl"], sub["shift"], marker=marker, label=kind, alpha=0.7)
+    axes[2].set_xlabel("KL on neutral text (nats/token)")
+    axes[2].set_ylabel("target log-odds shift")
+    axes[2].set_xscale("symlog", linthresh=1e-3)
+    axes[2].legend()
+    axes[2].set_title("effect vs side effect")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+__all__ = ["word_ids", "next_token_logprobs", "target_metrics", "NeutralReference", "sweep", "best_config",
+           "plot_sweep"]
