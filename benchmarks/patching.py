@@ -77,12 +77,14 @@ def time_tl(model, task, kind: str, ours) -> dict:
             "max_abs_diff": float((ours.grid - ref).abs().max())}
 
 
-def run_real(tasks: list[str], kinds: list[str], n_pairs: int, tl_task: str | None, n_neurons: int) -> dict:
+def run_real(tasks: list[str], kinds: list[str], n_pairs: int, tl_task: str | None, n_neurons: int,
+             res: dict) -> dict:
     from tl_funcnet.models import load
 
     t0 = time.perf_counter()
     model = load("smollm2-135m")
     out: dict = {"load_seconds": time.perf_counter() - t0, "tasks": {}}
+    res["real"] = out  # written after every row, so a cut-short run keeps what it measured
     for name in tasks:
         task = load_task(name, model, n_pairs=n_pairs)
         entry: dict = {"report": task_report(model, task), "nodes": {}}
@@ -105,8 +107,9 @@ def run_real(tasks: list[str], kinds: list[str], n_pairs: int, tl_task: str | No
             if name == tl_task and kind in ("resid", "mlp"):
                 row["vs_transformer_lens"] = time_tl(model, task, kind, ex)
             entry["nodes"][kind] = row
+            out["tasks"][name] = entry
+            write_result("patching", res)
             print(f"  {name:13s} {kind:7s} {row}", flush=True)
-        out["tasks"][name] = entry
     return out
 
 
@@ -138,8 +141,8 @@ def main() -> None:
     torch.set_grad_enabled(True)
     res: dict = {"machine": machine_info(), "args": vars(args), "planted": run_planted()}
     if not args.quick:
-        res["real"] = run_real(args.tasks.split(","), args.nodes.split(","), args.n_pairs, args.tl_task or None,
-                               args.n_neurons)
+        run_real(args.tasks.split(","), args.nodes.split(","), args.n_pairs, args.tl_task or None,
+                 args.n_neurons, res)
     path = write_result("patching", res)
     print(table(res))
     print(f"\nwrote {path}")

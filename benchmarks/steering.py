@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--kl-budget", type=float, default=0.5, help="max KL (nats/token) on neutral text for 'best'")
     ap.add_argument("--neutral-texts", type=int, default=12)
     ap.add_argument("--gen-tokens", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--out", default=NAME)
     ap.add_argument("--quick", action="store_true", help="tiny random model on token ids (CI smoke run)")
     args = ap.parse_args(argv)
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
                                      pca_direction, plot_sweep, sweep)
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.out = NAME + "_quick" if args.out == NAME else args.out
         model, pairs, neutral_texts, gen_prompts = tiny_setup()

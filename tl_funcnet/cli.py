@@ -112,7 +112,24 @@ def _demo(p: argparse.ArgumentParser) -> Handler:
 
 def _load_feature_commands() -> None:
     """Feature packages register further subcommands here (imports stay lazy: only argparse setup)."""
+    import importlib.util
+    from pathlib import Path
+
     from . import cli_features  # noqa: F401
+
+    # Each feature keeps its subcommand in <feature>/cli.py. Load those files without running the feature
+    # package's __init__ (which imports torch), so `--help` stays instant; handlers import lazily.
+    root = Path(__file__).resolve().parent
+    for feature in ("steering", "patching", "fingerprint", "pruning", "sae"):
+        name = f"{__package__}.{feature}.cli"
+        path = root / feature / "cli.py"
+        if name in sys.modules or not path.exists():
+            continue
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+        module.__package__ = f"{__package__}.{feature}"
+        sys.modules[name] = module
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
 
 
 def build_parser() -> argparse.ArgumentParser:

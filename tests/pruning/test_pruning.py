@@ -46,6 +46,18 @@ def setup(request):
     return model, _calib(model)
 
 
+_PLANS: dict = {}
+
+
+def _plan(model, calib, method):
+    key = (id(model), method)
+    if key not in _PLANS:
+        opts = FN_OPTS if method == "fn" else {}
+        plan = plan_pruning(model, 0.3, method, calib, protect_first=1, protect_last=1, **opts)
+        _PLANS[key] = compensate(model, plan, calib)
+    return _PLANS[key]
+
+
 # ------------------------------------------------------------------ soft == hard
 
 
@@ -55,9 +67,7 @@ def setup(request):
 def test_hard_prune_matches_intervention(setup, method, bias):
     model, calib = setup
     state = _state(model)
-    opts = FN_OPTS if method == "fn" else {}
-    plan = plan_pruning(model, 0.3, method, calib, protect_first=1, protect_last=1, **opts)
-    plan = compensate(model, plan, calib)
+    plan = _plan(model, calib, method)
     small = guard(hard_prune(model, plan, bias_compensation=bias))
     toks = torch.randint(0, 50, (3, 11), generator=torch.Generator().manual_seed(5))
     with plan.to_intervention(bias_compensation=bias).applied(model):
@@ -74,7 +84,7 @@ def test_hard_prune_matches_intervention(setup, method, bias):
 
 def test_param_counts_match_the_hard_pruned_model(setup):
     model, calib = setup
-    plan = plan_pruning(model, 0.25, "wanda", calib)
+    plan = plan_pruning(model, 0.25, "wanda", calib, protect_first=1, protect_last=1)
     small = hard_prune(model, plan, bias_compensation=False)
     c = plan.param_counts(model)
     assert c["params_after"] == sum(p.numel() for p in small.parameters())
@@ -121,6 +131,7 @@ def test_bias_compensation_lowers_loss_on_calibration_text():
     calib = _calib(model, n=60)
     plan = compensate(model, plan_pruning(model, 0.5, "random", calib, protect_first=0, protect_last=0), calib)
 
+    @torch.no_grad()
     def kl(iv):
         tot = 0.0
         for b in calib.batches(model):

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tl_funcnet.errors import FuncnetError, ShapeError
+from tl_funcnet.errors import FuncnetError
 from tl_funcnet.hooks import Intervention
 from tl_funcnet.steering import (SteeringVector, entropy_weighted, from_network, from_sae, mean_difference,
                                  mean_differences, pca_direction, random_like, read_examples)

@@ -414,8 +414,11 @@ class FastICA:
 
     Fitted attributes are torch tensors: ``components_`` (k, n_features; unmixing incl. whitening),
     ``mixing_`` (n_features, k), ``mean_`` (n_features,), ``whitening_`` (k, n_features),
-    ``n_iter_``, ``converged_``, ``n_features_in_``. ``transform``/``fit_transform``/``inverse_transform``
-    return numpy when given numpy and torch when given torch.
+    ``n_iter_``, ``converged_``, ``n_features_in_``, ``whiten_solver_`` (the solver "auto" chose).
+    ``transform``/``fit_transform``/``inverse_transform`` return numpy when given numpy and torch when
+    given torch. ``fit_transform`` takes the sources from the whitened data; with the randomized solver
+    they equal ``transform(X)`` up to the range finder's accuracy (exactly for the other solvers).
+    A ``ConvergenceWarning`` (scikit-learn's class) is emitted when ``max_iter`` is reached.
     """
 
     def __init__(

@@ -36,6 +36,11 @@ class OpSpec:
 
 OPS: dict[str, OpSpec] = {}
 
+#: Feature modules that register ops of their own; imported on first lookup of an unknown name, so an
+#: intervention saved with, say, a steering op loads without importing tl_funcnet.steering by hand.
+OP_PROVIDERS = ("tl_funcnet.steering.ops", "tl_funcnet.sae.ops", "tl_funcnet.pruning.ops",
+                "tl_funcnet.patching.ops")
+
 
 def register_op(
     name: str,
@@ -59,6 +64,14 @@ def register_op(
 
 def get_op(name: str) -> OpSpec:
     """The registered op called ``name``; an :class:`UnknownOpError` lists close names otherwise."""
+    if name not in OPS:
+        import importlib
+
+        for module in OP_PROVIDERS:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                continue
     try:
         return OPS[name]
     except KeyError:

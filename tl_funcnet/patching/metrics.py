@@ -28,7 +28,7 @@ class _LastPos:
     last_position_only = True
     name = "metric"
 
-    def __init__(self, answer: Any, n: int | None = None):
+    def __init__(self, answer: Any):
         self.answer = _ids(answer, "answer")
 
     def _rows(self, logits: Tensor, ids: Tensor) -> Tensor:

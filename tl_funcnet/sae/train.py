@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import tempfile
 import warnings
 from contextlib import contextmanager
@@ -125,10 +126,13 @@ def train_sae(model: Any, site: str, corpus: Any = "calibration", *, d_sae: int 
         )
         runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model)
         was_training = model.training
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             trained = runner.run()
-        finally:
+        finally:  # the runner installs its own SIGINT/SIGTERM handlers and leaves them in place
             model.train(was_training)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
         with tempfile.TemporaryDirectory() as tmp:
             trained.save_inference_model(tmp)
             sae = SAE.load_from_disk(tmp, device=device)

@@ -1,0 +1,158 @@
+"""Pruning benchmark: held-out perplexity of SmolLM2-135M with 10/20/30/50% of MLP neurons removed.
+
+Every method (fn, flap, wanda, magnitude, activation, random), with and without FLAP-style bias compensation,
+same protected layers for all (first 3, last 2). Scores are computed once per method and reused across
+ratios; perplexities use the soft (intervention) prune, which the tests show equals the hard prune to float
+tolerance (checked again here for fn). Also: parameter counts and the forward-time speedup of the hard-pruned
+FN model (same tokens, median of repeats).
+
+    python benchmarks/prune.py            # SmolLM2 (≈ 10-20 min on 2 cores)
+    python benchmarks/prune.py --quick    # tiny random model, for CI
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _bench import OUT_DIR, machine_info, write_result  # noqa: E402
+
+RATIOS = (0.1, 0.2, 0.3, 0.5)
+METHODS = ("fn", "flap", "wanda", "magnitude", "activation", "random")
+
+
+def _setup(quick: bool):
+    if quick:
+        from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+        cfg = HookedTransformerConfig(n_layers=8, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=100,
+                                      n_ctx=64, act_fn="silu", normalization_type="RMS", gated_mlp=True,
+                                      positional_embedding_type="rotary", rotary_dim=8, seed=0)
+        model = HookedTransformer(cfg).eval()
+        g = torch.Generator().manual_seed(0)
+        calib = [torch.randint(0, 100, (32,), generator=g) for _ in range(16)]
+        evals = [torch.randint(0, 100, (32,), generator=g) for _ in range(8)]
+        return model, calib, evals, {"n_components": 8, "n_restarts": 2}, 512
+    from tl_funcnet.data import load_corpus
+    from tl_funcnet.models import load
+
+    model = load("smollm2-135m")
+    return model, "calibration", load_corpus("evaluation")[:16], {}, 2048
+
+
+def _forward_time(model, toks, repeats: int) -> float:
+    with torch.no_grad():
+        model(toks, return_type=None)  # warm-up
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model(toks, return_type=None)
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--fn-components", type=int, default=None, help="ICA components per layer (default 128)")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+
+    from tl_funcnet.activations import tokenize
+    from tl_funcnet.evaluate import evaluate
+    from tl_funcnet.pruning import Calibration, compensate, hard_prune, plan_from_scores, protected_layers, score
+
+    t0 = time.perf_counter()
+    model, calib_src, evals, fn_opts, max_tokens = _setup(args.quick)
+    if args.fn_components:
+        fn_opts["n_components"] = args.fn_components
+    log = lambda s: print(f"[{time.perf_counter() - t0:7.1f}s] {s}", flush=True)  # noqa: E731
+    log("model loaded")
+    calib = Calibration.from_texts(model, calib_src, max_tokens=max_tokens, max_tokens_per_seq=128)
+    ev = lambda iv=None, m=model: evaluate(m, evals, iv, compare_to_base=False, progress=False)  # noqa: E731
+    base = ev()
+    log(f"calibration {calib.n_tokens} tokens; unpruned ppl {base.perplexity:.3f} on {base.n_tokens} tokens")
+    prot = protected_layers(len(model.blocks), 3, 2)
+    layers = [l for l in range(len(model.blocks)) if l not in prot]
+
+    results: dict = {"ppl": {}, "score_seconds": {}, "compensate_seconds": {}, "params": {}, "speed": {}}
+    plans: dict = {}
+    for method in METHODS:
+        t = time.perf_counter()
+        s = score(model, calib, method, layers=layers, **(fn_opts if method == "fn" else {}))
+        results["score_seconds"][method] = time.perf_counter() - t
+        log(f"{method}: scores in {results['score_seconds'][method]:.1f}s")
+        for r in RATIOS:
+            plan = plan_from_scores(model, s, r, method)
+            t = time.perf_counter()
+            plan = compensate(model, plan, calib)
+            results["compensate_seconds"].setdefault(method, []).append(time.perf_counter() - t)
+            plans[(method, r)] = plan
+            for bias in (False, True):
+                ppl = ev(plan.to_intervention(bias_compensation=bias)).perplexity
+                results["ppl"][f"{method}|{'bias' if bias else 'nobias'}|{r}"] = ppl
+            log(f"  {method} {r:.0%}: ppl {results['ppl'][f'{method}|nobias|{r}']:.3f} / "
+                f"{results['ppl'][f'{method}|bias|{r}']:.3f} (no bias / bias comp.)")
+
+    # hard-pruned FN models: parameters, equivalence with the soft prune, forward-time speedup
+    seqs = tokenize(model, evals, max_tokens_per_seq=128)[:4]
+    width = min(len(x) for x in seqs)
+    toks = torch.stack([x[:width] for x in seqs])
+    t_base = _forward_time(model, toks, args.repeats)
+    for r in RATIOS:
+        plan = plans[("fn", r)]
+        results["params"][str(r)] = plan.param_counts(model)
+        small = hard_prune(model, plan, bias_compensation=True)
+        hard_ppl = ev(m=small).perplexity
+        t_small = _forward_time(small, toks, args.repeats)
+        results["speed"][str(r)] = {"t_unpruned_s": t_base, "t_pruned_s": t_small, "speedup": t_base / t_small,
+                                    "hard_ppl": hard_ppl, "soft_ppl": results["ppl"][f"fn|bias|{r}"]}
+        log(f"hard fn {r:.0%}: {plan.param_counts(model)['params_after']:,} params, ppl {hard_ppl:.3f}, "
+            f"forward {t_small * 1e3:.0f} ms vs {t_base * 1e3:.0f} ms")
+        del small
+
+    md = _markdown(results, base.perplexity, base.n_tokens, calib.n_tokens, toks.shape, args.repeats)
+    print(md)
+    payload = {"quick": args.quick, "machine": machine_info(), "ratios": RATIOS, "methods": METHODS,
+               "protected_layers": list(prot), "fn_options": fn_opts, "calibration_tokens": calib.n_tokens,
+               "eval_tokens": base.n_tokens, "ppl_unpruned": base.perplexity, **results,
+               "total_seconds": time.perf_counter() - t0}
+    name = "prune_quick" if args.quick else "prune"
+    write_result(name, payload)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    (OUT_DIR / f"{name}.md").write_text(md + "\n")
+    log(f"wrote {OUT_DIR / (name + '.json')} and {name}.md")
+    return 0
+
+
+def _markdown(res: dict, base_ppl: float, n_eval: int, n_calib: int, shape, repeats: int) -> str:
+    head = "| method | bias comp. | " + " | ".join(f"{r:.0%}" for r in RATIOS) + " |"
+    lines = [f"Perplexity on held-out text ({n_eval} predicted tokens; unpruned {base_ppl:.3f}); "
+             f"{n_calib} calibration tokens; % of MLP neurons removed (layers 0-2 and last 2 protected).", "",
+             head, "|" + "---|" * (len(RATIOS) + 2)]
+    for bias in ("nobias", "bias"):
+        for m in METHODS:
+            vals = [res["ppl"][f"{m}|{bias}|{r}"] for r in RATIOS]
+            best = [min(res["ppl"][f"{mm}|{bias}|{r}"] for mm in METHODS) for r in RATIOS]
+            cells = [f"**{v:.2f}**" if v == b else f"{v:.2f}" for v, b in zip(vals, best)]
+            lines.append(f"| {m} | {'yes' if bias == 'bias' else 'no'} | " + " | ".join(cells) + " |")
+    lines += ["", "Bold: best of its column within the same compensation setting.", "",
+              "| removed | params after | % all params | % MLP params | fwd unpruned | fwd pruned | speedup "
+              "| hard-pruned fn ppl |", "|---|---|---|---|---|---|---|---|"]
+    for r in RATIOS:
+        p, s = res["params"][str(r)], res["speed"][str(r)]
+        lines.append(f"| {r:.0%} | {p['params_after']:,} / {p['params_before']:,} | {p['param_ratio']:.1%} | "
+                     f"{p['mlp_param_ratio']:.1%} | {s['t_unpruned_s'] * 1e3:.0f} ms | {s['t_pruned_s'] * 1e3:.0f} ms | "
+                     f"{s['speedup']:.2f}x | {s['hard_ppl']:.2f} |")
+    lines.append(f"\nForward time: batch {tuple(shape)}, median of {repeats}, CPU, shared machine (noisy).")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
