@@ -31,7 +31,7 @@ def _setup(quick: bool):
     if quick:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-        cfg = HookedTransformerConfig(n_layers=8, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=100,
+        cfg = HookedTransformerConfig(n_layers=12, d_model=32, n_heads=4, d_head=8, d_mlp=64, d_vocab=100,
                                       n_ctx=64, act_fn="silu", normalization_type="RMS", gated_mlp=True,
                                       positional_embedding_type="rotary", rotary_dim=8, seed=0)
         model = HookedTransformer(cfg).eval()

@@ -147,6 +147,68 @@ fn.save(out / "networks")
 FunctionalNetworks.load(out / "networks").summary()["n_units"] == s["n_units"]"""),
 ]
 
+NOTEBOOKS["07_steering"] = [
+    ("md", "# Steering vectors\n\nBuild a direction from contrasting prompts (CAA-style mean difference, or "
+           "a PCA reading vector), add it while generating (with the key-value cache), and measure both the "
+           "target shift and the side effects, beside a random vector of the same norm."),
+    ("code", SETUP),
+    ("code", """from tl_funcnet.steering import load_pairs, mean_differences, generate, sweep, best_config, plot_sweep
+pairs = load_pairs("sentiment")
+print(len(pairs), "pairs, e.g.", pairs.positive[0], "|", pairs.negative[0])
+vectors = mean_differences(model, pairs.positive, pairs.negative, layers=[3, 6])
+vectors[6]"""),
+    ("code", """prompt = "I watched the film last night and I thought it was"
+print("plain:    ", generate(model, prompt, None, max_new_tokens=12))
+print("steered + :", generate(model, prompt, vectors[6], scale=6.0, pos="all", max_new_tokens=12))
+print("steered - :", generate(model, prompt, vectors[6], scale=-6.0, pos="all", max_new_tokens=12))"""),
+    ("code", """# the steering vector is an ordinary Intervention: it composes, saves and loads
+iv = vectors[6].to_intervention(scale=4.0, pos="generated")
+print(iv)"""),
+    ("code", """# a small sweep: target shift (log-odds of positive vs negative next words) and KL on neutral text
+from tl_funcnet.data import load_corpus
+df = sweep(model, vectors, [2.0, 6.0], pairs.test_prompts[:6], pairs.positive_words, pairs.negative_words,
+           neutral=load_corpus("evaluation")[:3])
+df.round(3)"""),
+    ("code", """best_config(df, kl_budget=0.5)"""),
+]
+
+NOTEBOOKS["06_sae_features"] = [
+    ("md", "# SAE features as composable hooks\n\nTrain a small sparse autoencoder offline with sae-lens's own "
+           "runner, measure it, and edit its features as an `Intervention` that stacks with other edits on the "
+           "same site (no module is swapped). Settings here are tiny so the notebook runs in minutes; "
+           "`scripts/train_sae.py` trains the default SAEs."),
+    ("code", SETUP),
+    ("code", """from tl_funcnet.sae import train_sae, evaluate_sae, ablate_features, capture_features, splice
+site = "blocks.6.hook_resid_post"
+sae = train_sae(model, site, "calibration", d_sae=1152, k=16, training_tokens=16_384, train_batch_size_tokens=1024,
+                n_batches_in_buffer=8)
+sae.cfg.d_sae"""),
+    ("code", """from tl_funcnet.data import load_corpus
+m = evaluate_sae(model, sae, load_corpus("evaluation")[:3])
+m"""),
+    ("code", """# which features fire on the last token of a prompt, and what ablating the top one does
+prompt = "The capital of France is"
+store = {}
+with capture_features(sae, store).applied(model):
+    base = model(prompt)
+feats = next(iter(store.values()))[0, -1]
+top = feats.topk(3)
+print("top features at the last token:", top.indices.tolist(), [round(v, 2) for v in top.values.tolist()])
+iv = ablate_features(sae, [int(top.indices[0])], pos="last")
+with iv.applied(model):
+    edited = model(prompt)
+show = lambda logits: [model.to_string(int(t)) for t in logits[0, -1].topk(5).indices]
+print("before:", show(base))
+print("after: ", show(edited))"""),
+    ("code", """# SAE edits stack with other interventions on the same site, in the order chosen with +
+from tl_funcnet import steer
+combo = ablate_features(sae, [int(top.indices[0])]) + steer(site, torch.randn(model.cfg.d_model) * 0.1)
+print(combo)
+with combo.applied(model):
+    model(prompt)
+print("hooks left:", sum(len(hp._forward_hooks) for hp in model.hook_dict.values()))"""),
+]
+
 
 def build() -> list[Path]:
     written = []

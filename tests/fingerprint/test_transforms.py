@@ -33,3 +33,17 @@ def test_lossy_transforms_shapes(model, tokens):
 def test_random_orthogonal_is_orthogonal():
     R = T.random_orthogonal(10, seed=4)
     assert torch.allclose(R @ R.T, torch.eye(10, dtype=R.dtype), atol=1e-10)
+
+
+def test_baselines_on_tiny_models(model):
+    from tl_funcnet.fingerprint.baselines import output_similarity, parameter_cosine, weight_awm
+
+    rot, pruned = T.rotate_residual(model, seed=2), T.prune_mlp(model, 0.25)
+    other = make_llama_style(seed=3, normalization_type="RMSPre").eval()
+    assert weight_awm(model, rot) == pytest.approx(1.0, abs=1e-6)  # Procrustes undoes the rotation
+    assert weight_awm(model, other) < 0.8
+    assert parameter_cosine(model, pruned) is None  # shapes differ: n/a
+    assert parameter_cosine(model, model) == pytest.approx(1.0)
+    lp = torch.log_softmax(torch.randn(5, 7), -1)
+    assert output_similarity(lp, lp) == pytest.approx(1.0, abs=1e-6)
+    assert output_similarity(lp, None) is None

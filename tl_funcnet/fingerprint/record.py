@@ -104,14 +104,22 @@ def fingerprint(model: Any, texts: Sequence[str] | None = None, *, n_networks: i
     layers jointly (tokens of all texts as samples) and keeps each network's source time course per text,
     with the tokens' character spans so models with other tokenizers can be aligned. Special tokens (BOS,
     CLS, SEP) are left out. Sources are sign-canonicalised (positive skew) and ordered by explained variance.
-    ``dtype`` is that of the Gram product (float64 for exact invariance tests). ``threshold`` only sets the descriptive per-layer unit counts (``|z| > threshold`` of each mixing column).
+    ``dtype`` is that of the Gram product (float64 for exact invariance tests). ``threshold`` only sets the
+    descriptive per-layer unit counts (``|z| > threshold`` of each mixing column).
     """
-    from .tica import temporal_ica
-
     texts = default_texts() if texts is None else [str(t) for t in texts]
-    if not texts or any(not t.strip() for t in texts):
+    acts, offsets = record_texts(model, texts, tokenizer=tokenizer, max_tokens_per_text=max_tokens_per_text)
+    return fingerprint_from_activations(model, texts, acts, offsets, n_networks=n_networks, threshold=threshold,
+                                        random_state=random_state, dtype=dtype, name=name,
+                                        max_tokens_per_text=max_tokens_per_text, tokenizer=tokenizer)
+
+
+def record_texts(model: Any, texts: Sequence[str], *, tokenizer: Tokenizer | str | None = None,
+                 max_tokens_per_text: int | None = 512) -> tuple[list[Tensor], list[Tensor]]:
+    """Per text, ``hook_resid_post`` of all layers ``(n_real_tokens, n_layers, d_model)`` and the spans."""
+    if not texts or any(not str(t).strip() for t in texts):
         raise FuncnetError("fingerprint() needs at least one non-empty text")
-    feats, keep_offs, lengths = [], [], []
+    feats, keep_offs = [], []
     for text in texts:
         ids, offs = tokenize_with_offsets(model, text, tokenizer, max_tokens_per_text)
         real = offs[:, 1] > offs[:, 0]  # drop special tokens (empty span)
@@ -119,11 +127,23 @@ def fingerprint(model: Any, texts: Sequence[str] | None = None, *, n_networks: i
             raise FuncnetError(f"text {text[:40]!r} has fewer than 2 real tokens")
         feats.append(record(model, ids)[real])
         keep_offs.append(offs[real])
-        lengths.append(int(real.sum()))
+    return feats, keep_offs
+
+
+def fingerprint_from_activations(model: Any, texts: Sequence[str], feats: list[Tensor], offsets: list[Tensor], *,
+                                 n_networks: int = 64, threshold: float = 3.6, random_state: int = 666,
+                                 dtype: torch.dtype = torch.float32, name: str | None = None,
+                                 max_tokens_per_text: int | None = 512,
+                                 tokenizer: Tokenizer | str | None = None) -> Fingerprint:
+    """The ICA half of :func:`fingerprint`, on activations from :func:`record_texts`."""
+    from .tica import temporal_ica
+
+    lengths = [int(f.shape[0]) for f in feats]
+    keep_offs = list(offsets)
     acts = torch.cat(feats)
     n_layers, d_model = acts.shape[1], acts.shape[2]
     X = layer_normalized(acts.to(dtype))
-    del acts, feats
+    del acts
     k = min(n_networks, X.shape[0] - 1, X.shape[1])
     if k < 1:
         raise FuncnetError(f"too few tokens ({X.shape[0]}) for an ICA; pass longer or more texts")
@@ -146,4 +166,4 @@ def fingerprint(model: Any, texts: Sequence[str] | None = None, *, n_networks: i
 
 
 _ = np
-__all__ = ["fingerprint", "default_texts", "tokenize_with_offsets", "record", "layer_normalized", "char_tokenizer"]
+__all__ = ["fingerprint", "record_texts", "fingerprint_from_activations", "default_texts", "tokenize_with_offsets", "record", "layer_normalized", "char_tokenizer"]
