@@ -20,6 +20,16 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str | os.PathLike[str]) -> Path:
+    """Write ``fig`` as PNG (creating folders), close it, return the path."""
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_network_map(fn: FunctionalNetworks, path: str | os.PathLike[str], ids: Sequence[int] | None = None,
                      *, title: str | None = None) -> Path:
     """Layer (site) x unit image: each key unit coloured by how many selected networks include it."""
@@ -42,12 +52,7 @@ def plot_network_map(fn: FunctionalNetworks, path: str | os.PathLike[str], ids: 
     ax.set_yticklabels([s.replace("blocks.", "") for s in fn.sites_], fontsize=6)
     fig.colorbar(im, ax=ax, label="networks containing the unit")
     ax.set_title(title or f"{len(ids)} functional networks, {int((counts > 0).sum())} key units")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, path)
 
 
 def plot_layer_counts(fn: FunctionalNetworks, path: str | os.PathLike[str], ids: Sequence[int] | None = None) -> Path:
@@ -61,12 +66,7 @@ def plot_layer_counts(fn: FunctionalNetworks, path: str | os.PathLike[str], ids:
     ax.set_xlabel("layer")
     ax.set_ylabel("key units")
     ax.set_title("key units per layer")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, path)
 
 
 __all__ = ["plot_network_map", "plot_layer_counts"]
