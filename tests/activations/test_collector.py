@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import count_hooks
+from tl_testing import count_hooks
 from tl_funcnet.activations import ActivationCollector, Activations, collect, layer_sites
 from tl_funcnet.errors import FormatError, FuncnetError, UnknownSiteError
 from tl_funcnet.hooks import ablate

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import make_gpt2_style, make_llama_style
+from tl_testing import make_gpt2_style, make_llama_style
 from tl_funcnet.errors import FormatError, FuncnetError
 from tl_funcnet.fingerprint import Fingerprint, compare, fingerprint, verdict_of
 from tl_funcnet.fingerprint import transforms as T

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_llama_style
+from tl_testing import make_llama_style
 from tl_funcnet.fingerprint import transforms as T
 
 

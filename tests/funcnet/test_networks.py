@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import count_hooks
+from tl_testing import count_hooks
 from tl_funcnet.activations import Activations, collect, layer_sites
 from tl_funcnet.errors import FormatError, FuncnetError, NotFittedError
 from tl_funcnet.funcnet import FunctionalNetworks, recurrence

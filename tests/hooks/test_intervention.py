@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import count_hooks
+from tl_testing import count_hooks
 from tl_funcnet.errors import (FormatError, FuncnetError, NotSerializableError, ShapeError, SiteConflictError,
                                UnknownOpError, UnknownSiteError)
 from tl_funcnet.hooks import (Hook, Intervention, ablate, add, capture, custom, patch, scale, steer)

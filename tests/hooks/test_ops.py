@@ -9,7 +9,7 @@ import weakref
 import pytest
 import torch
 
-from conftest import count_hooks, guard
+from tl_testing import count_hooks, guard
 from tl_funcnet.hooks import (ablate, capture, clamp, custom, keep_only, last_token_positions, patch, project_onto,
                               project_out, scale, steer)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import count_hooks, guard, make_gpt2_style, make_llama_style
+from tl_testing import count_hooks, guard, make_gpt2_style, make_llama_style
 from tl_funcnet.errors import FuncnetError
 from tl_funcnet.hooks import Intervention, ablate, capture, custom
 from tl_funcnet.pruning import (

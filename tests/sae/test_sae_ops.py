@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import count_hooks, guard
+from tl_testing import count_hooks, guard
 from sae_testing import make_sae
 from tl_funcnet.errors import FuncnetError, ShapeError, SiteConflictError, UnknownSiteError
 from tl_funcnet.hooks import Intervention, capture, steer
@@ -56,7 +56,7 @@ def sae_model():
     """A HookedSAETransformer with the same weights as the gpt2_tiny fixture."""
     from sae_lens import HookedSAETransformer
 
-    from conftest import make_gpt2_style
+    from tl_testing import make_gpt2_style
 
     base = make_gpt2_style()
     m = HookedSAETransformer(base.cfg)

@@ -85,7 +85,7 @@ def test_generate_with_intervention_and_errors(llama_tiny):
 def test_tl_cache_bug_absolute_pos(gpt2_tiny):
     """Documents a TransformerLens 3.9 bug: cached generate on absolute positional embeddings differs from
     uncached generate even without hooks (get_residual re-embeds the full sequence at pos_offset)."""
-    from conftest import make_gpt2_style
+    from tl_testing import make_gpt2_style
 
     m = make_gpt2_style(n_ctx=64).eval()
     toks = torch.randint(0, 50, (1, 4), generator=torch.Generator().manual_seed(3))

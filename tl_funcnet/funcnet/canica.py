@@ -67,7 +67,7 @@ class CanICA:
         dtype: torch.dtype = torch.float32,
         svd_solver: str = "auto",
         oversample: int = 32,
-        n_power_iter: int = 3,
+        n_power_iter: int = 5,
         device: str | torch.device = "cpu",
     ) -> None:
         self.n_components = n_components
