@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 OUT_DIR = Path(os.environ.get("TLFN_BENCH_OUT", Path(__file__).resolve().parent.parent / "bench_out"))
 
@@ -30,13 +34,15 @@ def machine_info() -> dict[str, Any]:
     except (ValueError, OSError):
         pass
     libs = {}
-    for pkg in ("torch", "transformer-lens", "sae-lens", "scikit-learn", "numpy", "tl_funcnet"):
+    for pkg in ("torch", "transformer-lens", "sae-lens", "scikit-learn", "numpy", "scipy", "nilearn", "tl_funcnet"):
         try:
             libs[pkg] = version(pkg)
         except PackageNotFoundError:
             libs[pkg] = None
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_gb": mem_gb,
-            "python": platform.python_version(), "libraries": libs}
+            "python": platform.python_version(), "libraries": libs,
+            # other processes on the machine skew timings: record the load the run saw
+            "loadavg_1m_5m_15m": [round(x, 2) for x in os.getloadavg()]}
 
 
 def write_result(name: str, result: dict[str, Any]) -> Path:
@@ -45,7 +51,7 @@ def write_result(name: str, result: dict[str, Any]) -> Path:
 
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     path = OUT_DIR / f"{name}.json"
-    write_json_atomic(path, result)
+    write_json_atomic(path, result, default=str)
     return path
 
 
@@ -54,3 +60,61 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@contextmanager
+def timer() -> Iterator[dict[str, float]]:
+    """``with timer() as t: ...`` then ``t["s"]`` holds the elapsed wall-clock seconds."""
+    out: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        yield out
+    finally:
+        out["s"] = time.perf_counter() - start
+
+
+
+def current_rss_mb() -> float:
+    try:
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+    except ImportError:  # pragma: no cover
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+
+def run_worker(argv: list[str], timeout: float | None = None) -> dict[str, Any]:
+    """Run ``python <argv>`` in a fresh process; it must print one JSON object as its last stdout line.
+
+    A fresh process per implementation gives each its own peak RSS. Failures come back as
+    ``{"error": ...}`` instead of raising, so one broken reference does not sink the whole run.
+    """
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [sys.executable, *argv], capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timeout after {timeout} s"}
+    wall = time.perf_counter() - start
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr or proc.stdout)[-2000:], "returncode": proc.returncode}
+    out = json.loads(lines[-1])
+    out["process_wall_s"] = wall
+    return out
+
+
+
+def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"
+        return "" if v is None else str(v)
+
+    head = "| " + " | ".join(columns) + " |"
+    sep = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join([head, sep, *body])

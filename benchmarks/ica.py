@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import OUT_DIR, machine_info, markdown_table, peak_rss_mb, run_worker, timer, write_json  # noqa: E402
+from _bench import OUT_DIR, machine_info, markdown_table, peak_rss_mb, run_worker, timer  # noqa: E402
+from _bench import write_result as write_json  # noqa: E402
 
 K = 64
 

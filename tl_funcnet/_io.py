@@ -51,7 +51,8 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = True) -> Itera
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write ``obj`` as indented JSON to ``path`` atomically."""
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, default: Any = None) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically (``default`` as in ``json.dumps``)."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=default) + "\n"  # fails before touching the disk
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(text)
