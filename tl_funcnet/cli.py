@@ -10,6 +10,8 @@ from typing import Any, Callable, Sequence
 
 Handler = Callable[[argparse.Namespace], int]
 _COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, str]] = {}
+#: Subcommands added by a feature function ``add_<name>_command(subparsers)`` that sets ``args.func``.
+_ADDERS: list[Callable[[Any], Any]] = []
 
 
 def command(name: str, help: str):  # noqa: A002
@@ -123,13 +125,19 @@ def _load_feature_commands() -> None:
     for feature in ("steering", "patching", "fingerprint", "pruning", "sae"):
         name = f"{__package__}.{feature}.cli"
         path = root / feature / "cli.py"
-        if name in sys.modules or not path.exists():
-            continue
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
-        module.__package__ = f"{__package__}.{feature}"
-        sys.modules[name] = module
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        module = sys.modules.get(name)
+        if module is None:
+            if not path.exists():
+                continue
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+            module.__package__ = f"{__package__}.{feature}"
+            sys.modules[name] = module
+            spec.loader.exec_module(module)  # type: ignore[union-attr]
+        for attr in dir(module):
+            adder = getattr(module, attr)
+            if attr.startswith("add_") and attr.endswith("_command") and adder not in _ADDERS:
+                _ADDERS.append(adder)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (configure, _, help_text) in list(_COMMANDS.items()):
         configure(sub.add_parser(name, help=help_text, description=help_text))
+    for adder in _ADDERS:
+        adder(sub)
     return parser
 
 
@@ -149,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_env()
-    handler = _COMMANDS[args.command][1]
+    handler = _COMMANDS[args.command][1] if args.command in _COMMANDS else args.func
     from .errors import FuncnetError
 
     try:

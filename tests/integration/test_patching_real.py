@@ -17,15 +17,19 @@ def test_smollm2_solves_the_shipped_tasks(smollm2):
         assert rep["logit_diff_clean"] > 2.0 and rep["logit_diff_corrupted"] < rep["logit_diff_clean"], rep
 
 
-def test_smollm2_exact_patch_matches_tl_and_relp_tracks_it(smollm2):
-    from transformer_lens import patching as tlp
+def test_smollm2_exact_patch_matches_single_patches_and_relp_tracks_it(smollm2):
+    from tl_funcnet.hooks import patch
 
     task = load_task("capital", smollm2, n_pairs=4)
     metric = task.metric()
-    ns = node_grid(smollm2, "mlp", task.n_pos, layers=[0, 1, 2, 14, 28, 29])
+    layers = [0, 1, 2, 14, 28, 29]
+    ns = node_grid(smollm2, "mlp", task.n_pos, layers=layers)
     ex = exact_patch(smollm2, task.clean, task.corrupted, ns, metric, max_rows=64)
     _, cache = smollm2.run_with_cache(task.clean, names_filter=lambda n: n.endswith("hook_mlp_out"))
-    ref = tlp.get_act_patch_mlp_out(smollm2, task.corrupted, cache, lambda lg: metric(lg).mean())
-    torch.testing.assert_close(ex.grid, ref[[0, 1, 2, 14, 28, 29]], atol=1e-4, rtol=1e-5)
+    for i, (L, p) in enumerate([(0, 3), (14, 4), (29, 4)]):  # one plain patched forward each, TL-style
+        site = f"blocks.{L}.hook_mlp_out"
+        with patch(site, cache[site], pos=p).applied(smollm2), torch.no_grad():
+            want = metric(smollm2(task.corrupted)).mean().item()
+        assert ex.grid[layers.index(L), p].item() == pytest.approx(want, abs=1e-4)
     relp = attribution_patch(smollm2, task.clean, task.corrupted, ns, metric, method="relp")
     assert correlation(ex, relp)["pearson"] > 0.8

@@ -26,7 +26,8 @@ def test_fn_prune_smollm2_hard_equals_soft_and_perplexity_stays_finite(smollm2, 
     small = hard_prune(model, plan)
     counts = plan.param_counts(model)
     assert counts["params_after"] == sum(p.numel() for p in small.parameters())
-    assert 0.1 < counts["param_ratio"] < 0.2 < counts["mlp_param_ratio"] + 1e-9
+    assert 0.05 < counts["param_ratio"] < 0.15  # embeddings and attention are not pruned
+    assert abs(counts["mlp_param_ratio"] - 0.2) < 1e-3  # b_out stays
 
     texts = load_corpus("evaluation")[:2]
     toks = model.to_tokens(texts[0])[:, :48]
