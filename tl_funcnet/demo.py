@@ -50,16 +50,16 @@ def run_demo(model_name: str = "smollm2-135m", out: str | Path = "demo_out", *, 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    log(f"[1/5] loading {model_name} (offline)")
+    log(f"[1/7] loading {model_name} (offline)")
     model = load(model_name)
     calib = load_corpus("calibration")
     evaluation = load_corpus("evaluation")[: (6 if quick else 16)]
     sites = layer_sites(model, "mlp.hook_post")
     n_tokens = 768 if quick else 2048
-    log(f"[2/5] collecting {len(sites)} x {model.cfg.d_mlp} MLP neurons over {n_tokens} calibration tokens")
+    log(f"[2/7] collecting {len(sites)} x {model.cfg.d_mlp} MLP neurons over {n_tokens} calibration tokens")
     acts = collect(model, calib, sites, max_tokens=n_tokens, max_tokens_per_seq=128)
     k = 10
-    log(f"[3/5] fitting {k} functional networks with ICA")
+    log(f"[3/7] fitting {k} functional networks with ICA")
     t_fit = time.perf_counter()
     fn = FunctionalNetworks(k, threshold=3.6, sides="one").fit(acts)
     fit_s = time.perf_counter() - t_fit
@@ -68,7 +68,7 @@ def run_demo(model_name: str = "smollm2-135m", out: str | Path = "demo_out", *, 
     plot_layer_counts(fn, out / "layer_counts.png")
     summary = fn.summary()
 
-    log("[4/5] masking the networks against controls of the same size")
+    log("[4/7] masking the networks against controls of the same size")
     rows = []
     base = evaluate(model, evaluation, compare_to_base=False, progress=False)
     rows.append({"condition": "baseline", "units": 0, "loss": base.loss, "perplexity": base.perplexity})
@@ -83,7 +83,7 @@ def run_demo(model_name: str = "smollm2-135m", out: str | Path = "demo_out", *, 
     rand = [r["loss"] for r in rows if r["condition"].startswith("random per layer")]
     ratio = (rows[1]["loss"] - base.loss) / max(1e-9, (sum(rand) / len(rand)) - base.loss)
 
-    log("[5/5] greedy continuations under a composed intervention")
+    log("[5/7] greedy continuations under a composed intervention")
     prompt = "The capital of France is"
     gen_kw = dict(max_new_tokens=12, do_sample=False, verbose=False)
     plain = model.generate(prompt, **gen_kw)
@@ -94,10 +94,16 @@ def run_demo(model_name: str = "smollm2-135m", out: str | Path = "demo_out", *, 
     continuations = [{"intervention": "none", "text": plain},
                      {"intervention": "mask network 0 + steer toward ' Rome' at layer 20", "text": edited}]
 
+    log("[6/7] patching: which MLP outputs carry the IOI answer (RelP and AtP heatmaps)")
+    patching = _patching_section(model, out, n_pairs=4 if quick else 8)
+    log("[7/7] fingerprint: a derived copy (neurons permuted) and an independent model (random weights)")
+    fingerprints = _fingerprint_section(model, n_texts=4 if quick else 10)
+
     result = {"model": model_name, "n_tokens": acts.n_samples, "sites": f"{len(sites)} x mlp.hook_post",
               "n_networks": k, "ica_fit_s": fit_s, "networks": {k2: v2 for k2, v2 in summary.items() if k2 != "per_site"},
               "per_layer_counts": summary["per_site"], "masking": rows, "ratio_vs_random_per_layer": ratio,
-              "continuations": continuations, "seconds": time.perf_counter() - t0}
+              "continuations": continuations,
+              "patching": patching, "fingerprint": fingerprints, "seconds": time.perf_counter() - t0}
     write_json_atomic(out / "summary.json", result)
     body = [
         _section("Functional networks", f"<p>{k} networks from ICA over {acts.n_samples} tokens x "
@@ -108,6 +114,11 @@ def run_demo(model_name: str = "smollm2-135m", out: str | Path = "demo_out", *, 
                  _table(rows) + f"<p>Loss increase of the networks over the per-layer random mask: "
                  f"<b>{ratio:.1f}x</b>.</p>"),
         _section("A composed intervention", _table(continuations)),
+        _section("Patching the IOI task", f"<p>{patching['n_pairs']} prompt pairs; effect of restoring each MLP "
+                 f"output (layer x position) on the normalized logit difference. RelP vs AtP Pearson "
+                 f"{patching['relp_vs_atp_pearson']:.3f}.</p><img src='patching_relp_mlp.png' width='800'>"
+                 f"<img src='patching_atp_mlp.png' width='800'>"),
+        _section("Functional-network fingerprint", _table(fingerprints)),
     ]
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>tl_funcnet demo</title><style>"
             "body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
@@ -122,6 +133,52 @@ def run_demo(model_name: str = "smollm2-135m", out: str | Path = "demo_out", *, 
         log(line)
     result["lines"] = lines
     return result
+
+
+def _patching_section(model: Any, out: Path, *, n_pairs: int) -> dict[str, Any]:
+    from .patching import correlation, load_task, plot_heatmap, run_patching
+
+    task = load_task("ioi", model, n_pairs=n_pairs)
+    relp = run_patching(model, task, method="relp", nodes="mlp")
+    atp = run_patching(model, task, method="atp", nodes="mlp")
+    plot_heatmap(relp, str(out / "patching_relp_mlp.png"), title="RelP, MLP outputs, IOI")
+    plot_heatmap(atp, str(out / "patching_atp_mlp.png"), title="AtP, MLP outputs, IOI")
+    corr = correlation(relp, atp)
+    return {"n_pairs": len(task), "relp_vs_atp_pearson": corr["pearson"], "relp_seconds": relp.seconds,
+            "top_relp": [[str(a), float(b)] for a, b in relp.top(5)]}
+
+
+def _random_weights_like(model: Any, seed: int = 7) -> Any:
+    """The same architecture with every weight redrawn from a normal of the original tensor's std."""
+    import copy
+
+    other = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in other.parameters():
+            std = float(p.std()) if p.numel() > 1 else 0.0
+            p.copy_(torch.randn(p.shape, generator=g) * std + (float(p.mean()) if p.numel() > 1 else 0.0))
+    return other
+
+
+def _fingerprint_section(model: Any, *, n_texts: int) -> list[dict[str, Any]]:
+    from .data import load_corpus
+    from .fingerprint import compare, fingerprint
+    from .fingerprint.transforms import permute_mlp
+
+    texts = load_corpus("evaluation")[:n_texts]
+    victim = fingerprint(model, texts, name="victim")
+    rows = []
+    for name, make in (("neurons permuted (derived)", lambda: permute_mlp(model, seed=1)),
+                       ("random weights (independent)", lambda: _random_weights_like(model))):
+        suspect = make()
+        t = time.perf_counter()
+        c = compare(victim, fingerprint(suspect, texts, name=name))
+        d = c.to_dict()
+        rows.append({"suspect": name, "score": d["score"], "p_value": d["p_value"], "verdict": d["verdict"],
+                     "seconds": time.perf_counter() - t})
+        del suspect
+    return rows
 
 
 _ = json
