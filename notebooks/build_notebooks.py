@@ -155,19 +155,19 @@ NOTEBOOKS["07_steering"] = [
     ("code", """from tl_funcnet.steering import load_pairs, mean_differences, generate, sweep, best_config, plot_sweep
 pairs = load_pairs("sentiment")
 print(len(pairs), "pairs, e.g.", pairs.positive[0], "|", pairs.negative[0])
-vectors = mean_differences(model, pairs.positive, pairs.negative, layers=[3, 6])
+vectors = mean_differences(model, pairs.positive, pairs.negative, layers=[6])
 vectors[6]"""),
     ("code", """prompt = "I watched the film last night and I thought it was"
-print("plain:    ", generate(model, prompt, None, max_new_tokens=12))
-print("steered + :", generate(model, prompt, vectors[6], scale=6.0, pos="all", max_new_tokens=12))
-print("steered - :", generate(model, prompt, vectors[6], scale=-6.0, pos="all", max_new_tokens=12))"""),
+print("plain:    ", generate(model, prompt, None, max_new_tokens=8))
+print("steered + :", generate(model, prompt, vectors[6], scale=6.0, pos="all", max_new_tokens=8))
+print("steered - :", generate(model, prompt, vectors[6], scale=-6.0, pos="all", max_new_tokens=8))"""),
     ("code", """# the steering vector is an ordinary Intervention: it composes, saves and loads
 iv = vectors[6].to_intervention(scale=4.0, pos="generated")
 print(iv)"""),
     ("code", """# a small sweep: target shift (log-odds of positive vs negative next words) and KL on neutral text
 from tl_funcnet.data import load_corpus
-df = sweep(model, vectors, [2.0, 6.0], pairs.test_prompts[:6], pairs.positive_words, pairs.negative_words,
-           neutral=load_corpus("evaluation")[:3])
+df = sweep(model, vectors, [4.0], pairs.test_prompts[:4], pairs.positive_words, pairs.negative_words,
+           neutral=load_corpus("evaluation")[:2])
 df.round(3)"""),
     ("code", """best_config(df, kl_budget=0.5)"""),
 ]
