@@ -151,17 +151,13 @@ class ActivationCollector:
 
         def writer(site: str):
             def hook_fn(act: Tensor, hook: Any) -> None:
-                batch = current["batch"]
-                flat = act.detach().reshape(act.shape[0], act.shape[1], -1).to("cpu", self.dtype)
+                # one gather of the real (non-pad) positions, one scatter to their rows in corpus order
+                real = act.detach()[current["real"]].reshape(-1, buffers[site].shape[1]).to("cpu", self.dtype)
                 buf = buffers[site]
-                for row, i in enumerate(batch.index):
-                    n = len(seqs[i])
-                    start = int(offsets[i])
-                    chunk = flat[row, :n]
-                    if isinstance(buf, np.ndarray):
-                        buf[start:start + n] = chunk.numpy()
-                    else:
-                        buf[start:start + n] = chunk
+                if isinstance(buf, np.ndarray):
+                    buf[current["dest_np"]] = real.numpy()
+                else:
+                    buf.index_copy_(0, current["dest"], real)
             return hook_fn
 
         iv = self.intervention
@@ -174,6 +170,9 @@ class ActivationCollector:
             for batch in batches(sub, self.batch_size, pad_id=pad_id(self.model)):
                 batch.index = [todo[j] for j in batch.index]
                 current["batch"] = batch
+                current["real"] = batch.mask.bool().to(next(self.model.parameters()).device)
+                dest = torch.cat([torch.arange(int(offsets[i]), int(offsets[i]) + len(seqs[i])) for i in batch.index])
+                current["dest"], current["dest_np"] = dest, dest.numpy()
                 self._forward(batch.tokens, batch)
                 bar.update(batch.n_real)
                 if on_batch is not None:

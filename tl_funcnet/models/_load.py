@@ -79,6 +79,9 @@ def load(spec: str | os.PathLike[str], *, device: str | torch.device = "cpu",
     if key == "smollm2-135m":
         from .smollm2 import load_smollm2
 
+        from ._embedded import locate
+
+        locate(key)  # a missing wheel is an error even when a cached copy exists
         cached = _cache_dir(key, dtype or torch.float32, kwargs)
         if cached is not None and store.is_saved_model(cached):
             return store.load(cached, device=device)
