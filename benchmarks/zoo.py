@@ -94,15 +94,9 @@ def tiny_model(tokenizer: Any, d_vocab: int, seed: int) -> Any:
 
 def random_like(model: Any, seed: int) -> Any:
     """Same architecture and tokenizer as ``model``, freshly initialised."""
-    import copy
+    from tl_funcnet.fingerprint.transforms import random_init
 
-    from transformer_lens import HookedTransformer
-
-    cfg = copy.deepcopy(model.cfg)
-    cfg.seed, cfg.init_weights, cfg.tokenizer_name = seed, True, None
-    new = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
-    new.tokenizer = model.tokenizer
-    return new.eval()
+    return random_init(model, seed)
 
 
 class Zoo:

@@ -9,7 +9,9 @@ import sys
 from typing import Any, Callable, Sequence
 
 Handler = Callable[[argparse.Namespace], int]
-_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Handler, str]] = {}
+#: name -> (function that adds the arguments and returns the handler, help text)
+_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], Handler], str]] = {}
+_HANDLERS: dict[str, Handler] = {}
 #: Subcommands added by a feature function ``add_<name>_command(subparsers)`` that sets ``args.func``.
 _ADDERS: list[Callable[[Any], Any]] = []
 
@@ -18,10 +20,7 @@ def command(name: str, help: str):  # noqa: A002
     """Register a subcommand: the decorated function adds arguments and returns the handler."""
 
     def deco(add_args: Callable[[argparse.ArgumentParser], Handler]):
-        def configure(p: argparse.ArgumentParser) -> None:
-            _COMMANDS[name] = (configure, add_args(p), help)
-
-        _COMMANDS[name] = (configure, lambda a: 0, help)
+        _COMMANDS[name] = (add_args, help)
         return add_args
 
     return deco
@@ -148,8 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tl-funcnet", description="tl_funcnet: interpretability interventions "
                                      "for TransformerLens models")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (configure, _, help_text) in list(_COMMANDS.items()):
-        configure(sub.add_parser(name, help=help_text, description=help_text))
+    for name, (add_args, help_text) in _COMMANDS.items():
+        _HANDLERS[name] = add_args(sub.add_parser(name, help=help_text, description=help_text))
     for adder in _ADDERS:
         adder(sub)
     return parser
@@ -159,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_env()
-    handler = _COMMANDS[args.command][1] if args.command in _COMMANDS else args.func
+    handler = _HANDLERS[args.command] if args.command in _HANDLERS else args.func
     from .errors import FuncnetError
 
     try:

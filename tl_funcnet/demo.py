@@ -9,7 +9,6 @@ prompt when the patching suite is available. Everything lands in one output fold
 from __future__ import annotations
 
 import html
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -96,7 +95,7 @@ def run_demo(model_name: str = "smollm2-135m", out: str | Path = "demo_out", *, 
 
     log("[6/7] patching: which MLP outputs carry the IOI answer (RelP and AtP heatmaps)")
     patching = _patching_section(model, out, n_pairs=4 if quick else 8)
-    log("[7/7] fingerprint: a derived copy (neurons permuted) and an independent model (random weights)")
+    log("[7/7] fingerprint: a derived copy (neurons permuted) and an independent model (random init)")
     fingerprints = _fingerprint_section(model, n_texts=4 if quick else 10)
 
     result = {"model": model_name, "n_tokens": acts.n_samples, "sites": f"{len(sites)} x mlp.hook_post",
@@ -148,29 +147,16 @@ def _patching_section(model: Any, out: Path, *, n_pairs: int) -> dict[str, Any]:
             "top_relp": [[str(a), float(b)] for a, b in relp.top(5)]}
 
 
-def _random_weights_like(model: Any, seed: int = 7) -> Any:
-    """The same architecture with every weight redrawn from a normal of the original tensor's std."""
-    import copy
-
-    other = copy.deepcopy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in other.parameters():
-            std = float(p.std()) if p.numel() > 1 else 0.0
-            p.copy_(torch.randn(p.shape, generator=g) * std + (float(p.mean()) if p.numel() > 1 else 0.0))
-    return other
-
-
 def _fingerprint_section(model: Any, *, n_texts: int) -> list[dict[str, Any]]:
     from .data import load_corpus
     from .fingerprint import compare, fingerprint
-    from .fingerprint.transforms import permute_mlp
+    from .fingerprint.transforms import permute_mlp, random_init
 
     texts = load_corpus("evaluation")[:n_texts]
     victim = fingerprint(model, texts, name="victim")
     rows = []
     for name, make in (("neurons permuted (derived)", lambda: permute_mlp(model, seed=1)),
-                       ("random weights (independent)", lambda: _random_weights_like(model))):
+                       ("random init (independent)", lambda: random_init(model, seed=7))):
         suspect = make()
         t = time.perf_counter()
         c = compare(victim, fingerprint(suspect, texts, name=name))
@@ -181,5 +167,4 @@ def _fingerprint_section(model: Any, *, n_texts: int) -> list[dict[str, Any]]:
     return rows
 
 
-_ = json
 __all__ = ["run_demo"]

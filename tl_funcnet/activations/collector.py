@@ -16,11 +16,10 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from .._io import write_json_atomic
-from ..errors import FormatError, FuncnetError
+from ..errors import FuncnetError
 from ..hooks import Intervention, custom
 from ..hooks.sites import check_sites, site_layer
 from .store import Activations
@@ -276,6 +275,4 @@ def collect(model: Any, texts: Any, sites: Sequence[str] | str, **kwargs: Any) -
     return ActivationCollector(model, sites, **kwargs).collect(texts)
 
 
-_ = Float
 __all__ = ["ActivationCollector", "collect", "layer_sites"]
-_unused = FormatError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -126,5 +126,4 @@ class Activations:
         return cls(data, tok["token_ids"], tok["offsets"], meta["sites"], path=root)
 
 
-_ = Any
 __all__ = ["Activations"]

@@ -166,5 +166,18 @@ def drop_layer(model: Any, layer: int) -> Any:
     return new.eval()
 
 
-__all__ = ["random_orthogonal", "rotate_residual", "permute_mlp", "prune_mlp", "widen_mlp", "quantize_int8",
+__all__ = ["random_init", "random_orthogonal", "rotate_residual", "permute_mlp", "prune_mlp", "widen_mlp", "quantize_int8",
            "drop_layer"]
+
+
+def random_init(model: Any, seed: int = 0) -> Any:
+    """An independent model: the same architecture and tokenizer as ``model``, freshly initialised."""
+    import copy
+
+    from transformer_lens import HookedTransformer
+
+    cfg = copy.deepcopy(model.cfg)
+    cfg.seed, cfg.init_weights, cfg.tokenizer_name = seed, True, None
+    new = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    new.tokenizer = model.tokenizer
+    return new.eval()

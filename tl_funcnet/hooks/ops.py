@@ -13,7 +13,7 @@ Conventions shared by every op:
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 from jaxtyping import Bool, Int
@@ -98,7 +98,7 @@ def _pos_mask(pos: PosSpec, act: Tensor) -> Bool[Tensor, "batch pos 1"] | None:
     return mask.view(*mask.shape, *([1] * (act.ndim - 2)))
 
 
-def _where_pos(pos: PosSpec, edited: Tensor, act: Tensor) -> Tensor:
+def where_pos(pos: PosSpec, edited: Tensor, act: Tensor) -> Tensor:
     mask = _pos_mask(pos, act)
     return edited if mask is None else torch.where(mask, edited, act)
 
@@ -134,7 +134,7 @@ def _check_vector(model: Any, site: str, vec: Any, name: str, *, allow_scalar: b
         )
 
 
-def _check_pos(pos: PosSpec) -> None:
+def check_pos(pos: PosSpec) -> None:
     ok = (
         pos is None
         or pos == "last"
@@ -150,7 +150,7 @@ def _check_pos(pos: PosSpec) -> None:
 
 
 def _validate_common(model: Any, site: str, p: Mapping[str, Any]) -> None:
-    _check_pos(p.get("pos"))
+    check_pos(p.get("pos"))
     _check_units(model, site, p.get("units"))
 
 
@@ -172,7 +172,7 @@ def add_op(vector: Tensor | float, scale: float = 1.0, units: UnitSpec = None, p
         mask = _unit_mask(units, act)
         if mask is not None:
             delta = torch.where(mask, delta, torch.zeros((), dtype=act.dtype, device=act.device))
-        return _where_pos(pos, act + delta, act)
+        return where_pos(pos, act + delta, act)
 
     return hook_fn
 
@@ -192,7 +192,7 @@ def scale_op(factor: Tensor | float, units: UnitSpec = None, pos: PosSpec = None
         mask = _unit_mask(units, act)
         if mask is not None:
             f = torch.where(mask, f, torch.ones((), dtype=act.dtype, device=act.device))
-        return _where_pos(pos, act * f, act)
+        return where_pos(pos, act * f, act)
 
     return hook_fn
 
@@ -217,7 +217,7 @@ def _ablation(units: UnitSpec, mode: str, values: Tensor | float | None, pos: Po
         if invert:
             mask = ~mask
         fill = vals.like(act) if mode != "zero" else torch.zeros((), dtype=act.dtype, device=act.device)
-        return _where_pos(pos, torch.where(mask, fill, act), act)
+        return where_pos(pos, torch.where(mask, fill, act), act)
 
     return hook_fn
 
@@ -266,13 +266,13 @@ def replace_op(activation: Tensor, units: UnitSpec = None, pos: PosSpec = None) 
         s = s.expand_as(act)
         mask = _unit_mask(units, act)
         out = s if mask is None else torch.where(mask, s, act)
-        return _where_pos(pos, out, act)
+        return where_pos(pos, out, act)
 
     return hook_fn
 
 
 def _v_project(model: Any, site: str, p: Mapping[str, Any]) -> None:
-    _check_pos(p.get("pos"))
+    check_pos(p.get("pos"))
     d = p.get("directions")
     shape = site_shape(model, site)
     if not isinstance(d, Tensor) or d.ndim not in (1, 2):
@@ -297,7 +297,7 @@ def project_out_op(directions: Tensor, pos: PosSpec = None) -> HookFn:
 
     def hook_fn(act: Tensor, hook: Any = None) -> Tensor:
         q = basis.like(act)
-        return _where_pos(pos, act - (act @ q.T) @ q, act)
+        return where_pos(pos, act - (act @ q.T) @ q, act)
 
     return hook_fn
 
@@ -309,7 +309,7 @@ def project_onto_op(directions: Tensor, pos: PosSpec = None) -> HookFn:
 
     def hook_fn(act: Tensor, hook: Any = None) -> Tensor:
         q = basis.like(act)
-        return _where_pos(pos, (act @ q.T) @ q, act)
+        return where_pos(pos, (act @ q.T) @ q, act)
 
     return hook_fn
 
@@ -338,7 +338,7 @@ def clamp_op(min: Tensor | float | None = None, max: Tensor | float | None = Non
         mask = _unit_mask(units, act)
         if mask is not None:
             out = torch.where(mask, out, act)
-        return _where_pos(pos, out, act)
+        return where_pos(pos, out, act)
 
     return hook_fn
 
@@ -378,5 +378,4 @@ def custom_bwd_op(fn: HookFn) -> HookFn:
     return fn
 
 
-__all__ = ["last_token_positions", "PosSpec", "UnitSpec"]
-_ = Sequence
+__all__ = ["last_token_positions", "where_pos", "check_pos", "PosSpec", "UnitSpec"]

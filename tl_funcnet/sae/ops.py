@@ -23,7 +23,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import FuncnetError, ShapeError
-from ..hooks.ops import _check_pos, _where_pos
+from ..hooks.ops import check_pos, where_pos
 from ..hooks.registry import HookFn, register_op
 from ..hooks.sites import site_shape
 from .params import Normalizer, check_params, decode, encode
@@ -119,7 +119,7 @@ def _v_site(model: Any, site: str, p: Mapping[str, Any]) -> None:
 
 def _v_edit(model: Any, site: str, p: Mapping[str, Any]) -> None:
     _v_site(model, site, p)
-    _check_pos(p.get("pos"))
+    check_pos(p.get("pos"))
     _v_edits(int(p["sae"]["W_enc"].shape[1]), p.get("edits"))
 
 
@@ -133,7 +133,7 @@ def sae_edit_op(sae: Mapping[str, Any], edits: Any = (), use_error_term: bool = 
         f = encode(sae, x, norm)
         f_edit = apply_edits(f, edits)
         out = x + (decode(sae, f_edit, norm) - decode(sae, f, norm)) if use_error_term else decode(sae, f_edit, norm)
-        return _where_pos(pos, out.reshape(act.shape), act)
+        return where_pos(pos, out.reshape(act.shape), act)
 
     return hook_fn
 
