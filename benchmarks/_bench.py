@@ -62,6 +62,37 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def anon_rss_mb() -> float:
+    """Current anonymous resident memory (heap, not file-backed pages such as a memmap), in MB (Linux)."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextmanager
+def peak_anon_sampler(interval_s: float = 0.02) -> Iterator[dict[str, float]]:
+    """``with peak_anon_sampler() as m: ...`` then ``m["peak_anon_mb"]``: the largest RssAnon seen, sampled."""
+    import threading
+
+    out = {"peak_anon_mb": anon_rss_mb()}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(interval_s):
+            out["peak_anon_mb"] = max(out["peak_anon_mb"], anon_rss_mb())
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield out
+    finally:
+        stop.set()
+        thread.join()
+        out["peak_anon_mb"] = max(out["peak_anon_mb"], anon_rss_mb())
+
+
 @contextmanager
 def timer() -> Iterator[dict[str, float]]:
     """``with timer() as t: ...`` then ``t["s"]`` holds the elapsed wall-clock seconds."""

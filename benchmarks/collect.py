@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import machine_info, peak_rss_mb, write_result  # noqa: E402
+from _bench import anon_rss_mb, machine_info, peak_anon_sampler, peak_rss_mb, write_result  # noqa: E402
 
 
 def _worker(mode: str, model_name: str, n_tokens: int, budget_mb: float) -> dict:
@@ -51,7 +51,9 @@ def _worker(mode: str, model_name: str, n_tokens: int, budget_mb: float) -> dict
         total += len(s)
     seqs = out
     sites = layer_sites(model, "mlp.hook_post")
-    rss0 = peak_rss_mb()
+    rss0, anon0 = peak_rss_mb(), anon_rss_mb()
+    sampler = peak_anon_sampler()
+    mem = sampler.__enter__()
     t0 = time.perf_counter()
     if mode == "plain":
         with torch.no_grad():
@@ -68,8 +70,10 @@ def _worker(mode: str, model_name: str, n_tokens: int, budget_mb: float) -> dict
                        store_dir=store, stop_at_layer=None, progress=False)
         n = acts.n_samples
     dt = time.perf_counter() - t0
+    sampler.__exit__(None, None, None)
+    # peak RSS counts the memmap's file pages (reclaimable page cache); peak anonymous memory is the heap
     return {"mode": mode, "tokens": n, "seconds": dt, "tokens_per_s": n / dt, "peak_rss_mb": peak_rss_mb(),
-            "rss_before_mb": rss0, "units": len(sites) * model.cfg.d_mlp}
+            "rss_before_mb": rss0, "anon_before_mb": anon0, "peak_anon_mb": mem["peak_anon_mb"], "units": len(sites) * model.cfg.d_mlp}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -101,10 +105,11 @@ def main(argv: list[str] | None = None) -> dict:
               "machine": machine_info()}
     print(f"collecting every mlp.hook_post of {args.model}: {rows[1]['tokens']} tokens x {rows[1]['units']} units "
           f"= {data_mb:.0f} MB of float32 activations; stream budget {args.budget_mb:.0f} MB")
-    print("| mode | tokens/s | vs plain forward | peak RSS (MB) |")
-    print("|---|---|---|---|")
+    print("| mode | tokens/s | vs plain forward | peak RSS (MB) | peak anonymous (MB) | anonymous before (MB) |")
+    print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['mode']} | {r['tokens_per_s']:.0f} | {r['throughput_vs_plain_pct']:.0f}% | {r['peak_rss_mb']:.0f} |")
+        print(f"| {r['mode']} | {r['tokens_per_s']:.0f} | {r['throughput_vs_plain_pct']:.0f}% | {r['peak_rss_mb']:.0f} "
+              f"| {r['peak_anon_mb']:.0f} | {r['anon_before_mb']:.0f} |")
     write_result("collect" + ("_quick" if args.quick else ""), result)
     return result
 

@@ -78,7 +78,7 @@ def time_tl(model, task, kind: str, ours) -> dict:
 
 
 def run_real(tasks: list[str], kinds: list[str], n_pairs: int, tl_task: str | None, n_neurons: int,
-             res: dict) -> dict:
+             res: dict, out_name: str = "patching") -> dict:
     from tl_funcnet.models import load
 
     t0 = time.perf_counter()
@@ -108,7 +108,7 @@ def run_real(tasks: list[str], kinds: list[str], n_pairs: int, tl_task: str | No
                 row["vs_transformer_lens"] = time_tl(model, task, kind, ex)
             entry["nodes"][kind] = row
             out["tasks"][name] = entry
-            write_result("patching", res)
+            write_result(out_name, res)
             print(f"  {name:13s} {kind:7s} {row}", flush=True)
     return out
 
@@ -137,13 +137,15 @@ def main() -> None:
     ap.add_argument("--n-pairs", type=int, default=8)
     ap.add_argument("--n-neurons", type=int, default=64)
     ap.add_argument("--tl-task", default="ioi", help="task on which to time transformer_lens.patching ('' = skip)")
+    ap.add_argument("--out", default=None, help="result name in bench_out/ (default patching[_quick])")
     args = ap.parse_args()
+    out_name = args.out or ("patching_quick" if args.quick else "patching")
     torch.set_grad_enabled(True)
     res: dict = {"machine": machine_info(), "args": vars(args), "planted": run_planted()}
     if not args.quick:
         run_real(args.tasks.split(","), args.nodes.split(","), args.n_pairs, args.tl_task or None,
-                 args.n_neurons, res)
-    path = write_result("patching", res)
+                 args.n_neurons, res, out_name)
+    path = write_result(out_name, res)
     print(table(res))
     print(f"\nwrote {path}")
 

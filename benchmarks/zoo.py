@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import OUT_DIR  # noqa: E402
 
 ZOO_DIR = OUT_DIR / "zoo"
-FT_STEPS, FT_BATCH, FT_LEN, FT_LR = 20, 2, 64, 3e-5
+FT_STEPS, FT_BATCH, FT_LEN, FT_LR = 300, 2, 64, 3e-5
 TINY_STEPS, TINY_BATCH, TINY_LEN, TINY_LR = 80, 4, 64, 3e-3
 TINY_CFG = dict(n_layers=4, d_model=128, n_heads=4, d_head=32, d_mlp=512, n_ctx=512, act_fn="silu",
                 normalization_type="RMSPre", positional_embedding_type="rotary", rotary_dim=32, gated_mlp=True,
@@ -177,6 +177,7 @@ def build(quick: bool = False) -> dict[str, Any]:
 
     zoo.entry("tiny-s0-rot", lambda: (T.rotate_residual(tiny0, seed=3), {}), **tderived, how="residual rotated")
     zoo.entry("tiny-s0-prune20", lambda: (T.prune_mlp(tiny0, 0.2), {}), **tderived, how="20% MLP pruned")
+    zoo.entry("tiny-s0-ft", tiny_ft, **tderived, how="fine-tuned 100 steps on the finetune split")
     zoo.entry("smol-ft", finetune, **derived, how="fine-tuned on the finetune split")
     return zoo.manifest
 
@@ -207,8 +208,10 @@ def build_quick() -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     manifest = build(quick=args.quick)
     if args.quick:
         manifest = {k: m for k, (_, m) in manifest.items()}

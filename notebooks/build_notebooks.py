@@ -209,11 +209,110 @@ with combo.applied(model):
 print("hooks left:", sum(len(hp._forward_hooks) for hp in model.hook_dict.values()))"""),
 ]
 
+NOTEBOOKS["03_pruning"] = [
+    ("md", "# Pruning that preserves functional networks\n\nScore MLP neurons (FN: neurons that are key in no "
+           "per-layer ICA network go first; baselines: FLAP, Wanda, magnitude, mean activation, random), try the "
+           "plan as a soft-pruning `Intervention`, then remove the neurons for real with FLAP-style bias "
+           "compensation. Settings are small here; `benchmarks/prune.py` runs the full comparison."),
+    ("code", SETUP),
+    ("code", """from tl_funcnet.pruning import Calibration, score, plan_from_scores, compensate, hard_prune, protected_layers
+from tl_funcnet.data import load_corpus
+from tl_funcnet.evaluate import evaluate
+calib = Calibration.from_texts(model, "calibration", max_tokens=512, max_tokens_per_seq=128)
+texts = load_corpus("evaluation")[:4]
+ppl = lambda iv=None, m=model: evaluate(m, texts, iv, progress=False, compare_to_base=False).perplexity
+layers = [l for l in range(model.cfg.n_layers) if l not in protected_layers(model.cfg.n_layers, 3, 2)]
+print(calib.n_tokens, "calibration tokens; unpruned perplexity", round(ppl(), 2))"""),
+    ("code", """# score once per method (fn: small ICA per layer here), then plan 20% of MLP neurons and compensate
+plans = {}
+for method, opts in [("fn", {"n_components": 16, "n_restarts": 1}), ("magnitude", {}), ("random", {})]:
+    s = score(model, calib, method, layers=layers, **opts)
+    plans[method] = compensate(model, plan_from_scores(model, s, 0.2, method), calib)
+{m: {"neurons removed": p.n_pruned, "ppl (soft, bias comp.)": round(ppl(p.to_intervention()), 2),
+     "ppl (no comp.)": round(ppl(p.to_intervention(bias_compensation=False)), 2)} for m, p in plans.items()}"""),
+    ("code", """# hard pruning: a smaller copy; the original model is untouched
+small = hard_prune(model, plans["fn"], bias_compensation=True)
+print(plans["fn"].param_counts(model))
+print("per-layer widths:", [b.mlp.W_in.shape[1] for b in small.blocks][:8], "...")
+print("hard-pruned perplexity", round(ppl(m=small), 2), "(equals the soft prune above)")"""),
+    ("code", """# a pruned model saves, loads and works with every other feature, e.g. an Intervention
+import tempfile, pathlib
+from tl_funcnet.models import save
+from tl_funcnet import ablate
+d = pathlib.Path(tempfile.mkdtemp()) / "smol-fn20"
+save(small, d)
+again = load(d)
+with ablate("blocks.10.mlp.hook_post", units=[0, 1, 2]).applied(again):
+    print("loaded back and ablated further:", round(ppl(m=again), 2))"""),
+]
+
+NOTEBOOKS["04_fingerprinting"] = [
+    ("md", "# Functional-network fingerprints\n\nDoes a suspect model derive from ours? Record the residual "
+           "stream of every layer on a few texts, run one temporal ICA, and compare the networks' time courses "
+           "(Spearman, Hungarian matching) against a null of mismatched texts. No weights are needed at "
+           "comparison time, and the suspect may use another tokenizer or architecture. "
+           "`benchmarks/fingerprint.py` runs the full zoo with baselines."),
+    ("code", SETUP),
+    ("code", """from tl_funcnet.fingerprint import fingerprint, compare
+from tl_funcnet.fingerprint.transforms import permute_mlp, rotate_residual, random_init
+from tl_funcnet.data import load_corpus
+texts = load_corpus("evaluation")[:4]
+victim = fingerprint(model, texts, name="smollm2")
+victim"""),
+    ("code", """# derived copies (function-preserving changes of basis) and an independent model
+rows = {}
+for name, suspect in [("MLP neurons permuted", permute_mlp(model, seed=1)),
+                      ("residual rotated", rotate_residual(model, seed=1)),
+                      ("random init", random_init(model, seed=7))]:
+    c = compare(victim, fingerprint(suspect, texts, name=name))
+    rows[name] = {"score": round(c.score, 3), "p_value": c.p_value, "verdict": c.verdict}
+    del suspect
+rows"""),
+    ("code", """# another tokenizer and architecture: MiniLM (a BERT encoder); time courses align through character spans
+minilm = load("minilm-l6")
+c = compare(victim, fingerprint(minilm, texts, name="minilm"))
+c.to_dict(n_pairs=3)"""),
+    ("code", """# an owner publishes the fingerprint; suspects are compared later without the victim's weights
+import tempfile, pathlib
+from tl_funcnet.fingerprint import Fingerprint
+path = victim.save(pathlib.Path(tempfile.mkdtemp()) / "smollm2.fnf.safetensors")
+print(path.name, Fingerprint.load(path))"""),
+]
+
+NOTEBOOKS["05_patching"] = [
+    ("md", "# Activation patching, attribution patching and RelP\n\nExact patching (batched: many nodes per "
+           "forward), attribution patching (AtP: gradient times activation difference) and relevance patching "
+           "(RelP: the same with LRP rules) on tasks shipped as data. `benchmarks/patching.py` measures "
+           "faithfulness on every task and node type."),
+    ("code", SETUP),
+    ("code", """from tl_funcnet.patching import load_task, task_report, run_patching, correlation, plot_heatmap
+task = load_task("ioi", model, n_pairs=4)
+print(task.clean.shape)
+task_report(model, task)"""),
+    ("code", """exact = run_patching(model, task, method="exact", nodes="mlp")
+atp = run_patching(model, task, method="atp", nodes="mlp")
+relp = run_patching(model, task, method="relp", nodes="mlp")
+{"AtP vs exact": correlation(exact, atp), "RelP vs exact": correlation(exact, relp),
+ "seconds": {"exact": round(exact.seconds, 1), "atp": round(atp.seconds, 1), "relp": round(relp.seconds, 1)}}"""),
+    ("code", """plot_heatmap(exact, title="exact patching, MLP outputs, IOI (denoising)")"""),
+    ("code", """plot_heatmap(relp, title="RelP, MLP outputs, IOI")"""),
+    ("code", """# results are tables too
+df = exact.to_dataframe()
+df.sort_values("effect", ascending=False).head(5)"""),
+    ("code", """# the RelP rules are scoped overrides: after the call the model is exactly as before
+before = model(task.clean[:1])
+run_patching(model, task, method="relp", nodes="head")
+assert torch.equal(before, model(task.clean[:1]))
+print("hooks left:", sum(len(hp._forward_hooks) + len(hp._backward_hooks) for hp in model.hook_dict.values()))"""),
+]
+
 
 def build() -> list[Path]:
     written = []
     for name, cells in NOTEBOOKS.items():
         nb = new_notebook(cells=[new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in cells])
+        for i, cell in enumerate(nb.cells):
+            cell["id"] = f"{name[:2]}-{i:02d}"  # stable ids keep regenerated notebooks diff-free
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
         path = HERE / f"{name}.ipynb"
         nbformat.write(nb, path)
