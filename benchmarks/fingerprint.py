@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -129,6 +130,11 @@ def run_full(only: list[str] | None) -> tuple[list[dict], dict]:
     rows = []
     plan = [(n, m) for n, m in manifest.items()] + [("minilm-l6", {"kind": "independent", "victim": "smollm2-135m",
                                                                    "how": "other architecture and tokenizer"})]
+    # an independent pair of the same small architecture: the tiny victim's own derivatives must be told apart
+    # from a model that only shares its architecture, tokenizer and training data
+    if "tiny-s1" in manifest and "tiny-s0" in manifest:
+        plan.append(("tiny-s1", {**manifest["tiny-s1"], "victim": "tiny-s0",
+                                 "how": "same architecture and data, other seed"}))
     for name, meta in plan:
         if only and name not in only:
             continue
@@ -160,8 +166,10 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", nargs="*", default=None, help="zoo entries to run (default: all)")
     p.add_argument("--name", default=None, help="result name in bench_out/ (default fingerprint[_quick])")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args()
-    torch.set_num_threads(2)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     rows, settings = run_quick() if args.quick else run_full(args.only)
     aucs = {m: auc(rows, m) for m in METHODS}
@@ -175,7 +183,7 @@ def main() -> None:
               "verdict_accuracy": sum((r["verdict"] == "derived") == (r["kind"] == "derived") for r in rows)
               / max(len(rows), 1),
               "total_seconds": time.perf_counter() - t0, "peak_rss_mb": peak_rss_mb(),
-              "note": "2 shared CPU cores under heavy contention from other jobs: timings are noisy"}
+              "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]}
     name = args.name or ("fingerprint_quick" if args.quick else "fingerprint")
     path = write_result(name, result)
     md = table(rows, aucs)

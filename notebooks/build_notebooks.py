@@ -267,16 +267,22 @@ for name, suspect in [("MLP neurons permuted", permute_mlp(model, seed=1)),
     c = compare(victim, fingerprint(suspect, texts, name=name))
     rows[name] = {"score": round(c.score, 3), "p_value": c.p_value, "verdict": c.verdict}
     del suspect
+# executed in CI, so these lines also test the claims on the real model
+assert rows["MLP neurons permuted"]["verdict"] == rows["residual rotated"]["verdict"] == "derived"
+assert rows["residual rotated"]["score"] > 0.99 and rows["random init"]["verdict"] == "independent"
 rows"""),
     ("code", """# another tokenizer and architecture: MiniLM (a BERT encoder); time courses align through character spans
 minilm = load("minilm-l6")
 c = compare(victim, fingerprint(minilm, texts, name="minilm"))
+assert c.n_segments > 500 and c.verdict != "derived"  # word segments are shared across the two tokenizers
 c.to_dict(n_pairs=3)"""),
     ("code", """# an owner publishes the fingerprint; suspects are compared later without the victim's weights
 import tempfile, pathlib
 from tl_funcnet.fingerprint import Fingerprint
 path = victim.save(pathlib.Path(tempfile.mkdtemp()) / "smollm2.fnf.safetensors")
-print(path.name, Fingerprint.load(path))"""),
+again = Fingerprint.load(path)
+assert compare(victim, again).score > 0.999
+print(path.name, again)"""),
 ]
 
 NOTEBOOKS["05_patching"] = [

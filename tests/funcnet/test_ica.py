@@ -161,6 +161,19 @@ def test_fastica_wide_path_matches_direct_path():
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("shape", [(150, 400), (400, 60)])  # wide (sample Gram) and tall (feature Gram)
+def test_fastica_basis_free_sources_survive_a_rotation_of_the_features(shape):
+    n, f = shape
+    X, S, _ = planted(n=n, f=f, k=5, seed=11, noise=0.2)
+    Q, _ = np.linalg.qr(np.random.default_rng(1).normal(size=(f, f)))
+    kw = dict(random_state=0, dtype=torch.float64, whiten_solver="gram", basis_free=True, tol=1e-8, max_iter=500)
+    a = FastICA(5, **kw).fit_transform(X)
+    b = FastICA(5, **kw).fit_transform(X @ Q)
+    np.testing.assert_allclose(a, b, atol=1e-6)  # same order and signs, no matching needed
+    assert (a ** 3).mean(0).min() > 0  # sign-canonical: positive skew
+    assert matched_abs_corr(a, S).min() > 0.95
+
+
 def test_fastica_does_not_modify_input():
     X, _, _ = planted(seed=10)
     X32 = X.astype(np.float32)

@@ -136,7 +136,7 @@ def fingerprint_from_activations(model: Any, texts: Sequence[str], feats: list[T
                                  max_tokens_per_text: int | None = 512,
                                  tokenizer: Tokenizer | str | None = None) -> Fingerprint:
     """The ICA half of :func:`fingerprint`, on activations from :func:`record_texts`."""
-    from .tica import temporal_ica
+    from ..funcnet.ica import FastICA
 
     lengths = [int(f.shape[0]) for f in feats]
     keep_offs = list(offsets)
@@ -147,7 +147,15 @@ def fingerprint_from_activations(model: Any, texts: Sequence[str], feats: list[T
     k = min(n_networks, X.shape[0] - 1, X.shape[1])
     if k < 1:
         raise FuncnetError(f"too few tokens ({X.shape[0]}) for an ICA; pass longer or more texts")
-    S, mixing, converged, n_iter = temporal_ica(X, k, random_state=random_state)
+    # temporal ICA (tokens as samples) that sees X only through X X^T: a change of basis of the residual
+    # stream (rotation, permutation) leaves the sources unchanged
+    ica = FastICA(k, basis_free=True, whiten_solver="gram", max_iter=500, tol=1e-6, random_state=random_state,
+                  dtype=dtype)
+    try:
+        S = ica.fit_transform(X).double()
+    except FuncnetError as err:
+        raise FuncnetError(f"fingerprint: {err} (here: lower n_networks, or pass more and longer texts)") from err
+    mixing, converged, n_iter = ica.mixing_, ica.converged_, ica.n_iter_
     del X
     energy = mixing.reshape(n_layers, d_model, k).pow(2).sum(1).T  # (k, n_layers)
     energy = energy / energy.sum(1, keepdim=True).clamp_min(1e-30)

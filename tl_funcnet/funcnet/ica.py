@@ -219,11 +219,13 @@ def whiten_subspace(
     n_power_iter: int,
     seed: int,
     who: str,
+    sign_by: str = "feature",
 ) -> tuple[Float[Tensor, "n k"], Float[Tensor, " k"], Float[Tensor, "f k"]]:
     """Top-k PCA of the centred data ``A`` as ``(Vs, s, u)``: sample scores, singular values, loadings.
 
-    Signs follow scikit-learn's FastICA convention (the first feature's loading is positive).
-    ``Vs`` and ``s`` are float64, ``u`` is in ``A.dtype``.
+    Signs follow scikit-learn's FastICA convention (the first feature's loading is positive) with
+    ``sign_by="feature"``; with ``sign_by="sample"`` each score vector has a positive third moment, which
+    does not depend on the basis of the feature space. ``Vs`` and ``s`` are float64, ``u`` is in ``A.dtype``.
     """
     n, f = A.shape
     kw = dict(solver=solver, oversample=oversample, n_power_iter=n_power_iter, seed=seed)
@@ -250,7 +252,7 @@ def whiten_subspace(
         u = Z / s.to(Z.dtype)
     else:
         Vs = Z.double() / s
-    sign = torch.sign(u[0].double())
+    sign = torch.sign(u[0].double() if sign_by == "feature" else Vs.pow(3).sum(0))
     sign[sign == 0] = 1.0
     return Vs * sign, s, u * sign.to(u.dtype)
 
@@ -415,6 +417,11 @@ class FastICA:
     An integer ``random_state`` draws ``w_init`` exactly as scikit-learn does
     (``RandomState(seed).normal(size=(k, k))``).
 
+    ``basis_free=True`` makes the fit depend on ``X`` only through the sample Gram matrix ``Xc Xc^T``:
+    whitening vectors and sources are sign-fixed in sample space (positive skewness) instead of by feature
+    loadings, and the small fixed-point iteration runs in float64. Rotating or permuting the features then
+    gives the same sources (used by the fingerprints, whose models may differ by a change of basis).
+
     Fitted attributes are torch tensors: ``components_`` (k, n_features; unmixing incl. whitening),
     ``mixing_`` (n_features, k), ``mean_`` (n_features,), ``whitening_`` (k, n_features),
     ``n_iter_``, ``converged_``, ``n_features_in_``, ``whiten_solver_`` (the solver "auto" chose).
@@ -441,6 +448,7 @@ class FastICA:
         n_power_iter: int = 5,
         canonicalize: bool = True,
         device: str | torch.device = "cpu",
+        basis_free: bool = False,
     ) -> None:
         self.n_components = n_components
         self.algorithm = algorithm
@@ -456,6 +464,7 @@ class FastICA:
         self.n_power_iter = n_power_iter
         self.canonicalize = canonicalize
         self.device = device
+        self.basis_free = basis_free
 
     # sklearn-style parameter access (keeps clone() working)
     def get_params(self, deep: bool = True) -> dict[str, Any]:
@@ -524,10 +533,10 @@ class FastICA:
         solver = pick_solver(self.whiten_solver, n, f, k, self.oversample, self.n_power_iter)
         Vs, s, u = whiten_subspace(
             center_op(T, mean), k, solver=solver, oversample=self.oversample, n_power_iter=self.n_power_iter,
-            seed=seed, who="FastICA.fit",
+            seed=seed, who="FastICA.fit", sign_by="sample" if self.basis_free else "feature",
         )
         # whitened data: X1 = K Xc^T sqrt(n) = Vs^T sqrt(n); K = (u / s)^T
-        X1 = (Vs.T * math.sqrt(n)).to(self.dtype)
+        X1 = (Vs.T * math.sqrt(n)).to(torch.float64 if self.basis_free else self.dtype)
         if self.algorithm == "parallel":
             W, n_iters, convs = ica_parallel(X1, w_init[None], fun=self.fun, max_iter=self.max_iter, tol=self.tol)
             W, n_iter, conv = W[0], n_iters[0], convs[0]
@@ -552,8 +561,11 @@ class FastICA:
         if self.canonicalize:
             order = torch.argsort((mixing.double() ** 2).sum(0), descending=True, stable=True)
             mixing, components, S, W = mixing[:, order], components[order], S[:, order], W[order]
-            idx = mixing.abs().argmax(0)
-            sign = torch.sign(mixing[idx, torch.arange(k, device=mixing.device)])
+            if self.basis_free:  # positive skewness of the sources
+                sign = torch.sign(S.pow(3).mean(0)).to(mixing.dtype)
+            else:  # the largest-|loading| mixing entry positive
+                idx = mixing.abs().argmax(0)
+                sign = torch.sign(mixing[idx, torch.arange(k, device=mixing.device)])
             sign[sign == 0] = 1
             mixing, components = mixing * sign, components * sign[:, None]
             S, W = S * sign.double(), W * sign.double()[:, None]
