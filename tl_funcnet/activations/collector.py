@@ -150,13 +150,16 @@ class ActivationCollector:
 
         def writer(site: str):
             def hook_fn(act: Tensor, hook: Any) -> None:
-                # one gather of the real (non-pad) positions, one scatter to their rows in corpus order
-                real = act.detach()[current["real"]].reshape(-1, buffers[site].shape[1]).to("cpu", self.dtype)
+                # batches are right-padded: each row's real tokens are a prefix, copied once, straight into
+                # that sequence's rows of the corpus-order matrix (no intermediate gather)
                 buf = buffers[site]
-                if isinstance(buf, np.ndarray):
-                    buf[current["dest_np"]] = real.numpy()
-                else:
-                    buf.index_copy_(0, current["dest"], real)
+                a = act.detach()
+                for row, start, length in current["spans"]:
+                    part = a[row, :length].reshape(length, -1)
+                    if isinstance(buf, np.ndarray):
+                        buf[start:start + length] = part.to("cpu", self.dtype).numpy()
+                    else:
+                        buf[start:start + length].copy_(part)
             return hook_fn
 
         iv = self.intervention
@@ -168,10 +171,7 @@ class ActivationCollector:
         with torch.no_grad(), iv.applied(self.model):
             for batch in batches(sub, self.batch_size, pad_id=pad_id(self.model)):
                 batch.index = [todo[j] for j in batch.index]
-                current["batch"] = batch
-                current["real"] = batch.mask.bool().to(next(self.model.parameters()).device)
-                dest = torch.cat([torch.arange(int(offsets[i]), int(offsets[i]) + len(seqs[i])) for i in batch.index])
-                current["dest"], current["dest_np"] = dest, dest.numpy()
+                current["spans"] = [(row, int(offsets[i]), len(seqs[i])) for row, i in enumerate(batch.index)]
                 self._forward(batch.tokens, batch)
                 bar.update(batch.n_real)
                 if on_batch is not None:
