@@ -11,7 +11,6 @@ restart leaves the batch once it has converged.
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from typing import Any
@@ -26,6 +25,7 @@ from tl_funcnet.errors import FuncnetError, ShapeError
 from tl_funcnet.funcnet.ica import (
     Affine,
     ConvergenceWarning,
+    EstimatorParams,
     as_matrix,
     check_common,
     check_finite_mean,
@@ -39,7 +39,7 @@ from tl_funcnet.funcnet.ica import (
 __all__ = ["CanICA"]
 
 
-class CanICA:
+class CanICA(EstimatorParams):
     """Spatial ICA with restarts: ``maps_`` are k sparse, z-scored maps over the features.
 
     ``threshold``: None keeps the maps dense; ``"auto"`` or a float ``ratio`` zeroes map entries whose
@@ -83,16 +83,6 @@ class CanICA:
         self.oversample = oversample
         self.n_power_iter = n_power_iter
         self.device = device
-
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {p: getattr(self, p) for p in inspect.signature(type(self).__init__).parameters if p != "self"}
-
-    def set_params(self, **params: Any) -> "CanICA":
-        for key, value in params.items():
-            if key not in self.get_params():
-                raise FuncnetError(f"CanICA.set_params: unknown parameter {key!r}.")
-            setattr(self, key, value)
-        return self
 
     def _validate(self, n: int, f: int) -> None:
         who = "CanICA"

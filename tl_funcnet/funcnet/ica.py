@@ -402,7 +402,22 @@ def pick_solver(solver: str, n: int, f: int, k: int, oversample: int, n_power_it
 
 
 # --------------------------------------------------------------------------- estimator
-class FastICA:
+class EstimatorParams:
+    """scikit-learn's ``get_params`` / ``set_params`` from the constructor's signature (keeps clone() working)."""
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters
+                if name != "self"}
+
+    def set_params(self, **params: Any) -> Any:
+        for key, value in params.items():
+            if key not in self.get_params():
+                raise FuncnetError(f"{type(self).__name__}.set_params: unknown parameter {key!r}.")
+            setattr(self, key, value)
+        return self
+
+
+class FastICA(EstimatorParams):
     """FastICA with fast Gram/randomized whitening for ``n_samples << n_features``.
 
     Parameters follow ``sklearn.decomposition.FastICA``. Extra ones: ``whiten_solver`` ("auto", "gram",
@@ -465,18 +480,6 @@ class FastICA:
         self.canonicalize = canonicalize
         self.device = device
         self.basis_free = basis_free
-
-    # sklearn-style parameter access (keeps clone() working)
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters
-                if name != "self"}
-
-    def set_params(self, **params: Any) -> "FastICA":
-        for key, value in params.items():
-            if key not in self.get_params():
-                raise FuncnetError(f"FastICA.set_params: unknown parameter {key!r}.")
-            setattr(self, key, value)
-        return self
 
     def _validate(self, n: int, f: int) -> None:
         who = "FastICA"
