@@ -58,6 +58,9 @@ def check_sites(model: Any, sites: Iterable[str]) -> None:
             continue
         close = difflib.get_close_matches(site, list(names), n=3, cutoff=0.6)
         hint = f" Did you mean {close}?" if close else ""
+        if ".hook_sae_" in site:
+            hint += (" SAE hook points exist only while the SAE is attached to a HookedSAETransformer: "
+                     "model.add_sae(sae, use_error_term=True).")
         raise UnknownSiteError(
             f"{site!r} is not a hook point of {type(model).__name__} "
             f"({len(names)} hook points, e.g. 'blocks.0.hook_resid_post').{hint}"
@@ -83,11 +86,14 @@ def site_shape(model: Any, site: str) -> tuple[int, ...] | None:
     """Trailing activation shape at ``site`` (after batch and pos), or ``None`` where it is not known.
 
     ``(d_model,)`` for residual sites, ``(d_mlp,)`` for MLP neurons (per layer), ``(n_heads, d_head)``
-    for per-head attention sites.
+    for per-head attention sites, ``(d_sae,)`` for the feature activations of an attached SAE.
     """
     cfg = getattr(model, "cfg", None)
     if cfg is None:
         return None
+    if site.endswith((".hook_sae_acts_pre", ".hook_sae_acts_post")):  # inside an SAE attached by sae-lens
+        sae = getattr(model, "acts_to_saes", {}).get(site.rsplit(".", 1)[0])
+        return (int(sae.cfg.d_sae),) if sae is not None else None
     m = _LAYER.match(site)
     kind = _GLOBAL_SHAPES.get(site) if m is None else _TRAILING_SHAPES.get(m.group(2))
     if kind is None:

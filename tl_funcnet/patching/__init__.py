@@ -19,6 +19,8 @@ from .metrics import normalized_logit_diff as normalized_logit_diff
 from .nodes import Node as Node
 from .nodes import NodeSet as NodeSet
 from .nodes import concat as concat
+from .nodes import network_nodes as network_nodes
+from .nodes import sae_feature_nodes as sae_feature_nodes
 from .nodes import node_grid as node_grid
 from .nodes import units_nodes as units_nodes
 from .relp import RULES as RULES
@@ -34,6 +36,6 @@ from .tasks import task_report as task_report
 __all__ = [
     "run_patching", "METHODS", "exact_patch", "attribution_patch", "relp_intervention", "RULES",
     "LogitDiff", "AnswerProb", "Normalized", "logit_diff", "answer_prob", "normalized_logit_diff",
-    "Node", "NodeSet", "node_grid", "units_nodes", "concat", "PatchResult", "correlation", "plot_heatmap",
+    "Node", "NodeSet", "node_grid", "units_nodes", "concat", "network_nodes", "sae_feature_nodes", "PatchResult", "correlation", "plot_heatmap",
     "Task", "TASKS", "load_task", "task_report",
 ]

@@ -70,9 +70,14 @@ def attribution_patch(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeS
         acts = [store[s] for s in sites]
         grads = torch.autograd.grad(values.sum(), acts, allow_unused=True)
     per_prompt = torch.zeros(len(nodes), n)
-    groups: dict[str, list[int]] = defaultdict(list)
+    groups: dict[str, list[int]] = defaultdict(list)  # single-site nodes, reduced vectorized
+    spanning: dict[str, list[tuple[int, Any]]] = defaultdict(list)  # parts of multi-site nodes, summed
     for i, nd in enumerate(nodes.nodes):
-        groups[nd.site].append(i)
+        if nd.also:
+            for site, units in nd.parts:
+                spanning[site].append((i, units))
+        else:
+            groups[nd.site].append(i)
     with torch.no_grad():
         for site, act, grad in zip(sites, acts, grads):
             if grad is None:  # the metric does not depend on this site
@@ -80,8 +85,14 @@ def attribution_patch(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeS
             prod = (src[site] - act.detach()) * grad
             if prod.ndim == 4:
                 prod = prod.sum(-1)
+            prod = prod.float().cpu()
             idx = groups[site]
-            _reduce(prod.float().cpu(), [nodes.nodes[i] for i in idx], per_prompt, idx)
+            if idx:
+                _reduce(prod, [nodes.nodes[i] for i in idx], per_prompt, idx)
+            for i, units in spanning[site]:
+                pos = nodes.nodes[i].pos
+                sel = prod.sum(1) if pos is None else prod[:, pos]
+                per_prompt[i] += sel.sum(-1) if units is None else sel[:, list(units)].sum(-1)
     return PatchResult(values=per_prompt.mean(1), nodes=nodes, method=method, direction=direction,
                        baseline=float(values.detach().mean()), per_prompt=per_prompt,
                        seconds=time.perf_counter() - t0,

@@ -25,16 +25,15 @@ from .nodes import Node, NodeSet
 from .result import PatchResult
 
 
-def _mask(chunk: list[Node], rows: list[int], act_shape: tuple[int, ...]) -> Bool[Tensor, "k pos units"]:
-    """Per node of ``chunk``: True on the (pos, unit) cells it patches, for the nodes at ``rows`` only.
+def _mask(chunk: list[Node], parts: list[tuple[int, Any]], act_shape: tuple[int, ...]) -> Bool[Tensor, "k pos units"]:
+    """Per node of ``chunk``: True on the (pos, unit) cells it patches at one site; ``parts`` = (node, units).
 
     Units are the last dim of 3-D sites and the head dim of 4-D (per-head) sites.
     """
     m = torch.zeros(len(chunk), act_shape[1], act_shape[2], dtype=torch.bool)
-    for j in rows:
-        node = chunk[j]
-        p = slice(None) if node.pos is None else node.pos
-        u = slice(None) if node.units is None else torch.as_tensor(node.units, dtype=torch.long)
+    for j, units in parts:
+        p = slice(None) if chunk[j].pos is None else chunk[j].pos
+        u = slice(None) if units is None else torch.as_tensor(units, dtype=torch.long)
         m[j, p, u] = True
     return m
 
@@ -81,9 +80,10 @@ def exact_patch(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeSet, me
         for start in range(0, len(order), k_max):
             idx = order[start:start + k_max]
             chunk = [nodes.nodes[i] for i in idx]
-            by_site: dict[str, list[int]] = defaultdict(list)
+            by_site: dict[str, list[tuple[int, Any]]] = defaultdict(list)
             for j, nd in enumerate(chunk):
-                by_site[nd.site].append(j)
+                for site, units in nd.parts:
+                    by_site[site].append((j, units))
             iv = Intervention()
             for site, js in by_site.items():
                 iv = iv + custom(site, _patch_fn(_mask(chunk, js, src_cache[site].shape), src_cache[site], n))

@@ -1,7 +1,9 @@
-"""Patching nodes: a node is a group of units at one hook site, at one position or at all positions.
+"""Patching nodes: a node is a group of units at one or more hook sites, at one position or at all positions.
 
 Every node type reduces to :class:`Node` ``(site, units, pos)``: ``units`` index the last dim of
 ``(batch, pos, d)`` sites and the head dim of per-head sites (``attn.hook_z``); ``None`` means all units.
+A node may span sites (``also``): a functional network is patched as all its units in every layer at once.
+SAE features are units of an attached SAE's ``hook_sae_acts_post`` site.
 A :class:`NodeSet` is an ordered list of nodes plus the grid they fill (e.g. ``("layer", "pos")``), so
 results can be reshaped like ``transformer_lens.patching``'s.
 """
@@ -27,10 +29,18 @@ class Node:
     pos: int | None = None
     coords: tuple[int, ...] = ()
     name: str = ""
+    also: tuple[tuple[str, tuple[int, ...]], ...] = ()  # more (site, units) patched together with the first
+
+    @property
+    def parts(self) -> tuple[tuple[str, tuple[int, ...] | None], ...]:
+        """Every ``(site, units)`` this node patches."""
+        return ((self.site, self.units), *self.also)
 
     @property
     def layer(self) -> int | None:
-        return site_layer(self.site)
+        """The first block the node touches (``None`` if a part lies outside the blocks, e.g. the embedding)."""
+        layers = [site_layer(s) for s, _ in self.parts]
+        return None if any(l is None for l in layers) else min(layers)  # type: ignore[type-var]
 
     def label(self) -> str:
         if self.name:
@@ -55,7 +65,7 @@ class NodeSet:
 
     @property
     def sites(self) -> list[str]:
-        return sorted({n.site for n in self.nodes})
+        return sorted({site for n in self.nodes for site, _ in n.parts})
 
     def validate(self, model: Any, n_pos: int) -> None:
         """Raise before any forward pass if a site, unit or position does not fit ``model``/the prompts."""
@@ -63,14 +73,16 @@ class NodeSet:
             raise FuncnetError("the node set is empty; build one with node_grid(model, kind, n_pos) or units_nodes(...)")
         check_sites(model, self.sites)
         for n in self.nodes:
-            shape = site_shape(model, n.site)
-            if shape is None:
-                raise ShapeError(
-                    f"node {n.label()!r}: site {n.site!r} has no known unit layout; patch residual, MLP "
-                    f"(hook_mlp_out, mlp.hook_post/hook_pre) or per-head (attn.hook_z/hook_q/hook_v) sites")
-            if n.units is not None and n.units and (max(n.units) >= shape[0] or min(n.units) < 0):
-                raise ShapeError(f"node {n.label()!r}: unit index out of range; site {n.site!r} has "
-                                 f"{shape[0]} units (valid 0..{shape[0] - 1})")
+            for site, units in n.parts:
+                shape = site_shape(model, site)
+                if shape is None:
+                    raise ShapeError(
+                        f"node {n.label()!r}: site {site!r} has no known unit layout; patch residual, MLP "
+                        f"(hook_mlp_out, mlp.hook_post/hook_pre), per-head (attn.hook_z/hook_q/hook_v) or "
+                        f"attached-SAE feature (<site>.hook_sae_acts_post) sites")
+                if units is not None and units and (max(units) >= shape[0] or min(units) < 0):
+                    raise ShapeError(f"node {n.label()!r}: unit index out of range; site {site!r} has "
+                                     f"{shape[0]} units (valid 0..{shape[0] - 1})")
             if n.pos is not None and not 0 <= n.pos < n_pos:
                 raise ShapeError(f"node {n.label()!r}: position {n.pos} is out of range for prompts of "
                                  f"{n_pos} tokens (valid 0..{n_pos - 1})")
@@ -141,8 +153,33 @@ def units_nodes(site: str, groups: Sequence[Sequence[int]] | dict[str, Sequence[
 
 def concat(*sets: NodeSet) -> NodeSet:
     """Join node sets into one flat set (grid ``("node",)``), e.g. to patch heads and MLPs in one sweep."""
-    nodes = [Node(n.site, n.units, n.pos, (i,), n.label()) for i, n in enumerate(x for s in sets for x in s.nodes)]
+    nodes = [Node(n.site, n.units, n.pos, (i,), n.label(), n.also)
+             for i, n in enumerate(x for s in sets for x in s.nodes)]
     return NodeSet(tuple(nodes), (len(nodes),), ("node",), "units", {"names": [n.name for n in nodes]})
 
 
-__all__ = ["Node", "NodeSet", "NODE_KINDS", "node_grid", "units_nodes", "concat"]
+def network_nodes(networks: Any, ids: Sequence[int] | None = None, *, pos: int | None = None) -> NodeSet:
+    """One node per functional network (a fitted ``FunctionalNetworks``): all its key units, every layer at once."""
+    ids = list(range(networks.n_networks_total)) if ids is None else [int(i) for i in ids]
+    nodes = []
+    for j, (i, parts) in enumerate(zip(ids, networks.networks(ids))):
+        items = [(site, tuple(int(u) for u in units)) for site, units in parts.items() if len(units)]
+        if not items:
+            raise FuncnetError(f"network {i} has no units at its threshold; lower the threshold or leave it out")
+        (site, units), *rest = items
+        nodes.append(Node(site, units, pos, (j,), f"network {i}", tuple(rest)))
+    return NodeSet(tuple(nodes), (len(nodes),), ("node",), "units", {"names": [n.name for n in nodes]})
+
+
+def sae_feature_nodes(sae_site: str, features: Sequence[int], *, pos: int | None = None) -> NodeSet:
+    """One node per SAE feature of the SAE attached at ``sae_site`` (``model.add_sae(sae, use_error_term=True)``).
+
+    The node patches the feature's activation at ``f"{sae_site}.hook_sae_acts_post"``; with the error term
+    on, the rest of the site's activation is untouched, so patching a feature changes the site by its decoder
+    direction times the activation difference.
+    """
+    return units_nodes(f"{sae_site}.hook_sae_acts_post", {f"feature {int(f)}": [int(f)] for f in features}, pos=pos)
+
+
+__all__ = ["Node", "NodeSet", "NODE_KINDS", "node_grid", "units_nodes", "concat", "network_nodes",
+           "sae_feature_nodes"]

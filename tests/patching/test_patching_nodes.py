@@ -1,0 +1,104 @@
+"""Composite patching nodes: functional networks (units in several layers at once) and SAE features."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae_testing import make_sae
+from tl_testing import count_hooks, guard, make_gpt2_style
+from tl_funcnet.errors import ShapeError, UnknownSiteError
+from tl_funcnet.hooks import Intervention, patch
+from tl_funcnet.patching import (attribution_patch, exact_patch, logit_diff, network_nodes, sae_feature_nodes,
+                                 units_nodes)
+
+N_POS = 7
+METRIC = logit_diff([1, 2, 3], [4, 5, 6])
+
+
+@pytest.fixture
+def pair():
+    g = torch.Generator().manual_seed(5)
+    clean = torch.randint(0, 50, (3, N_POS), generator=g)
+    corr = clean.clone()
+    corr[:, 3] = (clean[:, 3] + 9) % 50
+    return clean, corr
+
+
+@pytest.fixture(scope="module")
+def networks(llama_tiny):
+    from tl_funcnet.activations import collect, layer_sites
+    from tl_funcnet.funcnet import FunctionalNetworks
+
+    g = torch.Generator().manual_seed(0)
+    texts = [torch.randint(0, 50, (12,), generator=g) for _ in range(40)]
+    acts = collect(llama_tiny, texts, layer_sites(llama_tiny, "mlp.hook_post"), progress=False)
+    return FunctionalNetworks(4, threshold=2.0, sides="two").fit(acts)
+
+
+def test_network_nodes_patch_every_layer_of_a_network_at_once(llama_tiny, pair, networks):
+    clean, corr = pair
+    ns = network_nodes(networks)
+    assert any(n.also for n in ns.nodes), "expected at least one network spanning both layers"
+    res = exact_patch(llama_tiny, clean, corr, ns, METRIC)
+    _, cache = llama_tiny.run_with_cache(clean)
+    for i, parts in enumerate(networks.networks()):
+        iv = Intervention()
+        for site, units in parts.items():
+            iv = iv + patch(site, cache[site], units=units)
+        with iv.applied(llama_tiny), torch.no_grad():
+            want = METRIC(llama_tiny(corr)).mean()
+        assert res.values[i].item() == pytest.approx(want.item(), abs=1e-5)
+    assert count_hooks(llama_tiny) == 0
+
+
+def test_network_attribution_is_the_sum_over_its_parts(llama_tiny, pair, networks):
+    clean, corr = pair
+    ns = network_nodes(networks)
+    whole = attribution_patch(llama_tiny, clean, corr, ns, METRIC)
+    for i, parts in enumerate(networks.networks()):
+        per_part = attribution_patch(llama_tiny, clean, corr, _parts_as_nodes(parts), METRIC)
+        assert whole.values[i].item() == pytest.approx(per_part.values.sum().item(), abs=1e-5)
+
+
+def _parts_as_nodes(parts):
+    from tl_funcnet.patching import concat
+
+    return concat(*[units_nodes(site, [units]) for site, units in parts.items()])
+
+
+@pytest.fixture
+def sae_model():
+    from sae_lens import HookedSAETransformer
+
+    base = make_gpt2_style()
+    m = HookedSAETransformer(base.cfg)
+    m.load_state_dict(base.state_dict())
+    return guard(m.eval())
+
+
+def test_sae_feature_nodes_equal_patching_the_feature_activation(sae_model, pair):
+    clean, corr = pair
+    site = "blocks.1.hook_resid_post"
+    sae = make_sae("standard", hook_name=site)
+    sae.use_error_term = True
+    sae_model.add_sae(sae)
+    try:
+        feats = list(range(0, 48, 6))
+        ns = sae_feature_nodes(site, feats, pos=N_POS - 1)
+        res = exact_patch(sae_model, clean, corr, ns, METRIC)
+        fsite = f"{site}.hook_sae_acts_post"
+        _, cache = sae_model.run_with_cache(clean, names_filter=[fsite])
+        for i, f in enumerate(feats):
+            with patch(fsite, cache[fsite], units=[f], pos=N_POS - 1).applied(sae_model), torch.no_grad():
+                want = METRIC(sae_model(corr)).mean()
+            assert res.values[i].item() == pytest.approx(want.item(), abs=1e-5)
+        atp = attribution_patch(sae_model, clean, corr, ns, METRIC)
+        assert torch.isfinite(atp.values).all()
+        with pytest.raises(ShapeError, match="out of range"):
+            exact_patch(sae_model, clean, corr, sae_feature_nodes(site, [48]), METRIC)
+    finally:
+        sae_model.reset_saes()
+    with pytest.raises(UnknownSiteError, match="add_sae"):  # no SAE attached any more
+        exact_patch(sae_model, clean, corr, sae_feature_nodes(site, [0]), METRIC)
+    assert count_hooks(sae_model) == 0
