@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import machine_info, write_result  # noqa: E402
 
 from tl_funcnet.patching import (attribution_patch, correlation, exact_patch, load_task, logit_diff,  # noqa: E402
-                                 node_grid, task_report, units_nodes)
+                                 network_nodes, node_grid, task_report, units_nodes)
 
 
 def planted_model():
@@ -77,6 +77,21 @@ def time_tl(model, task, kind: str, ours) -> dict:
             "max_abs_diff": float((ours.grid - ref).abs().max())}
 
 
+_FITTED: dict = {}
+
+
+def _networks(model):
+    """Functional networks of SmolLM2's MLP neurons on the calibration split (fitted once per run)."""
+    if "fn" not in _FITTED:
+        from tl_funcnet.activations import collect, layer_sites
+        from tl_funcnet.funcnet import FunctionalNetworks
+
+        acts = collect(model, "calibration", layer_sites(model, "mlp.hook_post"), max_tokens=2048,
+                       max_tokens_per_seq=128, progress=False)
+        _FITTED["fn"] = FunctionalNetworks(10, random_state=0).fit(acts)
+    return _FITTED["fn"]
+
+
 def run_real(tasks: list[str], kinds: list[str], n_pairs: int, tl_task: str | None, n_neurons: int,
              res: dict, out_name: str = "patching") -> dict:
     from tl_funcnet.models import load
@@ -95,6 +110,8 @@ def run_real(tasks: list[str], kinds: list[str], n_pairs: int, tl_task: str | No
                 layers = torch.randint(0, model.cfg.n_layers, (n_neurons,), generator=g).tolist()
                 from tl_funcnet.patching import concat
                 ns = concat(*[units_nodes(f"blocks.{L}.mlp.hook_post", [[j]]) for L, j in zip(layers, picks)])
+            elif kind == "network":  # functional networks (mlp.hook_post, 10 components) as multi-layer nodes
+                ns = network_nodes(_networks(model))
             elif kind == "head":
                 ns = node_grid(model, "head", task.n_pos, by_pos=False)
             else:
@@ -133,7 +150,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="tiny planted-circuit model only")
     ap.add_argument("--tasks", default="ioi,greater_than,capital,induction")
-    ap.add_argument("--nodes", default="resid,mlp,head,neuron")
+    ap.add_argument("--nodes", default="resid,mlp,head,neuron,network")
     ap.add_argument("--n-pairs", type=int, default=8)
     ap.add_argument("--n-neurons", type=int, default=64)
     ap.add_argument("--tl-task", default="ioi", help="task on which to time transformer_lens.patching ('' = skip)")
