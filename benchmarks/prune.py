@@ -62,6 +62,11 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--fn-components", type=int, default=None, help="ICA components per layer (default 128)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--calib-tokens", type=int, default=None, help="calibration tokens (default 2048)")
+    ap.add_argument("--no-variants", action="store_true",
+                    help="skip fn-uniform (FN scores with the same per-layer allocation as wanda/activation)")
+    ap.add_argument("--methods", default=None, help="comma-separated subset of the rows, e.g. fn,fn-uniform")
+    ap.add_argument("--out", default=None, help="result name in bench_out/ (default prune[_quick])")
     args = ap.parse_args(argv)
 
     from tl_funcnet.activations import tokenize
@@ -70,6 +75,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     model, calib_src, evals, fn_opts, max_tokens = _setup(args.quick)
+    max_tokens = args.calib_tokens or max_tokens
     if args.fn_components:
         fn_opts["n_components"] = args.fn_components
     log = lambda s: print(f"[{time.perf_counter() - t0:7.1f}s] {s}", flush=True)  # noqa: E731
@@ -83,47 +89,61 @@ def main(argv=None) -> int:
 
     results: dict = {"ppl": {}, "score_seconds": {}, "compensate_seconds": {}, "params": {}, "speed": {}}
     plans: dict = {}
-    for method in METHODS:
-        t = time.perf_counter()
-        s = score(model, calib, method, layers=layers, **(fn_opts if method == "fn" else {}))
-        results["score_seconds"][method] = time.perf_counter() - t
-        log(f"{method}: scores in {results['score_seconds'][method]:.1f}s")
+    # fn-uniform: the same FN scores with the uniform per-layer allocation of wanda / activation / magnitude,
+    # separating what the scores contribute from what the paper's global threshold does
+    labels = list(METHODS) + ([] if args.no_variants else ["fn-uniform"])
+    if args.methods:
+        unknown = sorted(set(args.methods.split(",")) - set(labels) - {"fn-uniform"})
+        if unknown:
+            ap.error(f"unknown rows {unknown}; choose from {labels}")
+        labels = args.methods.split(",")
+    scores: dict = {}
+    for label in labels:
+        method = label.split("-")[0]
+        if method not in scores:
+            t = time.perf_counter()
+            scores[method] = score(model, calib, method, layers=layers, **(fn_opts if method == "fn" else {}))
+            results["score_seconds"][method] = time.perf_counter() - t
+            log(f"{method}: scores in {results['score_seconds'][method]:.1f}s")
         for r in RATIOS:
-            plan = plan_from_scores(model, s, r, method)
+            plan = plan_from_scores(model, scores[method], r, method,
+                                    allocation="uniform" if label.endswith("-uniform") else None)
             t = time.perf_counter()
             plan = compensate(model, plan, calib)
-            results["compensate_seconds"].setdefault(method, []).append(time.perf_counter() - t)
-            plans[(method, r)] = plan
+            results["compensate_seconds"].setdefault(label, []).append(time.perf_counter() - t)
+            plans[(label, r)] = plan
             for bias in (False, True):
                 ppl = ev(plan.to_intervention(bias_compensation=bias)).perplexity
-                results["ppl"][f"{method}|{'bias' if bias else 'nobias'}|{r}"] = ppl
-            log(f"  {method} {r:.0%}: ppl {results['ppl'][f'{method}|nobias|{r}']:.3f} / "
-                f"{results['ppl'][f'{method}|bias|{r}']:.3f} (no bias / bias comp.)")
+                results["ppl"][f"{label}|{'bias' if bias else 'nobias'}|{r}"] = ppl
+            log(f"  {label} {r:.0%}: ppl {results['ppl'][f'{label}|nobias|{r}']:.3f} / "
+                f"{results['ppl'][f'{label}|bias|{r}']:.3f} (no bias / bias comp.)")
 
     # hard-pruned FN models: parameters, equivalence with the soft prune, forward-time speedup
     seqs = tokenize(model, evals, max_tokens_per_seq=128)[:4]
     width = min(len(x) for x in seqs)
     toks = torch.stack([x[:width] for x in seqs])
     t_base = _forward_time(model, toks, args.repeats)
+    hard = "fn" if "fn" in labels else labels[0]
     for r in RATIOS:
-        plan = plans[("fn", r)]
+        plan = plans[(hard, r)]
         results["params"][str(r)] = plan.param_counts(model)
         small = hard_prune(model, plan, bias_compensation=True)
         hard_ppl = ev(m=small).perplexity
         t_small = _forward_time(small, toks, args.repeats)
         results["speed"][str(r)] = {"t_unpruned_s": t_base, "t_pruned_s": t_small, "speedup": t_base / t_small,
-                                    "hard_ppl": hard_ppl, "soft_ppl": results["ppl"][f"fn|bias|{r}"]}
-        log(f"hard fn {r:.0%}: {plan.param_counts(model)['params_after']:,} params, ppl {hard_ppl:.3f}, "
+                                    "hard_ppl": hard_ppl, "soft_ppl": results["ppl"][f"{hard}|bias|{r}"],
+                                    "method": hard}
+        log(f"hard {hard} {r:.0%}: {plan.param_counts(model)['params_after']:,} params, ppl {hard_ppl:.3f}, "
             f"forward {t_small * 1e3:.0f} ms vs {t_base * 1e3:.0f} ms")
         del small
 
-    md = _markdown(results, base.perplexity, base.n_tokens, calib.n_tokens, toks.shape, args.repeats)
+    md = _markdown(results, labels, base.perplexity, base.n_tokens, calib.n_tokens, toks.shape, args.repeats)
     print(md)
-    payload = {"quick": args.quick, "machine": machine_info(), "ratios": RATIOS, "methods": METHODS,
+    payload = {"quick": args.quick, "machine": machine_info(), "ratios": RATIOS, "methods": labels,
                "protected_layers": list(prot), "fn_options": fn_opts, "calibration_tokens": calib.n_tokens,
                "eval_tokens": base.n_tokens, "ppl_unpruned": base.perplexity, **results,
                "total_seconds": time.perf_counter() - t0}
-    name = "prune_quick" if args.quick else "prune"
+    name = args.out or ("prune_quick" if args.quick else "prune")
     write_result(name, payload)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / f"{name}.md").write_text(md + "\n")
@@ -131,20 +151,20 @@ def main(argv=None) -> int:
     return 0
 
 
-def _markdown(res: dict, base_ppl: float, n_eval: int, n_calib: int, shape, repeats: int) -> str:
+def _markdown(res: dict, labels: list[str], base_ppl: float, n_eval: int, n_calib: int, shape, repeats: int) -> str:
     head = "| method | bias comp. | " + " | ".join(f"{r:.0%}" for r in RATIOS) + " |"
     lines = [f"Perplexity on held-out text ({n_eval} predicted tokens; unpruned {base_ppl:.3f}); "
              f"{n_calib} calibration tokens; % of MLP neurons removed (layers 0-2 and last 2 protected).", "",
              head, "|" + "---|" * (len(RATIOS) + 2)]
     for bias in ("nobias", "bias"):
-        for m in METHODS:
+        for m in labels:
             vals = [res["ppl"][f"{m}|{bias}|{r}"] for r in RATIOS]
-            best = [min(res["ppl"][f"{mm}|{bias}|{r}"] for mm in METHODS) for r in RATIOS]
+            best = [min(res["ppl"][f"{mm}|{bias}|{r}"] for mm in labels) for r in RATIOS]
             cells = [f"**{v:.2f}**" if v == b else f"{v:.2f}" for v, b in zip(vals, best)]
             lines.append(f"| {m} | {'yes' if bias == 'bias' else 'no'} | " + " | ".join(cells) + " |")
     lines += ["", "Bold: best of its column within the same compensation setting.", "",
               "| removed | params after | % all params | % MLP params | fwd unpruned | fwd pruned | speedup "
-              "| hard-pruned fn ppl |", "|---|---|---|---|---|---|---|---|"]
+              "| hard-pruned ppl |", "|---|---|---|---|---|---|---|---|"]
     for r in RATIOS:
         p, s = res["params"][str(r)], res["speed"][str(r)]
         lines.append(f"| {r:.0%} | {p['params_after']:,} / {p['params_before']:,} | {p['param_ratio']:.1%} | "
