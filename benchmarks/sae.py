@@ -23,11 +23,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from _bench import OUT_DIR, machine_info, peak_rss_mb, write_result  # noqa: E402
-from train_sae import DEFAULTS, quick_model, train_all  # noqa: E402
+from tl_funcnet.sae.train import DEFAULTS  # noqa: E402
 
 PROMPT = "The capital of France is"
+
+
+def quick_model():
+    """A tiny random HookedTransformer and a token corpus, for --quick runs."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=4, d_head=4, d_mlp=32, d_vocab=50, n_ctx=32,
+                                  act_fn="gelu", normalization_type="LN", seed=0)
+    g = torch.Generator().manual_seed(0)
+    return HookedTransformer(cfg).eval(), torch.randint(0, 50, (64, 32), generator=g)
 
 
 def _top5(model, logits: torch.Tensor) -> list[list]:
@@ -84,7 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
         train_kw = dict(d_sae=DEFAULTS["d_sae"], k=DEFAULTS["k"], training_tokens=args.tokens,
                         train_batch_size_tokens=DEFAULTS["train_batch_size_tokens"], lr=DEFAULTS["lr"])
     todo = [s for s in sites if args.retrain or not (sae_dir / s / "cfg.json").is_file()]
-    train_s = train_all(model, sae_dir, todo, corpus, **train_kw) if todo else {}
+    from tl_funcnet.sae import train_and_save
+
+    train_s = train_and_save(model, sae_dir, todo, corpus, **train_kw) if todo else {}
     saes = {s: load_sae(sae_dir / s) for s in sites}
     rows = {}
     for s, sae in saes.items():

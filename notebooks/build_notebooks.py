@@ -176,7 +176,7 @@ NOTEBOOKS["06_sae_features"] = [
     ("md", "# SAE features as composable hooks\n\nTrain a small sparse autoencoder offline with sae-lens's own "
            "runner, measure it, and edit its features as an `Intervention` that stacks with other edits on the "
            "same site (no module is swapped). Settings here are tiny so the notebook runs in minutes; "
-           "`scripts/train_sae.py` trains the default SAEs."),
+           "`tl-funcnet train-sae --out saes` trains the default SAEs."),
     ("code", SETUP),
     ("code", """from tl_funcnet.sae import train_sae, evaluate_sae, ablate_features, capture_features, splice
 site = "blocks.6.hook_resid_post"

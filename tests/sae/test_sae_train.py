@@ -77,3 +77,23 @@ def test_train_sae_restores_signal_handlers(trained):
     import signal
 
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_train_and_save_writes_one_loadable_sae_per_site(gpt2_tiny, tmp_path):
+    from tl_funcnet.sae import train_and_save
+
+    toks = torch.randint(0, 50, (32, 12), generator=torch.Generator().manual_seed(1))
+    sites = [SITE, "blocks.1.hook_mlp_out"]
+    times = train_and_save(gpt2_tiny, tmp_path, sites, toks, d_sae=16, k=2, training_tokens=512, context_size=8,
+                           train_batch_size_tokens=64, n_batches_in_buffer=8, store_batch_size_prompts=4)
+    assert set(times) == set(sites)
+    for site in sites:
+        sae = load_sae(tmp_path / site)
+        assert sae.cfg.metadata.hook_name == site and sae.cfg.d_sae == 16
+
+
+def test_cli_train_sae_rejects_bad_settings_before_loading(tmp_path, capsys):
+    from tl_funcnet.cli import main
+
+    assert main(["train-sae", "--model", str(tmp_path / "missing"), "--k", "0", "--out", str(tmp_path / "o")]) == 2
+    assert "--k" in capsys.readouterr().err and not (tmp_path / "o").exists()

@@ -23,6 +23,7 @@ from .params import decode as decode
 from .params import encode as encode
 from .params import sae_params as sae_params
 from .train import DEFAULT_SITES as DEFAULT_SITES
+from .train import train_and_save as train_and_save
 from .train import load_sae as load_sae
 from .train import save_sae as save_sae
 from .train import train_sae as train_sae
@@ -32,5 +33,5 @@ __all__ = [
     "splice", "edit_features", "ablate_features", "set_features", "steer_features", "scale_features",
     "clamp_features", "capture_features", "collect_features", "feature_site", "SAEMetrics", "evaluate_sae",
     "max_decoder_cos", "ARCHITECTURES", "sae_params", "encode", "decode", "train_sae", "token_dataset",
-    "save_sae", "load_sae", "DEFAULT_SITES",
+    "save_sae", "load_sae", "DEFAULT_SITES", "train_and_save",
 ]

@@ -22,8 +22,10 @@ import torch
 from ..errors import FuncnetError
 from ..hooks.sites import check_sites
 
-#: The sites ``scripts/train_sae.py`` trains by default on SmolLM2 (one residual, one MLP output).
+#: The sites ``tl-funcnet train-sae`` trains by default on SmolLM2 (one residual, one MLP output).
 DEFAULT_SITES = ("blocks.6.hook_resid_post", "blocks.6.hook_mlp_out")
+#: Default SAE settings on SmolLM2, sized for a few minutes per SAE on 2 CPU cores.
+DEFAULTS = {"d_sae": 2304, "k": 32, "training_tokens": 150_000, "train_batch_size_tokens": 2048, "lr": 1e-3}
 
 
 @contextmanager
@@ -157,4 +159,18 @@ def load_sae(path: str | os.PathLike[str], device: str = "cpu") -> Any:
         return SAE.load_from_disk(root, device=device)
 
 
-__all__ = ["DEFAULT_SITES", "train_sae", "token_dataset", "save_sae", "load_sae"]
+def train_and_save(model: Any, out_dir: str | os.PathLike[str], sites: Any, corpus: Any = "calibration",
+                   **train_options: Any) -> dict[str, float]:
+    """Train one SAE per site and save each under ``out_dir/<site>``; returns ``{site: seconds}``."""
+    import time
+
+    times = {}
+    for site in sites:
+        t0 = time.perf_counter()
+        sae = train_sae(model, site, corpus, **train_options)
+        times[site] = time.perf_counter() - t0
+        save_sae(sae, Path(out_dir) / site)
+    return times
+
+
+__all__ = ["DEFAULT_SITES", "DEFAULTS", "train_sae", "train_and_save", "token_dataset", "save_sae", "load_sae"]
