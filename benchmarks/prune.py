@@ -65,6 +65,9 @@ def main(argv=None) -> int:
     ap.add_argument("--calib-tokens", type=int, default=None, help="calibration tokens (default 2048)")
     ap.add_argument("--no-variants", action="store_true",
                     help="skip fn-uniform (FN scores with the same per-layer allocation as wanda/activation)")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="only time the hard-pruned forward at each ratio (random plans: speed does not depend on "
+                         "which neurons go); run on a quiet machine")
     ap.add_argument("--methods", default=None, help="comma-separated subset of the rows, e.g. fn,fn-uniform")
     ap.add_argument("--out", default=None, help="result name in bench_out/ (default prune[_quick])")
     args = ap.parse_args(argv)
@@ -80,6 +83,8 @@ def main(argv=None) -> int:
         fn_opts["n_components"] = args.fn_components
     log = lambda s: print(f"[{time.perf_counter() - t0:7.1f}s] {s}", flush=True)  # noqa: E731
     log("model loaded")
+    if args.speed_only:
+        return _speed_only(model, evals, args)
     calib = Calibration.from_texts(model, calib_src, max_tokens=max_tokens, max_tokens_per_seq=128)
     ev = lambda iv=None, m=model: evaluate(m, evals, iv, compare_to_base=False, progress=False)  # noqa: E731
     base = ev()
@@ -148,6 +153,40 @@ def main(argv=None) -> int:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     (OUT_DIR / f"{name}.md").write_text(md + "\n")
     log(f"wrote {OUT_DIR / (name + '.json')} and {name}.md")
+    return 0
+
+
+def _speed_only(model, evals, args) -> int:
+    """Forward time of the unpruned and hard-pruned model, interleaved repeats, random plans at each ratio."""
+    from tl_funcnet.activations import tokenize
+    from tl_funcnet.pruning import hard_prune, plan_pruning
+
+    seqs = tokenize(model, evals, max_tokens_per_seq=128)[:4]
+    width = min(len(x) for x in seqs)
+    toks = torch.stack([x[:width] for x in seqs])
+    smalls = {r: hard_prune(model, plan_pruning(model, r, "random", None), bias_compensation=False) for r in RATIOS}
+    times: dict = {"unpruned": [], **{str(r): [] for r in RATIOS}}
+    with torch.no_grad():
+        for m in [model, *smalls.values()]:
+            m(toks, return_type=None)  # warm-up
+        for _ in range(args.repeats):  # interleaved, so drifts in machine load hit every variant alike
+            for key, m in [("unpruned", model), *((str(r), s) for r, s in smalls.items())]:
+                t = time.perf_counter()
+                m(toks, return_type=None)
+                times[key].append(time.perf_counter() - t)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    lines = [f"Forward time, batch {tuple(toks.shape)}, median of {args.repeats} interleaved repeats, "
+             f"{torch.get_num_threads()} threads:", "", "| MLP neurons removed | params | forward | speedup |",
+             "|---|---|---|---|", f"| 0% | {sum(p.numel() for p in model.parameters()):,} | "
+             f"{med['unpruned'] * 1e3:.0f} ms | 1.00x |"]
+    for r, s in smalls.items():
+        lines.append(f"| {r:.0%} | {sum(p.numel() for p in s.parameters()):,} | {med[str(r)] * 1e3:.0f} ms | "
+                     f"{med['unpruned'] / med[str(r)]:.2f}x |")
+    md = "\n".join(lines)
+    print(md)
+    name = args.out or ("prune_speed_quick" if args.quick else "prune_speed")
+    write_result(name, {"machine": machine_info(), "shape": list(toks.shape), "repeats": args.repeats,
+                        "times_s": times, "median_s": med})
     return 0
 
 
