@@ -154,3 +154,10 @@ def test_load_rejects_other_versions_and_files(victim_fp, tmp_path):
 def test_model_without_tokenizer_needs_one(victim):
     with pytest.raises(FuncnetError, match="no tokenizer"):
         fingerprint(victim, TEXTS, n_networks=4)
+
+
+def test_texts_too_short_for_the_networks_is_a_clear_error(victim):
+    with pytest.raises(FuncnetError, match="n_networks"):
+        fingerprint(victim, ["a short text"], n_networks=64, tokenizer="chars")
+    with pytest.raises(FuncnetError, match="non-empty"):
+        fingerprint(victim, ["   "], n_networks=4, tokenizer="chars")

@@ -144,9 +144,12 @@ def fingerprint_from_activations(model: Any, texts: Sequence[str], feats: list[T
     n_layers, d_model = acts.shape[1], acts.shape[2]
     X = layer_normalized(acts.to(dtype))
     del acts
-    k = min(n_networks, X.shape[0] - 1, X.shape[1])
-    if k < 1:
-        raise FuncnetError(f"too few tokens ({X.shape[0]}) for an ICA; pass longer or more texts")
+    k = int(n_networks)
+    if not 1 <= k <= min(X.shape[0] - 1, X.shape[1]):
+        raise FuncnetError(
+            f"n_networks={n_networks} needs more than {k} tokens and at least {k} features, but the texts give "
+            f"{X.shape[0]} tokens and the model {X.shape[1]} features (n_layers x d_model); pass longer or more "
+            f"texts, or lower n_networks to at most {max(min(X.shape[0] - 1, X.shape[1]), 0)}")
     # temporal ICA (tokens as samples) that sees X only through X X^T: a change of basis of the residual
     # stream (rotation, permutation) leaves the sources unchanged
     ica = FastICA(k, basis_free=True, whiten_solver="gram", max_iter=500, tol=1e-6, random_state=random_state,
