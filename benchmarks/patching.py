@@ -93,7 +93,7 @@ def _networks(model):
 
 
 def run_real(tasks: list[str], kinds: list[str], n_pairs: int, tl_task: str | None, n_neurons: int,
-             res: dict, out_name: str = "patching") -> dict:
+             res: dict, out_name: str = "patching", rule_sets: tuple[str, ...] = ()) -> dict:
     from tl_funcnet.models import load
 
     t0 = time.perf_counter()
@@ -121,6 +121,10 @@ def run_real(tasks: list[str], kinds: list[str], n_pairs: int, tl_task: str | No
             for meth in ("atp", "relp"):
                 r = attribution_patch(model, task.clean, task.corrupted, ns, task.metric(), method=meth)
                 row[meth] = {**correlation(ex, r), "seconds": r.seconds}
+            for rules in rule_sets:  # RelP with a subset of the LRP rules, against the same exact sweep
+                r = attribution_patch(model, task.clean, task.corrupted, ns, task.metric(), method="relp",
+                                      rules=rules)
+                row.setdefault("relp_rule_sets", {})[rules] = {**correlation(ex, r), "seconds": r.seconds}
             if name == tl_task and kind in ("resid", "mlp"):
                 row["vs_transformer_lens"] = time_tl(model, task, kind, ex)
             entry["nodes"][kind] = row
@@ -155,13 +159,15 @@ def main() -> None:
     ap.add_argument("--n-neurons", type=int, default=64)
     ap.add_argument("--tl-task", default="ioi", help="task on which to time transformer_lens.patching ('' = skip)")
     ap.add_argument("--out", default=None, help="result name in bench_out/ (default patching[_quick])")
+    ap.add_argument("--rule-sets", nargs="*", default=["LN,Identity,Half", "LN,AH,Half", "LN,AH,Identity"],
+                    help="extra RelP rule subsets to score against the same exact sweep")
     args = ap.parse_args()
     out_name = args.out or ("patching_quick" if args.quick else "patching")
     torch.set_grad_enabled(True)
     res: dict = {"machine": machine_info(), "args": vars(args), "planted": run_planted()}
     if not args.quick:
         run_real(args.tasks.split(","), args.nodes.split(","), args.n_pairs, args.tl_task or None,
-                 args.n_neurons, res, out_name)
+                 args.n_neurons, res, out_name, tuple(args.rule_sets))
     path = write_result(out_name, res)
     print(table(res))
     print(f"\nwrote {path}")
