@@ -148,8 +148,23 @@ def build(quick: bool = False) -> dict[str, Any]:
 
     zoo.entry("smol-perm", lambda: (T.permute_mlp(smol, seed=1), {}), **derived, how="MLP units permuted")
     zoo.entry("smol-rot", lambda: (T.rotate_residual(smol, seed=1), {}), **derived, how="residual rotated")
-    zoo.entry("smol-prune20", lambda: (T.prune_mlp(smol, 0.2), {"eval_loss": None}), **derived,
-              how="20% MLP units pruned per layer (|W_in||W_gate||W_out|)")
+    def pruned(model: Any, method: str, **kw: Any) -> Callable[[], tuple[Any, dict]]:
+        def build() -> tuple[Any, dict]:
+            from tl_funcnet.pruning import prune
+
+            small, plan = prune(model, 0.2, method, **kw)
+            return small, {"eval_loss": eval_loss(small, tok), "eval_loss_before": eval_loss(model, tok),
+                           "params_after": plan.param_counts(model)["params_after"]}
+        return build
+
+    # a pruner an owner would fear keeps the model useful (Wanda-style + bias compensation, ppl x1.5); the
+    # magnitude prune of every layer without compensation is kept as a stress case (ppl x30, a broken model)
+    zoo.entry("smol-prune20", pruned(smol, "wanda"), **derived,
+              how="20% of MLP neurons hard-pruned (tl_funcnet.pruning, wanda, bias compensation, layers 0-2 "
+                  "and last 2 kept)")
+    zoo.entry("smol-prune20-mag", pruned(smol, "magnitude", bias_compensation=False, calib=None, protect_first=0,
+                                         protect_last=0), **derived,
+              how="20% of MLP neurons per layer by weight magnitude, every layer, no compensation")
     zoo.entry("smol-int8", lambda: (T.quantize_int8(smol), {}), **derived, how="per-row int8 quant-dequant")
     zoo.entry("smol-widen", lambda: (T.widen_mlp(smol, 256), {}), **derived, how="+256 zero-output MLP units")
     zoo.entry("smol-drop", lambda: (T.drop_layer(smol, 15), {}), **derived, how="layer 15 of 30 dropped")
@@ -176,7 +191,8 @@ def build(quick: bool = False) -> dict[str, Any]:
                        "eval_loss": eval_loss(model, tok)}
 
     zoo.entry("tiny-s0-rot", lambda: (T.rotate_residual(tiny0, seed=3), {}), **tderived, how="residual rotated")
-    zoo.entry("tiny-s0-prune20", lambda: (T.prune_mlp(tiny0, 0.2), {}), **tderived, how="20% MLP pruned")
+    zoo.entry("tiny-s0-prune20", pruned(tiny0, "wanda", protect_first=0, protect_last=0), **tderived,
+              how="20% of MLP neurons hard-pruned (wanda, bias compensation)")
     zoo.entry("tiny-s0-ft", tiny_ft, **tderived, how="fine-tuned 100 steps on the finetune split")
     zoo.entry("smol-ft", finetune, **derived, how="fine-tuned on the finetune split")
     return zoo.manifest

@@ -20,8 +20,14 @@ def test_function_preserving(model, fn, tokens):
     assert torch.allclose(fn(model)(tokens), model(tokens), atol=1e-4)
 
 
+def _pruned(model, ratio=0.25):
+    from tl_funcnet.pruning import prune
+
+    return prune(model, ratio, "magnitude", calib=None, bias_compensation=False, protect_first=0, protect_last=0)[0]
+
+
 def test_lossy_transforms_shapes(model, tokens):
-    assert [b.mlp.W_in.shape[1] for b in T.prune_mlp(model, 0.25).blocks] == [24, 24]
+    assert [b.mlp.W_in.shape[1] for b in _pruned(model).blocks] == [24, 24]
     assert T.drop_layer(model, 0).cfg.n_layers == 1
     q = T.quantize_int8(model)
     w = q.blocks[0].mlp.W_in
@@ -38,7 +44,7 @@ def test_random_orthogonal_is_orthogonal():
 def test_baselines_on_tiny_models(model):
     from tl_funcnet.fingerprint.baselines import output_similarity, parameter_cosine, weight_awm
 
-    rot, pruned = T.rotate_residual(model, seed=2), T.prune_mlp(model, 0.25)
+    rot, pruned = T.rotate_residual(model, seed=2), _pruned(model)
     other = make_llama_style(seed=3, normalization_type="RMSPre").eval()
     assert weight_awm(model, rot) == pytest.approx(1.0, abs=1e-6)  # Procrustes undoes the rotation
     assert weight_awm(model, other) < 0.8

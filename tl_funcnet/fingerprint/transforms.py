@@ -2,7 +2,7 @@
 
 Each function returns a new model (the input is never modified). Function-preserving ones:
 :func:`rotate_residual` (RMSPre / LNPre-free models only), :func:`permute_mlp`, :func:`widen_mlp`.
-Lossy ones: :func:`prune_mlp`, :func:`quantize_int8`, :func:`drop_layer`.
+Lossy ones: :func:`quantize_int8`, :func:`drop_layer` (pruned variants come from :mod:`tl_funcnet.pruning`).
 """
 
 from __future__ import annotations
@@ -86,23 +86,6 @@ def _select_units(mlp: Any, idx: Tensor) -> None:
     mlp.W_out = torch.nn.Parameter(mlp.W_out.data[idx].clone())
 
 
-def prune_mlp(model: Any, fraction: float = 0.2) -> Any:
-    """Remove the ``fraction`` of MLP units per layer with the smallest ``|W_in|*|W_out|`` norm product."""
-    if not 0 <= fraction < 1:
-        raise FuncnetError(f"prune_mlp: fraction should be in [0, 1), got {fraction}")
-    new = _copy(model)
-    with torch.no_grad():
-        for block in new.blocks:
-            m = block.mlp
-            score = m.W_in.norm(dim=0) * m.W_out.norm(dim=1)
-            if hasattr(m, "W_gate"):
-                score = score * m.W_gate.norm(dim=0)
-            keep = int(round(score.numel() * (1 - fraction)))
-            idx = torch.sort(torch.topk(score, keep).indices).values
-            _select_units(m, idx)
-    return new
-
-
 def widen_mlp(model: Any, extra: int) -> Any:
     """Add ``extra`` MLP units per layer with random input weights and zero output weights (function-preserving)."""
     new = _copy(model)
@@ -166,7 +149,7 @@ def drop_layer(model: Any, layer: int) -> Any:
     return new.eval()
 
 
-__all__ = ["random_init", "random_orthogonal", "rotate_residual", "permute_mlp", "prune_mlp", "widen_mlp", "quantize_int8",
+__all__ = ["random_init", "random_orthogonal", "rotate_residual", "permute_mlp", "widen_mlp", "quantize_int8",
            "drop_layer"]
 
 
