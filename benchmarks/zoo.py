@@ -88,7 +88,7 @@ def tiny_model(tokenizer: Any, d_vocab: int, seed: int) -> Any:
 
     cfg = HookedTransformerConfig(**TINY_CFG, d_vocab=d_vocab, seed=seed)
     model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
-    model.tokenizer = tokenizer
+    model.set_tokenizer(tokenizer, default_padding_side="right")
     return model
 
 

@@ -151,6 +151,11 @@ def test_store_saves_tokenizer_when_present(tmp_path):
     back = load(tmp_path / "m")
     assert back.to_tokens("hello the cat").tolist() == [[2, 4, 5]]
     assert back.to_tokens("hello the cat").tolist() == model.to_tokens("hello the cat").tolist()
+    # a tokenizer attached by plain assignment (no set_tokenizer) still gives a loadable, usable model
+    bare = HookedTransformer(cfg)
+    bare.tokenizer = tok
+    save(bare, tmp_path / "bare")
+    assert load(tmp_path / "bare").to_tokens("hello the cat").tolist() == [[2, 4, 5]]
     (tmp_path / "m" / "tokenizer" / "tokenizer.json").write_text("{not json")
     with pytest.raises(FormatError, match=r"tokenizer: cannot load the saved tokenizer"):
         load(tmp_path / "m")

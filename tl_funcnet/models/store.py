@@ -223,8 +223,9 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
     if tokenizer is not None:
         # TransformerLens may swap in a re-loaded "with BOS" variant; keep the tokenizer exactly as saved
         model.tokenizer = tokenizer
-        model.cfg.tokenizer_prepends_bos = header["config"].get("tokenizer_prepends_bos",
-                                                                model.cfg.tokenizer_prepends_bos)
+        saved_bos = header["config"].get("tokenizer_prepends_bos")
+        if saved_bos is not None:  # None: the tokenizer was attached without set_tokenizer; keep TL's value
+            model.cfg.tokenizer_prepends_bos = saved_bos
     widths = header.get("d_mlp_per_layer")
     if widths is not None:
         _resize_mlps(model, list(widths), config_file)
