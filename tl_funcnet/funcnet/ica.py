@@ -178,8 +178,15 @@ def top_svd(
         V = Vh[:k].T.contiguous()
         return V, s[:k].clone(), A.T @ V
     if solver == "gram":
-        _, E = torch.linalg.eigh(A.gram())
-        Q = E.flip(1)[:, :k].contiguous()
+        G = A.gram()
+        if 4 * k < m:  # only the top k eigenvectors: LAPACK's syevr on a subset is ~3x faster than a full eigh
+            from scipy.linalg import eigh as scipy_eigh
+
+            _, E = scipy_eigh(G.cpu().numpy(), subset_by_index=[m - k, m - 1], driver="evr")
+            Q = torch.from_numpy(np.ascontiguousarray(E[:, ::-1])).to(G.device)
+        else:
+            _, E = torch.linalg.eigh(G)
+            Q = E.flip(1)[:, :k].contiguous()
     else:
         # randomized subspace iteration on G = A A^T, starting from the small (sample) side. (A block
         # Krylov variant was tried on SmolLM2 activations: a more accurate subspace, but its Ritz basis
@@ -392,12 +399,23 @@ def check_common(who: str, n_components: Any, fun: str, max_iter: Any, tol: Any)
         raise FuncnetError(f"{who}: tol must be a positive number, got {tol!r}.")
 
 
+#: ``auto`` whitens exactly (Gram matrix + partial eigendecomposition) up to this many samples or features
+EXACT_UP_TO = 8192
+
+
 def pick_solver(solver: str, n: int, f: int, k: int, oversample: int, n_power_iter: int) -> str:
-    """``auto``: randomized when its passes over X cost clearly less than forming the Gram matrix."""
+    """``auto``: the exact Gram path while ``min(n, f) <= EXACT_UP_TO``, else randomized if that is cheaper.
+
+    The randomized range finder is faster, but when eigenvalues near the k-th are close its subspace differs
+    slightly and FastICA can settle in another optimum (SmolLM2 ``mlp.hook_post``, 2048 x 46080, k = 64:
+    matched |r| 0.88 against the exact path), so exactness wins whenever the m x m Gram matrix is affordable.
+    """
     if solver != "auto":
         return solver
     m = min(n, f)
     ell = k + oversample
+    if m <= EXACT_UP_TO:
+        return "gram"
     return "randomized" if (2 * n_power_iter + 1) * ell < m else "gram"
 
 
