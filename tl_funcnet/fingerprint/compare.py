@@ -29,14 +29,19 @@ import torch
 from jaxtyping import Float
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
+from threadpoolctl import threadpool_limits
 
 from ..errors import FuncnetError
 from .core import Fingerprint
 
-#: score at or above which (with p <= ALPHA) a suspect is called derived; calibrated on the zoo
-DERIVED_AT = 0.80
+# Calibrated on the zoo of benchmarks/zoo.py (16 pairs, 10 built-in texts, 64 networks; BENCHMARKS.md):
+# independent models scored 0.12-0.33 (MiniLM highest), derived ones 0.62-1.00 (a 100-step fine-tune of a
+# barely trained 4-layer model lowest), and a magnitude-pruned SmolLM2 broken to 2.3x its loss 0.40.
+# The band between the two thresholds is "inconclusive"; these are in-sample choices, not a held-out test.
+#: score at or above which (with p <= ALPHA) a suspect is called derived
+DERIVED_AT = 0.60
 #: score below which a suspect is called independent
-INDEPENDENT_BELOW = 0.60
+INDEPENDENT_BELOW = 0.45
 ALPHA = 0.01
 TOP_M = 16
 
@@ -148,6 +153,14 @@ def compare(victim: Fingerprint, suspect: Fingerprint, *, top_m: int = TOP_M, n_
                            f"{type(suspect).__name__}; make them with fingerprint(model)")
     if top_m < 1:
         raise FuncnetError(f"top_m should be >= 1, got {top_m}")
+    # every product here is small (words x networks): one BLAS thread avoids spin-wait stalls under load
+    with threadpool_limits(1):
+        return _compare(victim, suspect, top_m=top_m, n_null=n_null, seed=seed, derived_at=derived_at,
+                        independent_below=independent_below, alpha=alpha)
+
+
+def _compare(victim: Fingerprint, suspect: Fingerprint, *, top_m: int, n_null: int, seed: int, derived_at: float,
+             independent_below: float, alpha: float) -> Comparison:
     segs = shared_segments(victim, suspect)
     rho = np.mean([np.abs(a.T @ b) for a, b in segs], 0)
     score, pairs, vals = _score(rho, top_m)
