@@ -140,12 +140,12 @@ class Affine:
         """``A @ A.T`` in float64 (formed by one product in the working dtype)."""
         if self.transposed:
             Xs = self.X if self.scale is None else self.X / self.scale
-            G = (Xs.T @ Xs).double()
+            G = _self_product(Xs, outer=False).double()
             m = (self.mean if self.scale is None else self.mean / self.scale).double()
             return G - self.X.shape[0] * torch.outer(m, m)
         Xs = self.X if self.scale is None else self.X / self.scale
         m = self.mean if self.scale is None else self.mean / self.scale
-        G = (Xs @ Xs.T).double()
+        G = _self_product(Xs, outer=True).double()
         r = (Xs @ m).double()
         c = float((m.double() ** 2).sum())
         return G - r[:, None] - r[None, :] + c
@@ -155,6 +155,18 @@ class Affine:
         if self.scale is not None:
             Xc = Xc / self.scale
         return Xc.T if self.transposed else Xc
+
+
+def _self_product(X: Float[Tensor, "n f"], *, outer: bool) -> Tensor:
+    """``X @ X.T`` (``outer``) or ``X.T @ X``; on CPU via BLAS syrk, which uses the symmetry (half the work)."""
+    if X.device.type != "cpu" or X.dtype not in (torch.float32, torch.float64) or X.requires_grad:
+        return X @ X.T if outer else X.T @ X
+    from scipy.linalg import blas
+
+    syrk = blas.ssyrk if X.dtype == torch.float32 else blas.dsyrk
+    a = X.contiguous().numpy().T  # a Fortran-ordered view of X^T, no copy
+    upper = torch.from_numpy(syrk(1.0, a, trans=1 if outer else 0))  # a^T a = X X^T, or a a^T = X^T X
+    return upper.triu() + upper.triu(1).T
 
 
 def top_svd(
