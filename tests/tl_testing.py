@@ -26,6 +26,16 @@ def make_gpt2_style(seed: int = 0, **overrides):
     return HookedTransformer(HookedTransformerConfig(**kw))
 
 
+def make_sae_transformer(seed: int = 0):
+    """A sae-lens HookedSAETransformer with the weights of ``make_gpt2_style(seed)``."""
+    from sae_lens import HookedSAETransformer
+
+    base = make_gpt2_style(seed)
+    model = HookedSAETransformer(base.cfg)
+    model.load_state_dict(base.state_dict())
+    return model.eval()
+
+
 def make_llama_style(seed: int = 0, **overrides):
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 

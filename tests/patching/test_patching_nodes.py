@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sae_testing import make_sae
-from tl_testing import count_hooks, guard, make_gpt2_style
+from tl_testing import count_hooks, guard
 from tl_funcnet.errors import ShapeError, UnknownSiteError
 from tl_funcnet.hooks import Intervention, patch
 from tl_funcnet.patching import (attribution_patch, exact_patch, logit_diff, network_nodes, sae_feature_nodes,
@@ -69,12 +69,9 @@ def _parts_as_nodes(parts):
 
 @pytest.fixture
 def sae_model():
-    from sae_lens import HookedSAETransformer
+    from tl_testing import make_sae_transformer
 
-    base = make_gpt2_style()
-    m = HookedSAETransformer(base.cfg)
-    m.load_state_dict(base.state_dict())
-    return guard(m.eval())
+    return guard(make_sae_transformer())
 
 
 def test_sae_feature_nodes_equal_patching_the_feature_activation(sae_model, pair):

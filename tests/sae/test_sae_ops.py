@@ -54,14 +54,9 @@ def test_splice_without_error_term_matches_sae_forward(gpt2_tiny, tokens):
 @pytest.fixture(scope="module")
 def sae_model():
     """A HookedSAETransformer with the same weights as the gpt2_tiny fixture."""
-    from sae_lens import HookedSAETransformer
+    from tl_testing import make_sae_transformer
 
-    from tl_testing import make_gpt2_style
-
-    base = make_gpt2_style()
-    m = HookedSAETransformer(base.cfg)
-    m.load_state_dict(base.state_dict())
-    return guard(m.eval())
+    return guard(make_sae_transformer())
 
 
 def test_ablate_matches_sae_lens_error_term_oracle(sae_model, tokens):

@@ -144,21 +144,17 @@ def fingerprint_from_activations(model: Any, texts: Sequence[str], feats: list[T
     n_layers, d_model = acts.shape[1], acts.shape[2]
     X = layer_normalized(acts.to(dtype))
     del acts
-    k = int(n_networks)
-    if not 1 <= k <= min(X.shape[0] - 1, X.shape[1]):
-        raise FuncnetError(
-            f"n_networks={n_networks} needs more than {k} tokens and at least {k} features, but the texts give "
-            f"{X.shape[0]} tokens and the model {X.shape[1]} features (n_layers x d_model); pass longer or more "
-            f"texts, or lower n_networks to at most {max(min(X.shape[0] - 1, X.shape[1]), 0)}")
     # temporal ICA (tokens as samples) that sees X only through X X^T: a change of basis of the residual
     # stream (rotation, permutation) leaves the sources unchanged
-    ica = FastICA(k, basis_free=True, whiten_solver="gram", max_iter=500, tol=1e-6, random_state=random_state,
+    ica = FastICA(n_networks, basis_free=True, whiten_solver="gram", max_iter=500, tol=1e-6, random_state=random_state,
                   dtype=dtype)
     try:
         S = ica.fit_transform(X).double()
     except FuncnetError as err:
-        raise FuncnetError(f"fingerprint: {err} (here: lower n_networks, or pass more and longer texts)") from err
-    mixing, converged, n_iter = ica.mixing_, ica.converged_, ica.n_iter_
+        raise FuncnetError(f"fingerprint with n_networks={n_networks} on {X.shape[0]} tokens x {X.shape[1]} "
+                           f"features (n_layers x d_model): {err} (here: lower n_networks, or pass more and "
+                           f"longer texts)") from err
+    mixing, converged, n_iter, k = ica.mixing_, ica.converged_, ica.n_iter_, int(n_networks)
     del X
     energy = mixing.reshape(n_layers, d_model, k).pow(2).sum(1).T  # (k, n_layers)
     energy = energy / energy.sum(1, keepdim=True).clamp_min(1e-30)
