@@ -239,9 +239,10 @@ print("hard-pruned perplexity", round(ppl(m=small), 2), "(equals the soft prune 
 import tempfile, pathlib
 from tl_funcnet.models import save
 from tl_funcnet import ablate
-d = pathlib.Path(tempfile.mkdtemp()) / "smol-fn20"
-save(small, d)
-again = load(d)
+with tempfile.TemporaryDirectory() as tmp:
+    d = pathlib.Path(tmp) / "smol-fn20"
+    save(small, d)
+    again = load(d)
 with ablate("blocks.10.mlp.hook_post", units=[0, 1, 2]).applied(again):
     print("loaded back and ablated further:", round(ppl(m=again), 2))"""),
 ]

@@ -77,6 +77,21 @@ def test_collect_streams_to_disk_and_matches_memory(llama_tiny, tmp_path):
     assert torch.equal(again.offsets, mem.offsets)
 
 
+def test_unrequested_store_is_temporary(llama_tiny):
+    import gc
+
+    seqs = _seqs([12, 9, 4])
+    site = "blocks.1.hook_resid_post"
+    acts = collect(llama_tiny, seqs, site, batch_size=2, memory_budget_mb=1e-6, progress=False)
+    scratch = acts.path.parent
+    assert scratch.name.startswith("tlfn_acts_") and scratch.exists()
+    kept = acts[site]
+    del acts
+    gc.collect()
+    assert not scratch.exists()
+    torch.testing.assert_close(kept, collect(llama_tiny, seqs, site, progress=False)[site])
+
+
 def test_collect_resumes_interrupted_run(gpt2_tiny, tmp_path):
     seqs = _seqs([10, 9, 8, 7, 6, 5])
     site = "blocks.0.hook_mlp_out"
@@ -99,6 +114,44 @@ def test_collect_resumes_interrupted_run(gpt2_tiny, tmp_path):
     resumed = collect(gpt2_tiny, seqs, site, batch_size=2, store_dir=store, progress=False)
     fresh = collect(gpt2_tiny, seqs, site, progress=False)
     torch.testing.assert_close(resumed[site], fresh[site])
+
+
+def test_checkpoint_from_before_a_machine_restart_starts_over(gpt2_tiny, tmp_path):
+    seqs = _seqs([10, 9, 8, 7])
+    site = "blocks.0.hook_mlp_out"
+    store = tmp_path / "s"
+
+    def fail(x, hook):
+        if x.shape[1] > 2:  # the probe forward passes, the first batch fails
+            raise RuntimeError("interrupted")
+
+    from tl_funcnet.hooks import custom
+
+    with pytest.raises(RuntimeError):
+        collect(gpt2_tiny, seqs, site, batch_size=2, store_dir=store, progress=False,
+                intervention=custom("blocks.0.hook_resid_pre", fail))
+    progress = tmp_path / "s.partial" / "progress.json"
+    prog = json.loads(progress.read_text())
+    prog["boot_id"], prog["done"] = "another-boot", [0, 1]  # claims rows that were never written
+    progress.write_text(json.dumps(prog))
+    with pytest.warns(UserWarning, match="machine restart"):
+        restarted = collect(gpt2_tiny, seqs, site, batch_size=2, store_dir=store, progress=False)
+    torch.testing.assert_close(restarted[site], collect(gpt2_tiny, seqs, site, progress=False)[site])
+
+
+def test_failed_disk_write_is_reported_and_leaves_no_store(gpt2_tiny, tmp_path, monkeypatch):
+    from tl_funcnet.activations import store as store_module
+
+    def disk_full(self, start, rows):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_module.RowFile, "write", disk_full)
+    with pytest.raises(FuncnetError, match="writing activations to disk failed: .*No space left"):
+        collect(gpt2_tiny, _seqs([6, 5, 4, 3]), "blocks.0.hook_mlp_out", batch_size=1, store_dir=tmp_path / "s",
+                progress=False)
+    assert count_hooks(gpt2_tiny) == 0
+    assert not (tmp_path / "s").exists()
+    assert json.loads((tmp_path / "s.partial" / "progress.json").read_text())["done"] == []
 
 
 def test_collect_bad_input(gpt2_tiny, tmp_path):
