@@ -146,12 +146,32 @@ def test_failed_disk_write_is_reported_and_leaves_no_store(gpt2_tiny, tmp_path, 
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(store_module.RowFile, "write", disk_full)
-    with pytest.raises(FuncnetError, match="writing activations to disk failed: .*No space left"):
+    with pytest.raises(FuncnetError, match="storing activations failed: .*No space left"):
         collect(gpt2_tiny, _seqs([6, 5, 4, 3]), "blocks.0.hook_mlp_out", batch_size=1, store_dir=tmp_path / "s",
                 progress=False)
     assert count_hooks(gpt2_tiny) == 0
     assert not (tmp_path / "s").exists()
     assert json.loads((tmp_path / "s.partial" / "progress.json").read_text())["done"] == []
+    assert not _writer_threads()
+
+
+def test_failed_forward_in_memory_leaves_no_hook_or_thread(gpt2_tiny):
+    from tl_funcnet.hooks import custom
+
+    def fail(x, hook):
+        if x.shape[1] > 2:
+            raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        collect(gpt2_tiny, _seqs([6, 5, 4]), "blocks.0.hook_mlp_out", progress=False,
+                intervention=custom("blocks.0.hook_resid_pre", fail))
+    assert count_hooks(gpt2_tiny) == 0 and not _writer_threads()
+
+
+def _writer_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "tl_funcnet-collect-writer"]
 
 
 def test_collect_bad_input(gpt2_tiny, tmp_path):

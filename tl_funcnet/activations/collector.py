@@ -141,13 +141,24 @@ class ActivationCollector:
         stream = n_bytes > self.memory_budget_mb * 2**20 or self.store_dir is not None
         if stream:
             return self._collect_to_disk(seqs, offsets, token_ids, units)
-        # zeros, not empty: the kernel hands out the pages in one pass here instead of one fault at a time
-        # in the middle of every forward (measured: about 86% -> 90-100% of plain-forward throughput)
-        buffers = {s: torch.zeros((n_tokens, units[s]), dtype=self.dtype) for s in self.sites}
-        self._run(seqs, offsets, _MemorySink(buffers), done=set())
+        # empty, not zeros: every row is written once, and the writer thread takes the page faults of fresh
+        # memory (seconds for gigabytes on a VM) while the forward passes go on
+        buffers = {s: torch.empty((n_tokens, units[s]), dtype=self.dtype) for s in self.sites}
+
+        def to_memory(site: str, start: int, rows: Tensor) -> None:
+            buffers[site][start:start + len(rows)].copy_(rows)
+
+        sink = _BackgroundSink(to_memory, self.dtype, self._in_flight_bytes())
+        try:
+            self._run(seqs, offsets, sink, done=set())
+        finally:
+            sink.close()
         return Activations(buffers, token_ids, offsets, self.sites)
 
-    def _run(self, seqs: list[Tensor], offsets: Tensor, sink: "_MemorySink | _DiskSink", done: set[int]) -> None:
+    def _in_flight_bytes(self) -> int:
+        return int(min(self.memory_budget_mb, _MAX_IN_FLIGHT_MB) * 2**20)
+
+    def _run(self, seqs: list[Tensor], offsets: Tensor, sink: "_BackgroundSink", done: set[int]) -> None:
         from tqdm.auto import tqdm
 
         todo = [i for i in range(len(seqs)) if i not in done]
@@ -233,7 +244,10 @@ class ActivationCollector:
                 done.update(index)
                 write_json_atomic(progress_file, {**state, "done": sorted(done)})
 
-            sink = _DiskSink(files, self.dtype, checkpoint, in_flight_bytes=int(self.memory_budget_mb * 2**20))
+            def to_disk(site: str, start: int, rows: Tensor) -> None:
+                files[site].write(start, rows.numpy())
+
+            sink = _BackgroundSink(to_disk, self.dtype, self._in_flight_bytes(), checkpoint=checkpoint)
             try:
                 self._run(seqs, offsets, sink, done=set(done))
             finally:
@@ -252,39 +266,26 @@ class ActivationCollector:
         return Activations.load(final)
 
 
+_MAX_IN_FLIGHT_MB = 256  # queued rows waiting for the writer thread, at most (and at most the budget)
 Spans = list[tuple[int, int, int]]  # (row in the padded batch, first row in the result, number of real tokens)
 
 
-class _MemorySink:
-    """Copies each sequence's real tokens straight into its rows of preallocated in-memory matrices."""
-
-    def __init__(self, buffers: dict[str, Tensor]):
-        self.buffers = buffers
-
-    def put(self, site: str, act: Tensor, spans: Spans) -> None:
-        buf = self.buffers[site]
-        for row, start, length in spans:
-            buf[start:start + length].copy_(act[row, :length].reshape(length, -1))
-
-    def batch_done(self, index: list[int]) -> None:
-        pass
-
-
-class _DiskSink:
-    """Writes rows to :class:`RowFile` s from a background thread, so the forward passes never wait on disk.
+class _BackgroundSink:
+    """Hands each batch's rows to a writer thread, so the forward passes never wait on disk or fresh memory.
 
     The hook packs a batch's real tokens into one chunk per site (a copy: later hooks may edit the activation
-    in place) and queues it; a writer thread does the positioned writes and, once all of a batch's chunks are
-    written, the checkpoint. Queued chunks hold at most ``in_flight_bytes`` (at least one chunk): beyond it the
-    forward waits, which bounds memory when the disk is slower than the model (the kernel throttles writers
-    once dirty pages pile up; on the 2-core machine this took writes from 1.3 GB/s to 0.4 GB/s).
+    in place) and queues it; the writer thread calls ``write(site, first_row, rows)`` for each sequence and,
+    once all of a batch's chunks are written, ``checkpoint(batch_index)``. Queued chunks hold at most
+    ``in_flight_bytes`` (at least one chunk): beyond it the forward waits, which bounds memory when the writer
+    is slower than the model (the kernel throttles writers once dirty pages pile up; on the 2-core machine
+    buffered writes fell from 1.3 GB/s to 0.4 GB/s after the first 1.5 GB).
     """
 
-    def __init__(self, files: dict[str, RowFile], dtype: torch.dtype, checkpoint: Any, in_flight_bytes: int):
+    def __init__(self, write: Any, dtype: torch.dtype, in_flight_bytes: int, checkpoint: Any = None):
         import queue
         import threading
 
-        self.files, self.dtype, self.checkpoint = files, dtype, checkpoint
+        self.write, self.dtype, self.checkpoint = write, dtype, checkpoint
         self.limit = max(1, in_flight_bytes)
         self.in_flight = 0
         self.error: BaseException | None = None
@@ -307,11 +308,12 @@ class _DiskSink:
                                 or self.in_flight + size <= self.limit)
             self._raise_if_failed()
             self.in_flight += size
-        self.queue.put((site, chunk, placed, size))
+        self.queue.put(("rows", (site, chunk, placed, size)))
 
     def batch_done(self, index: list[int]) -> None:
         self._raise_if_failed()
-        self.queue.put(("checkpoint", index))
+        if self.checkpoint is not None:
+            self.queue.put(("checkpoint", index))  # after the batch's rows: the queue is first in, first out
 
     def close(self) -> None:
         """Wait for every queued write; re-raise a failure of the writer thread."""
@@ -321,20 +323,20 @@ class _DiskSink:
 
     def _raise_if_failed(self) -> None:
         if self.error is not None:
-            raise FuncnetError(f"writing activations to disk failed: {self.error}") from self.error
+            raise FuncnetError(f"storing activations failed: {self.error}") from self.error
 
     def _write_loop(self) -> None:
         while (item := self.queue.get()) is not None:
             if self.error is not None:
                 continue  # drain without writing; close() reports the first failure
             try:
-                if item[0] == "checkpoint":
-                    self.checkpoint(item[1])
+                kind, payload = item
+                if kind == "checkpoint":
+                    self.checkpoint(payload)
                     continue
-                site, chunk, placed, size = item
-                rows = chunk.numpy()
+                site, chunk, placed, size = payload
                 for r, start, length in placed:
-                    self.files[site].write(start, rows[r:r + length])
+                    self.write(site, start, chunk[r:r + length])
                 with self.space:
                     self.in_flight -= size
                     self.space.notify_all()
