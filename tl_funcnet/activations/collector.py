@@ -146,7 +146,13 @@ class ActivationCollector:
         buffers = {s: torch.empty((n_tokens, units[s]), dtype=self.dtype) for s in self.sites}
 
         def to_memory(site: str, start: int, rows: Tensor) -> None:
-            buffers[site][start:start + len(rows)].copy_(rows)
+            target = buffers[site][start:start + len(rows)]
+            if self.dtype == torch.bfloat16:
+                target.copy_(rows)
+            else:
+                # numpy copies on this thread alone; a torch copy here would start a second OpenMP team
+                # that competes with the forward pass for the cores
+                np.copyto(target.numpy(), rows.numpy())
 
         sink = _BackgroundSink(to_memory, self.dtype, self._in_flight_bytes())
         try:
@@ -275,9 +281,10 @@ class _BackgroundSink:
 
     The hook packs a batch's real tokens into one chunk per site (a copy: later hooks may edit the activation
     in place) and queues it; the writer thread calls ``write(site, first_row, rows)`` for each sequence and,
-    once all of a batch's chunks are written, ``checkpoint(batch_index)``. Queued chunks hold at most
-    ``in_flight_bytes`` (at least one chunk): beyond it the forward waits, which bounds memory when the writer
-    is slower than the model (the kernel throttles writers once dirty pages pile up; on the 2-core machine
+    once all of a batch's chunks are written, ``checkpoint(batch_index)``. Chunks live in staging slabs that
+    are reused (fresh memory costs a page fault per 4 KiB, seconds per gigabyte on a VM) and hold at most
+    ``in_flight_bytes`` together (at least one chunk): beyond it the forward waits, which bounds memory when
+    the writer is slower than the model (the kernel throttles writers once dirty pages pile up; on the 2-core machine
     buffered writes fell from 1.3 GB/s to 0.4 GB/s after the first 1.5 GB).
     """
 
@@ -287,7 +294,9 @@ class _BackgroundSink:
 
         self.write, self.dtype, self.checkpoint = write, dtype, checkpoint
         self.limit = max(1, in_flight_bytes)
-        self.in_flight = 0
+        self.itemsize = torch.empty((), dtype=dtype).element_size()
+        self.free: list[Tensor] = []  # staging slabs the writer has finished with
+        self.allocated = 0  # bytes of all slabs, free or queued
         self.error: BaseException | None = None
         self.space = threading.Condition()
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -296,19 +305,32 @@ class _BackgroundSink:
 
     def put(self, site: str, act: Tensor, spans: Spans) -> None:
         n_real = sum(length for _, _, length in spans)
-        chunk = torch.empty((n_real, int(np.prod(act.shape[2:]))), dtype=self.dtype)
+        width = int(np.prod(act.shape[2:]))
+        slab = self._take_slab(n_real * width)
+        chunk = slab[:n_real * width].view(n_real, width)
         placed, r = [], 0
         for row, start, length in spans:
             chunk[r:r + length].copy_(act[row, :length].reshape(length, -1))
             placed.append((r, start, length))
             r += length
-        size = chunk.numel() * chunk.element_size()
+        self.queue.put(("rows", (site, chunk, placed, slab)))
+
+    def _take_slab(self, numel: int) -> Tensor:
+        """A staging buffer of at least ``numel`` elements: reused, so its pages are faulted in only once."""
         with self.space:
-            self.space.wait_for(lambda: self.error is not None or self.in_flight == 0
-                                or self.in_flight + size <= self.limit)
-            self._raise_if_failed()
-            self.in_flight += size
-        self.queue.put(("rows", (site, chunk, placed, size)))
+            while True:
+                self._raise_if_failed()
+                fits = [i for i, b in enumerate(self.free) if b.numel() >= numel]
+                if fits:
+                    return self.free.pop(fits[0])
+                size = numel * self.itemsize
+                if self.allocated == 0 or self.allocated + size <= self.limit:
+                    self.allocated += size
+                    return torch.empty(numel, dtype=self.dtype)
+                if self.free:  # slabs too small for this chunk: give one back to make room
+                    self.allocated -= self.free.pop().numel() * self.itemsize
+                    continue
+                self.space.wait()
 
     def batch_done(self, index: list[int]) -> None:
         self._raise_if_failed()
@@ -334,11 +356,11 @@ class _BackgroundSink:
                 if kind == "checkpoint":
                     self.checkpoint(payload)
                     continue
-                site, chunk, placed, size = payload
+                site, chunk, placed, slab = payload
                 for r, start, length in placed:
                     self.write(site, start, chunk[r:r + length])
                 with self.space:
-                    self.in_flight -= size
+                    self.free.append(slab)
                     self.space.notify_all()
             except BaseException as err:  # noqa: BLE001 - handed to the collecting thread
                 with self.space:
