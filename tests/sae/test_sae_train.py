@@ -11,12 +11,27 @@ from tl_funcnet.sae import evaluate_sae, load_sae, sae_params, save_sae, splice,
 SITE = "blocks.0.hook_resid_post"
 
 
+_SIGNALS: dict[str, dict] = {}  # signal handlers around the fixture's training run
+
+
+def _sentinel_handler(signum, frame):
+    pass
+
+
 @pytest.fixture(scope="module")
 def trained(gpt2_tiny):
+    import signal
+
     toks = torch.randint(0, 50, (48, 12), generator=torch.Generator().manual_seed(0))
     before = {k: v.clone() for k, v in gpt2_tiny.state_dict().items()}
-    sae = train_sae(gpt2_tiny, SITE, toks, d_sae=32, k=4, training_tokens=2048, context_size=8,
-                    train_batch_size_tokens=64, n_batches_in_buffer=8, store_batch_size_prompts=4, lr=3e-3)
+    previous_term = signal.signal(signal.SIGTERM, _sentinel_handler)  # a handler of the user's own
+    try:
+        _SIGNALS["before"] = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        sae = train_sae(gpt2_tiny, SITE, toks, d_sae=32, k=4, training_tokens=2048, context_size=8,
+                        train_batch_size_tokens=64, n_batches_in_buffer=8, store_batch_size_prompts=4, lr=3e-3)
+        _SIGNALS["after"] = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
     after = gpt2_tiny.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # the model is not trained
     return sae, toks
@@ -76,7 +91,9 @@ def test_train_sae_rejects_bad_settings(gpt2_tiny):
 def test_train_sae_restores_signal_handlers(trained):
     import signal
 
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # sae-lens's runner installs its own handlers; ours must be back afterwards, whatever they were
+    assert _SIGNALS["after"] == _SIGNALS["before"]
+    assert _SIGNALS["after"][signal.SIGTERM] is _sentinel_handler
 
 
 def test_train_and_save_writes_one_loadable_sae_per_site(gpt2_tiny, tmp_path):
