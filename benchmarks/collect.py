@@ -76,7 +76,7 @@ def _worker(mode: str, model_name: str, n_tokens: int, budget_mb: float) -> dict
     if mode == "stream":
         del acts
         shutil.rmtree(store.parent)
-    # peak RSS counts the memmap's file pages (reclaimable page cache); peak anonymous memory is the heap
+    # peak RSS also counts file pages mapped when a streamed store is opened; peak anonymous memory is the heap
     return {"mode": mode, "tokens": n, "seconds": dt, "tokens_per_s": n / dt, "peak_rss_mb": peak_rss_mb(),
             "rss_before_mb": rss0, "anon_before_mb": anon0, "peak_anon_mb": mem["peak_anon_mb"], "units": len(sites) * model.cfg.d_mlp}
 

@@ -154,15 +154,19 @@ class ActivationCollector:
                 # that competes with the forward pass for the cores
                 np.copyto(target.numpy(), rows.numpy())
 
-        sink = _BackgroundSink(to_memory, self.dtype, self._in_flight_bytes())
+        sink = self._sink(to_memory, seqs, units)
         try:
             self._run(seqs, offsets, sink, done=set())
         finally:
             sink.close()
         return Activations(buffers, token_ids, offsets, self.sites)
 
-    def _in_flight_bytes(self) -> int:
-        return int(min(self.memory_budget_mb, _MAX_IN_FLIGHT_MB) * 2**20)
+    def _sink(self, write: Any, seqs: list[Tensor], units: dict[str, int],
+              checkpoint: Any = None) -> "_BackgroundSink":
+        """A writer thread whose staging slabs fit any site's chunk of the largest batch."""
+        slab_numel = self.batch_size * max(len(s) for s in seqs) * max(units.values())
+        in_flight = int(min(self.memory_budget_mb, _MAX_IN_FLIGHT_MB) * 2**20)
+        return _BackgroundSink(write, self.dtype, slab_numel, in_flight, checkpoint=checkpoint)
 
     def _run(self, seqs: list[Tensor], offsets: Tensor, sink: "_BackgroundSink", done: set[int]) -> None:
         from tqdm.auto import tqdm
@@ -253,7 +257,7 @@ class ActivationCollector:
             def to_disk(site: str, start: int, rows: Tensor) -> None:
                 files[site].write(start, rows.numpy())
 
-            sink = _BackgroundSink(to_disk, self.dtype, self._in_flight_bytes(), checkpoint=checkpoint)
+            sink = self._sink(to_disk, seqs, units, checkpoint=checkpoint)
             try:
                 self._run(seqs, offsets, sink, done=set(done))
             finally:
@@ -281,22 +285,24 @@ class _BackgroundSink:
 
     The hook packs a batch's real tokens into one chunk per site (a copy: later hooks may edit the activation
     in place) and queues it; the writer thread calls ``write(site, first_row, rows)`` for each sequence and,
-    once all of a batch's chunks are written, ``checkpoint(batch_index)``. Chunks live in staging slabs that
-    are reused (fresh memory costs a page fault per 4 KiB, seconds per gigabyte on a VM) and hold at most
-    ``in_flight_bytes`` together (at least one chunk): beyond it the forward waits, which bounds memory when
-    the writer is slower than the model (the kernel throttles writers once dirty pages pile up; on the 2-core machine
-    buffered writes fell from 1.3 GB/s to 0.4 GB/s after the first 1.5 GB).
+    once all of a batch's chunks are written, ``checkpoint(batch_index)``. Chunks live in staging slabs of
+    ``slab_numel`` elements that are reused (fresh memory costs a page fault per 4 KiB, seconds per gigabyte
+    on a VM); the slabs hold at most ``in_flight_bytes`` together (at least one slab): beyond it the forward
+    waits, which bounds memory when the writer is slower than the model (the kernel throttles writers once
+    dirty pages pile up; on the 2-core machine buffered writes fell from 1.3 GB/s to 0.4 GB/s after 1.5 GB).
     """
 
-    def __init__(self, write: Any, dtype: torch.dtype, in_flight_bytes: int, checkpoint: Any = None):
+    def __init__(self, write: Any, dtype: torch.dtype, slab_numel: int, in_flight_bytes: int,
+                 checkpoint: Any = None):
         import queue
         import threading
 
         self.write, self.dtype, self.checkpoint = write, dtype, checkpoint
-        self.limit = max(1, in_flight_bytes)
-        self.itemsize = torch.empty((), dtype=dtype).element_size()
+        self.slab_numel = slab_numel
+        slab_bytes = slab_numel * torch.empty((), dtype=dtype).element_size()
+        self.max_slabs = max(1, in_flight_bytes // slab_bytes)
+        self.n_slabs = 0
         self.free: list[Tensor] = []  # staging slabs the writer has finished with
-        self.allocated = 0  # bytes of all slabs, free or queued
         self.error: BaseException | None = None
         self.space = threading.Condition()
         self.queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -306,7 +312,7 @@ class _BackgroundSink:
     def put(self, site: str, act: Tensor, spans: Spans) -> None:
         n_real = sum(length for _, _, length in spans)
         width = int(np.prod(act.shape[2:]))
-        slab = self._take_slab(n_real * width)
+        slab = self._take_slab()
         chunk = slab[:n_real * width].view(n_real, width)
         placed, r = [], 0
         for row, start, length in spans:
@@ -315,22 +321,15 @@ class _BackgroundSink:
             r += length
         self.queue.put(("rows", (site, chunk, placed, slab)))
 
-    def _take_slab(self, numel: int) -> Tensor:
-        """A staging buffer of at least ``numel`` elements: reused, so its pages are faulted in only once."""
+    def _take_slab(self) -> Tensor:
+        """A free staging slab, a new one while under the limit, or else the next one the writer frees."""
         with self.space:
-            while True:
-                self._raise_if_failed()
-                fits = [i for i, b in enumerate(self.free) if b.numel() >= numel]
-                if fits:
-                    return self.free.pop(fits[0])
-                size = numel * self.itemsize
-                if self.allocated == 0 or self.allocated + size <= self.limit:
-                    self.allocated += size
-                    return torch.empty(numel, dtype=self.dtype)
-                if self.free:  # slabs too small for this chunk: give one back to make room
-                    self.allocated -= self.free.pop().numel() * self.itemsize
-                    continue
-                self.space.wait()
+            self.space.wait_for(lambda: self.error is not None or self.free or self.n_slabs < self.max_slabs)
+            self._raise_if_failed()
+            if self.free:
+                return self.free.pop()
+            self.n_slabs += 1
+            return torch.empty(self.slab_numel, dtype=self.dtype)
 
     def batch_done(self, index: list[int]) -> None:
         self._raise_if_failed()
