@@ -6,7 +6,9 @@
 
 Each implementation runs in its own subprocess (fresh peak RSS: ``ru_maxrss`` of that process, which
 includes the loaded float32 data). Sources/maps are compared by Hungarian-matched |corr|. Results go to
-``bench_out/ica.json`` and a markdown table is printed.
+``bench_out/ica.json``; the printed tables hold every figure the "ICA engine" section of BENCHMARKS.md
+quotes: per implementation its time, memory and |r| against its reference, and the speed ratios of ours
+against scikit-learn (float64 and float32), nilearn and the scikit-learn CanICA composition.
 """
 
 from __future__ import annotations
@@ -117,11 +119,9 @@ def worker(name: str, data: str, out: str, k: int, n_restarts: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if name == "ours_fastica":
-            import torch
-
             from tl_funcnet.funcnet.ica import FastICA
 
-            est = FastICA(k, random_state=0, dtype=torch.float32)
+            est = FastICA(k, random_state=0, dtype="float32")
             with timer() as t:
                 res = est.fit_transform(X)
             extra = {"n_iter": est.n_iter_, "converged": est.converged_, "solver": est.whiten_solver_}
@@ -134,14 +134,12 @@ def worker(name: str, data: str, out: str, k: int, n_restarts: int) -> None:
                 res = est.fit_transform(Xd)
             extra = {"n_iter": int(est.n_iter_)}
         elif name == "ours_canica":
-            import torch
+            from tl_funcnet.funcnet.ica import CanICA
 
-            from tl_funcnet.funcnet.canica import CanICA
-
-            est = CanICA(k, n_restarts=n_restarts, random_state=0, dtype=torch.float32)
+            est = CanICA(k, n_restarts=n_restarts, random_state=0, dtype="float32")
             with timer() as t:
                 est.fit(X)
-            res = est.maps_.numpy()
+            res = est.maps_
             extra = {"n_iter_all": est.n_iter_all_, "best_restart": est.best_restart_}
         elif name == "ref_canica_sklearn":
             with timer() as t:
@@ -165,6 +163,47 @@ def matched(A: np.ndarray, B: np.ndarray) -> tuple[float, float]:
     C = np.abs(A.T @ B) / len(A)
     r, c = linear_sum_assignment(-C)
     return float(C[r, c].mean()), float(C[r, c].min())
+
+
+#: each implementation's reference for the |r| column (the first one that ran)
+REFERENCE = {
+    "ours_fastica": ("sklearn_fastica64", "sklearn_fastica32"),
+    "sklearn_fastica32": ("sklearn_fastica64",),
+    "ours_canica": ("ref_canica_nilearn", "ref_canica_sklearn"),
+    "ref_canica_sklearn": ("ref_canica_nilearn",),
+}
+#: the speed ratios BENCHMARKS.md quotes: (label, ours, reference)
+RATIOS = [
+    ("FastICA vs scikit-learn float64", "ours_fastica", "sklearn_fastica64"),
+    ("FastICA vs scikit-learn float32", "ours_fastica", "sklearn_fastica32"),
+    ("CanICA vs nilearn", "ours_canica", "ref_canica_nilearn"),
+    ("CanICA vs scikit-learn composition", "ours_canica", "ref_canica_sklearn"),
+]
+
+
+def _r(agreement: dict[str, dict[str, float]], a: str, b: str) -> dict[str, str]:
+    """Mean and min matched |r| of ``a`` vs ``b`` as printed figures (empty when the pair did not run)."""
+    v = agreement.get(f"{a} vs {b}")
+    return {"mean_abs_r": f"{v['mean_abs_r']:.3f}", "min_abs_r": f"{v['min_abs_r']:.3f}"} if v else {}
+
+
+def report_tables(
+    results: dict[str, dict], agreement: dict[str, dict[str, float]]
+) -> tuple[list[dict], list[dict]]:
+    """Rows per implementation (time, memory, |r| vs its reference) and rows per quoted speed ratio."""
+    rows = []
+    for name, r in results.items():
+        ref = next((c for c in REFERENCE.get(name, ()) if f"{name} vs {c}" in agreement), None)
+        rows.append({"implementation": name, "fit_s": r.get("fit_s"), "peak_rss_mb": r.get("peak_rss_mb"),
+                     "rss_after_load_mb": r.get("rss_after_load_mb"), "abs_r_vs": ref or "",
+                     **(_r(agreement, name, ref) if ref else {}), "error": "yes" if "error" in r else ""})
+    ratios = []
+    for label, ours, ref in RATIOS:
+        if "fit_s" in results.get(ours, {}) and "fit_s" in results.get(ref, {}):
+            ours_s, ref_s = results[ours]["fit_s"], results[ref]["fit_s"]
+            ratios.append({"comparison": label, "ours_s": ours_s, "reference_s": ref_s,
+                           "speedup": f"{ref_s / ours_s:.1f}x", **_r(agreement, ours, ref)})
+    return rows, ratios
 
 
 def main() -> None:
@@ -245,28 +284,25 @@ def main() -> None:
             if name in outputs:
                 agreement[f"{name} vs planted"] = dict(zip(("mean_abs_r", "min_abs_r"), matched(outputs[name], truth)))
 
-    rows = []
-    for name, r in results.items():
-        ref = {"ours_fastica": "sklearn_fastica32", "ours_canica": "ref_canica_sklearn"}.get(name)
-        row = {"implementation": name, "fit_s": r.get("fit_s"), "peak_rss_mb": r.get("peak_rss_mb"),
-               "rss_after_load_mb": r.get("rss_after_load_mb"), "error": "yes" if "error" in r else ""}
-        if ref and ref in results and "fit_s" in results[ref] and "fit_s" in r:
-            row["speedup_vs_ref"] = results[ref]["fit_s"] / r["fit_s"]
-        rows.append(row)
+    rows, ratios = report_tables(results, agreement)
     payload = {
         "benchmark": "ica", "source": source, "shape": list(X.shape), "n_components": k,
         "n_restarts": args.restarts, "quick": args.quick, "machine": machine_info(),
-        "results": results, "agreement": agreement,
+        "results": results, "agreement": agreement, "ratios": ratios,
         "notes": "ref_canica_sklearn = z-score + sklearn randomized_svd(n_iter=5) + sklearn fastica(cube) "
                  "x n_restarts, sparsest kept; ref_canica_nilearn = nilearn CanICA on the matrix as a "
                  "(f,1,1,n) image, all-ones mask, no smoothing/detrend, do_cca=False, threshold=None.",
     }
     path = write_json("ica", payload)
     print()
-    print(markdown_table(rows, ["implementation", "fit_s", "peak_rss_mb", "rss_after_load_mb",
-                                "speedup_vs_ref", "error"]))
+    print(markdown_table(rows, ["implementation", "fit_s", "peak_rss_mb", "rss_after_load_mb", "abs_r_vs",
+                                "mean_abs_r", "min_abs_r", "error"]))
     print()
-    print(markdown_table([{"pair": p, **v} for p, v in agreement.items()], ["pair", "mean_abs_r", "min_abs_r"]))
+    print(markdown_table(ratios, ["comparison", "ours_s", "reference_s", "speedup", "mean_abs_r",
+                                  "min_abs_r"]))
+    print()
+    print(markdown_table([{"pair": p, **_r(agreement, *p.split(" vs "))} for p in agreement],
+                         ["pair", "mean_abs_r", "min_abs_r"]))
     print(f"\nwritten {path}")
 
 

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _HOOK_NAMES = (
-    "Hook", "Intervention", "ablate", "add", "capture", "capture_grad", "clamp", "custom", "keep_only",
-    "patch", "project_onto", "project_out", "register_op", "scale", "steer", "last_token_positions",
+    "Hook", "Intervention", "ablate", "add", "capture", "capture_grad", "clamp", "custom", "detach", "keep_only",
+    "patch", "project_onto", "project_out", "record", "register_op", "resolve_sites", "scale", "steer",
+    "last_token_positions",
 )
 
 __all__ = ["FuncnetError", *_HOOK_NAMES, "__version__"]

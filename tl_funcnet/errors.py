@@ -41,6 +41,14 @@ class FormatError(FuncnetError):
     """A saved file that is corrupt, of another version, or of another kind."""
 
 
+class OverwriteError(FuncnetError, FileExistsError):
+    """A save would replace something that is not its own kind of artefact, or was not asked to replace it."""
+
+
+class CheckpointError(FuncnetError):
+    """An interrupted run's checkpoint that cannot be resumed (other settings, corrupt, or untrusted)."""
+
+
 class NotFittedError(FuncnetError, AttributeError):
     """A fitted-only method called before ``fit``."""
 
@@ -57,6 +65,8 @@ __all__ = [
     "NotSerializableError",
     "UnknownOpError",
     "FormatError",
+    "OverwriteError",
+    "CheckpointError",
     "NotFittedError",
     "EmbeddedModelMissingError",
 ]

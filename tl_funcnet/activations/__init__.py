@@ -2,9 +2,9 @@
 
 from .collector import ActivationCollector as ActivationCollector
 from .collector import collect as collect
-from .collector import layer_sites as layer_sites
+from .forward import run_batches as run_batches
 from .store import Activations as Activations
 from .tokens import batches as batches
 from .tokens import tokenize as tokenize
 
-__all__ = ["ActivationCollector", "Activations", "collect", "layer_sites", "tokenize", "batches"]
+__all__ = ["ActivationCollector", "Activations", "collect", "run_batches", "tokenize", "batches"]

@@ -12,11 +12,12 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .._io import atomic_dir
+from .._io import Kind, atomic_dir, field, read_json
 from ..errors import FormatError, FuncnetError
 
 _FORMAT = "tl_funcnet.activations"
 _VERSION = 1
+KIND = Kind("activation store", "manifest.json", _FORMAT, ("manifest.json", "tokens.pt", "site_*.npy"))
 
 
 class Activations:
@@ -82,10 +83,11 @@ class Activations:
     def sequence_rows(self, i: int) -> slice:
         return slice(int(self.offsets[i]), int(self.offsets[i + 1]))
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write a directory (``.npy`` per site, tokens, manifest) atomically."""
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write a folder (``.npy`` per site, tokens, manifest) atomically; a store saved there before is
+        replaced only with ``overwrite=True``."""
         target = Path(path)
-        with atomic_dir(target) as tmp:
+        with atomic_dir(target, KIND, overwrite=overwrite) as tmp:
             files = {}
             for i, s in enumerate(self.sites):
                 files[s] = f"site_{i:03d}.npy"
@@ -106,24 +108,33 @@ class Activations:
             partial = root.with_name(root.name + ".partial")
             hint = f"; an interrupted collection is at {partial}: rerun it to resume" if partial.exists() else ""
             raise FormatError(f"{manifest} is missing: {root} is not a finished activation store{hint}")
-        try:
-            meta = json.loads(manifest.read_text())
-        except json.JSONDecodeError as err:
-            raise FormatError(f"{manifest} is corrupt ({err})") from None
+        meta = read_json(manifest, "the manifest of an activation store")
         if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
             raise FormatError(f"{root} is not a version-{_VERSION} tl_funcnet activation store "
                               f"(format {meta.get('format')!r}, version {meta.get('version')!r})")
-        tok = torch.load(root / "tokens.pt", weights_only=True)
+        where = str(manifest)
+        sites, files = field(meta, "sites", list, where), field(meta, "files", dict, where)
+        n_tokens = field(meta, "n_tokens", int, where)
+        if not all(isinstance(s, str) for s in sites) or set(sites) != set(files) or not all(
+                isinstance(f, str) and "/" not in f for f in files.values()):
+            raise FormatError(f"{where}: 'sites' and 'files' do not describe the same sites; the file was edited")
+        try:
+            tok = torch.load(root / "tokens.pt", weights_only=True)
+            token_ids, offsets = tok["token_ids"], tok["offsets"]
+        except Exception as err:  # torch raises several types for a corrupt or missing file
+            raise FormatError(f"{root / 'tokens.pt'} could not be read ({type(err).__name__}: {err})") from None
+        if int(offsets[-1]) != n_tokens or token_ids.shape != (n_tokens,):
+            raise FormatError(f"{root / 'tokens.pt'} describes {int(offsets[-1])} tokens, the manifest {n_tokens}")
         data = {}
-        for s in meta["sites"]:
+        for s in sites:
             try:
-                arr = np.load(root / meta["files"][s], mmap_mode="c" if mmap else None)
+                arr = np.load(root / files[s], mmap_mode="c" if mmap else None)
             except (OSError, ValueError) as err:
-                raise FormatError(f"{root / meta['files'][s]} could not be read ({err})") from None
-            if arr.shape[0] != meta["n_tokens"]:
-                raise FormatError(f"{meta['files'][s]} has {arr.shape[0]} rows, the manifest says {meta['n_tokens']}")
+                raise FormatError(f"{root / files[s]} could not be read ({err})") from None
+            if arr.ndim != 2 or arr.shape[0] != n_tokens:
+                raise FormatError(f"{files[s]} has shape {arr.shape}, the manifest says {n_tokens} rows")
             data[s] = arr
-        return cls(data, tok["token_ids"], tok["offsets"], meta["sites"], path=root)
+        return cls(data, token_ids, offsets, sites, path=root)
 
 
 class RowFile:
@@ -170,4 +181,4 @@ class RowFile:
             self._fd = -1
 
 
-__all__ = ["Activations", "RowFile"]
+__all__ = ["Activations", "RowFile", "KIND"]

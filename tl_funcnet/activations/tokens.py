@@ -14,7 +14,7 @@ from ..errors import FuncnetError
 TextsOrTokens = Sequence[str] | Sequence[Sequence[int]] | Sequence[Tensor] | str
 
 
-def resolve_corpus(texts: Any) -> list:
+def resolve_inputs(texts: Any) -> list:
     """Accept a split name of the built-in corpus, a path, a list of strings, or a list of token-id sequences."""
     if isinstance(texts, Tensor):
         if texts.ndim != 2:
@@ -34,7 +34,7 @@ def tokenize(model: Any, texts: Any, *, max_tokens_per_seq: int | None = 128,
         raise FuncnetError(
             f"max_tokens_per_seq should be a positive int or None (no cap), got {max_tokens_per_seq!r}"
         )
-    items = resolve_corpus(texts)
+    items = resolve_inputs(texts)
     if not items:
         raise FuncnetError("the corpus is empty: pass at least one text (or a split name like 'calibration')")
     out: list[Tensor] = []
@@ -47,7 +47,7 @@ def tokenize(model: Any, texts: Any, *, max_tokens_per_seq: int | None = 128,
             kwargs = {} if prepend_bos is None else {"prepend_bos": prepend_bos}
             ids = _to_tokens(model, item, **kwargs)
         else:
-            ids = torch.as_tensor(item, dtype=torch.long).flatten()
+            ids = _token_ids(item, i, model)
         if ids.numel() == 0:
             raise FuncnetError(f"text {i} produced no tokens")
         if max_tokens_per_seq is not None:
@@ -57,6 +57,20 @@ def tokenize(model: Any, texts: Any, *, max_tokens_per_seq: int | None = 128,
             ids = ids[:n_ctx]
         out.append(ids.cpu())
     return out
+
+
+def _token_ids(item: Any, i: int, model: Any) -> Tensor:
+    """A token-id sequence as a 1-D long tensor, checked against the model's vocabulary."""
+    t = torch.as_tensor(item)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool or t.ndim > 1:
+        raise FuncnetError(f"input {i} should be a text or a 1-D sequence of integer token ids, got {t.dtype} of "
+                           f"shape {tuple(t.shape)}")
+    t = t.to(torch.long).flatten()
+    d_vocab = getattr(getattr(model, "cfg", None), "d_vocab", None)
+    if t.numel() and (int(t.min()) < 0 or (d_vocab is not None and int(t.max()) >= d_vocab)):
+        raise FuncnetError(f"input {i} holds token id {int(t.max()) if int(t.min()) >= 0 else int(t.min())}, outside "
+                           f"the model's vocabulary 0..{d_vocab - 1 if d_vocab else '?'}")
+    return t
 
 
 def _to_tokens(model: Any, text: str, **kwargs: Any) -> Tensor:
@@ -110,19 +124,4 @@ def pad_id(model: Any) -> int:
     return int(pid) if pid is not None else 0
 
 
-def forward_kwargs(model: Any, batch: TokenBatch) -> dict[str, Any]:
-    """Extra forward arguments so padding cannot influence real positions."""
-    cfg = getattr(model, "cfg", None)
-    if getattr(cfg, "attention_dir", "causal") == "bidirectional":
-        return {"one_zero_attention_mask": batch.mask.to(_device(model))}
-    return {}
-
-
-def _device(model: Any) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except (StopIteration, AttributeError):
-        return torch.device("cpu")
-
-
-__all__ = ["tokenize", "batches", "TokenBatch", "pad_id", "forward_kwargs", "resolve_corpus"]
+__all__ = ["tokenize", "batches", "TokenBatch", "pad_id", "resolve_inputs"]

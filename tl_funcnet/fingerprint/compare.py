@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from jaxtyping import Float
 from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 from threadpoolctl import threadpool_limits
 
 from ..errors import FuncnetError
+from ..hooks.values import finite_number, positive_int
 from .core import Fingerprint
 
 # Calibrated on the zoo of benchmarks/zoo.py (16 pairs, 10 built-in texts, 64 networks; BENCHMARKS.md):
@@ -144,27 +144,36 @@ def shared_segments(victim: Fingerprint, suspect: Fingerprint) -> list[tuple[np.
     return out
 
 
-def compare(victim: Fingerprint, suspect: Fingerprint, *, top_m: int = TOP_M, n_null: int = 200, seed: int = 0,
-            derived_at: float = DERIVED_AT, independent_below: float = INDEPENDENT_BELOW,
+def compare(victim: Fingerprint, suspect: Fingerprint, *, top_m: int = TOP_M, n_null: int = 200,
+            random_state: int | None = 0, derived_at: float = DERIVED_AT, independent_below: float = INDEPENDENT_BELOW,
             alpha: float = ALPHA) -> Comparison:
-    """Score how strongly ``suspect``'s network time courses match ``victim``'s (see module docstring)."""
+    """Score how strongly ``suspect``'s network time courses match ``victim``'s (see module docstring).
+
+    ``n_null`` circular shifts (at least 1) give the null distribution of the p-value; ``random_state``
+    seeds the shifts.
+    """
     if not isinstance(victim, Fingerprint) or not isinstance(suspect, Fingerprint):
         raise FuncnetError(f"compare() takes two Fingerprint objects, got {type(victim).__name__} and "
                            f"{type(suspect).__name__}; make them with fingerprint(model)")
-    if top_m < 1:
-        raise FuncnetError(f"top_m should be >= 1, got {top_m}")
+    positive_int(top_m, "top_m")
+    positive_int(n_null, "n_null (the p-value needs a null distribution; e.g. 200)")
+    for name, value in (("derived_at", derived_at), ("independent_below", independent_below), ("alpha", alpha)):
+        if not 0 <= finite_number(value, name) <= 1:
+            raise FuncnetError(f"{name} should be between 0 and 1, got {value}")
+    if independent_below > derived_at:
+        raise FuncnetError(f"independent_below ({independent_below}) should not exceed derived_at ({derived_at})")
     # every product here is small (words x networks): one BLAS thread avoids spin-wait stalls under load
     with threadpool_limits(1):
-        return _compare(victim, suspect, top_m=top_m, n_null=n_null, seed=seed, derived_at=derived_at,
-                        independent_below=independent_below, alpha=alpha)
+        return _compare(victim, suspect, top_m=top_m, n_null=n_null, random_state=random_state,
+                        derived_at=derived_at, independent_below=independent_below, alpha=alpha)
 
 
-def _compare(victim: Fingerprint, suspect: Fingerprint, *, top_m: int, n_null: int, seed: int, derived_at: float,
-             independent_below: float, alpha: float) -> Comparison:
+def _compare(victim: Fingerprint, suspect: Fingerprint, *, top_m: int, n_null: int, random_state: int | None,
+             derived_at: float, independent_below: float, alpha: float) -> Comparison:
     segs = shared_segments(victim, suspect)
     rho = np.mean([np.abs(a.T @ b) for a, b in segs], 0)
     score, pairs, vals = _score(rho, top_m)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(random_state)
     null = np.empty(n_null)
     for k in range(n_null):
         mats = []
@@ -173,19 +182,18 @@ def _compare(victim: Fingerprint, suspect: Fingerprint, *, top_m: int, n_null: i
             shift = int(rng.integers(max(1, n // 10), max(2, n - n // 10)))
             mats.append(np.abs(a.T @ np.roll(b, shift, 0)))
         null[k] = _score(np.mean(mats, 0), top_m)[0]
-    p = float((1 + (null >= score).sum()) / (1 + n_null)) if n_null else float("nan")
-    q99 = float(np.quantile(null, 0.99)) if n_null else float("nan")
+    p = float((1 + (null >= score).sum()) / (1 + n_null))
+    q99 = float(np.quantile(null, 0.99))
     verdict = verdict_of(score, p, derived_at=derived_at, independent_below=independent_below, alpha=alpha)
     return Comparison(
         score=score, p_value=p, margin=score - q99, verdict=verdict, top1=float(vals[0]),
-        mean_matched=float(vals.mean()), null_mean=float(null.mean()) if n_null else float("nan"), null_q99=q99,
+        mean_matched=float(vals.mean()), null_mean=float(null.mean()), null_q99=q99,
         n_texts=len(segs), n_segments=int(sum(len(a) for a, _ in segs)),
         pairs=[(int(r), int(c), float(v)) for (r, c), v in zip(pairs, vals)], rho=rho,
-        settings={"top_m": top_m, "n_null": n_null, "seed": seed, "derived_at": derived_at,
+        settings={"top_m": top_m, "n_null": n_null, "random_state": random_state, "derived_at": derived_at,
                   "independent_below": independent_below, "alpha": alpha, "segments": "whitespace words",
                   "correlation": "|spearman|", "null": "circular shift per text"})
 
 
-_ = torch
 __all__ = ["compare", "Comparison", "verdict_of", "word_spans", "segment_means", "shared_segments",
            "DERIVED_AT", "INDEPENDENT_BELOW", "ALPHA", "TOP_M"]

@@ -1,12 +1,13 @@
 """The :class:`Fingerprint` value object and its file format (one safetensors file with a JSON header).
 
-File layout (``format`` ``tl_funcnet.fingerprint``, ``version`` 1), written atomically::
+File layout (``format`` ``tl_funcnet.fingerprint``, ``version`` 2), written atomically::
 
     tensors   series.{i}   float32 (n_tokens_i, n_networks)  network time courses of text i
               offsets.{i}  int64   (n_tokens_i, 2)           character span of each token in text i
               layer_energy float32 (n_networks, n_layers)    share of each network's mixing energy per layer
               units_per_layer int64 (n_networks, n_layers)   units with |z-scored mixing| > threshold per layer
-    metadata  "tl_funcnet": JSON {"format", "version", "texts", "text_sha256", "params", "model"}
+    metadata  "tl_funcnet": JSON {"format", "version", "texts", "text_sha256", "params", "model",
+                                  "tensors_sha256" (a checksum of every tensor: a flipped bit is reported)}
 
 No weights are stored: an owner can publish a fingerprint without the model.
 """
@@ -20,15 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .._io import atomic_path
+from .._io import Kind, atomic_file, tensor_digest
 from ..errors import FormatError
 
 FORMAT = "tl_funcnet.fingerprint"
-VERSION = 1
+VERSION = 2
 
 
 def text_hash(text: str) -> str:
@@ -77,8 +77,9 @@ class Fingerprint:
 
     # ------------------------------------------------------------------ files
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write one ``.safetensors`` file (atomically)."""
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write one ``.safetensors`` file (atomically); a fingerprint file there is replaced only with
+        ``overwrite=True``, any other file never."""
         from safetensors.torch import save_file
 
         tensors = {"layer_energy": self.layer_energy.float().contiguous(),
@@ -87,9 +88,11 @@ class Fingerprint:
             tensors[f"series.{i}"] = s.float().contiguous()
             tensors[f"offsets.{i}"] = o.long().contiguous()
         header = {"format": FORMAT, "version": VERSION, "texts": list(self.texts),
-                  "text_sha256": list(self.text_sha256), "params": self.params, "model": self.model}
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata={"tl_funcnet": json.dumps(header)})
+                  "text_sha256": list(self.text_sha256), "params": self.params, "model": self.model,
+                  "tensors_sha256": tensor_digest(tensors)}
+        meta = json.dumps(header)  # fails before anything is written
+        with atomic_file(path, KIND, overwrite=overwrite) as tmp:
+            save_file(tensors, str(tmp), metadata={"tl_funcnet": meta})
         return Path(path)
 
     @classmethod
@@ -132,8 +135,16 @@ class Fingerprint:
                if s.ndim != 2 or o.shape != (s.shape[0], 2)]
         if len(widths) != 1 or bad:
             raise FormatError(f"{file}: series/offsets shapes are inconsistent (texts {bad}); the file is corrupt")
-        if header.get("text_sha256") and header["text_sha256"] != [text_hash(t) for t in texts]:
+        if not all(isinstance(t, str) for t in texts):
+            raise FormatError(f"{file}: the header's texts should be strings; the file was edited or is corrupt")
+        if header.get("text_sha256") != [text_hash(t) for t in texts]:
             raise FormatError(f"{file}: texts do not match their stored hashes; the file was edited or is corrupt")
+        if header.get("tensors_sha256") != tensor_digest(tensors):
+            raise FormatError(f"{file}: the tensors do not match their checksum; the file is corrupt (a changed "
+                              f"bit is not trusted): compute the fingerprint again")
+        for key in ("params", "model"):
+            if not isinstance(header.get(key, {}), dict):
+                raise FormatError(f"{file}: the header's {key!r} should be an object")
         return cls(tuple(texts), series, offsets, tensors["layer_energy"],
                    tensors["units_per_layer"], dict(header.get("params") or {}),
                    dict(header.get("model") or {}))
@@ -150,5 +161,7 @@ def is_fingerprint_file(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-_ = torch
-__all__ = ["Fingerprint", "FORMAT", "VERSION", "text_hash", "is_fingerprint_file"]
+KIND = Kind("fingerprint", recognize=lambda p: is_fingerprint_file(p))
+
+
+__all__ = ["Fingerprint", "FORMAT", "VERSION", "KIND", "text_hash", "is_fingerprint_file"]

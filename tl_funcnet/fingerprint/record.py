@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -73,18 +72,15 @@ def tokenize_with_offsets(model: Any, text: str, tokenizer: Tokenizer | str | No
 @torch.no_grad()
 def record(model: Any, ids: Int[Tensor, "pos"]) -> Float[Tensor, "pos n_layers d_model"]:
     """``hook_resid_post`` of every layer for one sequence (no padding, so encoders need no mask)."""
-    n_layers = model.cfg.n_layers
-    out: list[Tensor | None] = [None] * n_layers
+    from ..activations.forward import is_encoder, model_device
+    from ..hooks import capture
 
-    def grab(act: Tensor, hook: Any) -> None:
-        out[int(hook.name.split(".")[1])] = act[0].detach().to("cpu", torch.float32)
-
-    names = [f"blocks.{l}.hook_resid_post" for l in range(n_layers)]
-    device = next(model.parameters()).device
-    kwargs = {} if getattr(model.cfg, "attention_dir", "causal") == "bidirectional" else {"return_type": None}
-    with model.hooks(fwd_hooks=[(n, grab) for n in names]):
-        model(ids[None].to(device), **kwargs)
-    return torch.stack(out, 1)  # type: ignore[arg-type]
+    names = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]
+    store: dict[str, Tensor] = {}
+    kwargs = {} if is_encoder(model) else {"return_type": None}
+    with capture(names, store).applied(model):
+        model(ids[None].to(model_device(model)), **kwargs)
+    return torch.stack([store[n][0].to("cpu", torch.float32) for n in names], 1)
 
 
 def layer_normalized(acts: Float[Tensor, "n_samples n_layers d_model"]) -> Float[Tensor, "n_samples n_features"]:
@@ -94,11 +90,12 @@ def layer_normalized(acts: Float[Tensor, "n_samples n_layers d_model"]) -> Float
     return (x / rms[None, :, None]).reshape(x.shape[0], -1)
 
 
-def fingerprint(model: Any, texts: Sequence[str] | None = None, *, n_networks: int = 64, threshold: float = 3.6,
-                random_state: int = 666, max_tokens_per_text: int | None = 512,
+def fingerprint(model: Any, texts: Any = None, *, n_networks: int = 64, threshold: float = 3.6,
+                random_state: int | None = 0, max_tokens_per_text: int | None = 512,
                 tokenizer: Tokenizer | str | None = None, dtype: torch.dtype = torch.float32,
                 name: str | None = None) -> Fingerprint:
-    """Functional-network fingerprint of ``model`` on ``texts`` (default: 10 built-in passages).
+    """Functional-network fingerprint of ``model`` on ``texts`` (a split name, path or list of strings;
+    default: the first 10 passages of the built-in evaluation split).
 
     Records ``hook_resid_post`` of every layer, runs temporal FastICA with ``n_networks`` components over all
     layers jointly (tokens of all texts as samples) and keeps each network's source time course per text,
@@ -107,7 +104,15 @@ def fingerprint(model: Any, texts: Sequence[str] | None = None, *, n_networks: i
     ``dtype`` is that of the Gram product (float64 for exact invariance tests). ``threshold`` only sets the
     descriptive per-layer unit counts (``|z| > threshold`` of each mixing column).
     """
-    texts = default_texts() if texts is None else [str(t) for t in texts]
+    from ..data import resolve_texts
+    from ..hooks.values import finite_number, positive_int
+
+    texts = default_texts() if texts is None else resolve_texts(texts)
+    positive_int(n_networks, "n_networks")
+    if finite_number(threshold, "threshold") <= 0:
+        raise FuncnetError(f"threshold should be a positive z-score such as 3.6, got {threshold}")
+    if max_tokens_per_text is not None:
+        positive_int(max_tokens_per_text, "max_tokens_per_text", minimum=2)
     acts, offsets = record_texts(model, texts, tokenizer=tokenizer, max_tokens_per_text=max_tokens_per_text)
     return fingerprint_from_activations(model, texts, acts, offsets, n_networks=n_networks, threshold=threshold,
                                         random_state=random_state, dtype=dtype, name=name,
@@ -131,7 +136,7 @@ def record_texts(model: Any, texts: Sequence[str], *, tokenizer: Tokenizer | str
 
 
 def fingerprint_from_activations(model: Any, texts: Sequence[str], feats: list[Tensor], offsets: list[Tensor], *,
-                                 n_networks: int = 64, threshold: float = 3.6, random_state: int = 666,
+                                 n_networks: int = 64, threshold: float = 3.6, random_state: int | None = 0,
                                  dtype: torch.dtype = torch.float32, name: str | None = None,
                                  max_tokens_per_text: int | None = 512,
                                  tokenizer: Tokenizer | str | None = None) -> Fingerprint:
@@ -147,14 +152,14 @@ def fingerprint_from_activations(model: Any, texts: Sequence[str], feats: list[T
     # temporal ICA (tokens as samples) that sees X only through X X^T: a change of basis of the residual
     # stream (rotation, permutation) leaves the sources unchanged
     ica = FastICA(n_networks, basis_free=True, whiten_solver="gram", max_iter=500, tol=1e-6, random_state=random_state,
-                  dtype=dtype)
+                  dtype=str(dtype).removeprefix("torch."))
     try:
-        S = ica.fit_transform(X).double()
+        S = ica._fit(X, warn=False).double()  # X is a tensor, so S is one; converged_ is recorded below
     except FuncnetError as err:
         raise FuncnetError(f"fingerprint with n_networks={n_networks} on {X.shape[0]} tokens x {X.shape[1]} "
                            f"features (n_layers x d_model): {err} (here: lower n_networks, or pass more and "
                            f"longer texts)") from err
-    mixing, converged, n_iter, k = ica.mixing_, ica.converged_, ica.n_iter_, int(n_networks)
+    mixing, converged, n_iter, k = torch.from_numpy(ica.mixing_), ica.converged_, ica.n_iter_, int(n_networks)
     del X
     energy = mixing.reshape(n_layers, d_model, k).pow(2).sum(1).T  # (k, n_layers)
     energy = energy / energy.sum(1, keepdim=True).clamp_min(1e-30)
@@ -172,5 +177,4 @@ def fingerprint_from_activations(model: Any, texts: Sequence[str], feats: list[T
     return Fingerprint(tuple(texts), series, tuple(keep_offs), energy.float(), units, params, info)
 
 
-_ = np
 __all__ = ["fingerprint", "record_texts", "fingerprint_from_activations", "default_texts", "tokenize_with_offsets", "record", "layer_normalized", "char_tokenizer"]

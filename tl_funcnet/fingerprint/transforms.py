@@ -14,17 +14,18 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .._rng import generator, global_rng_preserved
 from ..errors import FuncnetError, ShapeError
+from ..models.mlp import append_neurons, mlp_widths, resize_neurons, select_neurons, sync_config
 
 # parameters that read from the residual stream: their d_model axis; and ones that write to it
 _READS = {"W_Q": 1, "W_K": 1, "W_V": 1, "_W_K": 1, "_W_V": 1, "W_in": 0, "W_gate": 0, "W_U": 0}
 _WRITES = {"W_E": 1, "W_pos": 1, "W_O": 2, "b_O": 0, "W_out": 1, "b_out": 0}
 
 
-def random_orthogonal(d: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> Float[Tensor, "d d"]:
+def random_orthogonal(d: int, random_state: int = 0, dtype: torch.dtype = torch.float64) -> Float[Tensor, "d d"]:
     """A Haar-random orthogonal matrix (QR of a Gaussian with the sign fix)."""
-    g = torch.Generator().manual_seed(seed)
-    q, r = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    q, r = torch.linalg.qr(torch.randn(d, d, generator=generator(random_state), dtype=torch.float64))
     return (q * torch.sign(torch.diagonal(r))).to(dtype)
 
 
@@ -39,7 +40,7 @@ def _copy(model: Any) -> Any:
     return new
 
 
-def rotate_residual(model: Any, R: Float[Tensor, "d_model d_model"] | None = None, *, seed: int = 0) -> Any:
+def rotate_residual(model: Any, R: Float[Tensor, "d_model d_model"] | None = None, *, random_state: int = 0) -> Any:
     """Express the residual stream in another orthonormal basis: ``resid -> resid @ R``.
 
     Function-preserving when every norm before a read is rotation-invariant (``RMSPre``, or no norm);
@@ -50,7 +51,7 @@ def rotate_residual(model: Any, R: Float[Tensor, "d_model d_model"] | None = Non
         raise FuncnetError(f"rotate_residual needs normalization_type 'RMSPre' or None, got {norm!r}; load the "
                            "model with fold_ln=True on an RMS model (LayerNorm centring is not rotation-invariant)")
     d = model.cfg.d_model
-    R = random_orthogonal(d, seed) if R is None else torch.as_tensor(R)
+    R = random_orthogonal(d, random_state) if R is None else torch.as_tensor(R)
     if R.shape != (d, d):
         raise ShapeError(f"rotate_residual: R has shape {tuple(R.shape)}, expected ({d}, {d})")
     new = _copy(model)
@@ -67,39 +68,30 @@ def rotate_residual(model: Any, R: Float[Tensor, "d_model d_model"] | None = Non
     return new
 
 
-def permute_mlp(model: Any, seed: int = 0) -> Any:
+def permute_mlp(model: Any, random_state: int = 0) -> Any:
     """Permute the hidden units of every MLP (function-preserving)."""
     new = _copy(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for block in new.blocks:
-            perm = torch.randperm(block.mlp.W_in.shape[1], generator=g)
-            _select_units(block.mlp, perm)
+    g = generator(random_state)
+    for block in new.blocks:
+        select_neurons(block.mlp, torch.randperm(int(block.mlp.W_out.shape[0]), generator=g))
     return new
 
 
-def _select_units(mlp: Any, idx: Tensor) -> None:
-    for name in ("W_in", "W_gate"):
-        if hasattr(mlp, name):
-            setattr(mlp, name, torch.nn.Parameter(getattr(mlp, name).data[:, idx].clone()))
-    mlp.b_in = torch.nn.Parameter(mlp.b_in.data[idx].clone())
-    mlp.W_out = torch.nn.Parameter(mlp.W_out.data[idx].clone())
-
-
-def widen_mlp(model: Any, extra: int) -> Any:
+def widen_mlp(model: Any, extra: int, *, random_state: int = 0) -> Any:
     """Add ``extra`` MLP units per layer with random input weights and zero output weights (function-preserving)."""
     new = _copy(model)
-    g = torch.Generator().manual_seed(0)
+    g = generator(random_state)
     with torch.no_grad():
         for block in new.blocks:
             m = block.mlp
+            slices = {"b_in": m.b_in.data.new_zeros(extra),
+                      "W_out": m.W_out.data.new_zeros(extra, m.W_out.shape[1])}
             for name in ("W_in", "W_gate"):
                 if hasattr(m, name):
                     w = getattr(m, name).data
-                    add = torch.randn(w.shape[0], extra, generator=g, dtype=w.dtype) * w.std()
-                    setattr(m, name, torch.nn.Parameter(torch.cat([w, add], 1)))
-            m.b_in = torch.nn.Parameter(torch.cat([m.b_in.data, m.b_in.data.new_zeros(extra)]))
-            m.W_out = torch.nn.Parameter(torch.cat([m.W_out.data, m.W_out.data.new_zeros(extra, m.W_out.shape[1])]))
+                    slices[name] = torch.randn(w.shape[0], extra, generator=g, dtype=w.dtype) * w.std()
+            append_neurons(m, slices)
+    sync_config(new)
     return new
 
 
@@ -138,29 +130,31 @@ def drop_layer(model: Any, layer: int) -> Any:
             k = ".".join(parts)
         state[k] = v.clone()
     tok = getattr(model, "tokenizer", None)
-    new = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
-    widths = [int(model.blocks[l].mlp.W_in.shape[1]) for l in keep]
-    for block, w in zip(new.blocks, widths):
-        if w != block.mlp.W_in.shape[1]:
-            _select_units(block.mlp, torch.arange(w) % block.mlp.W_in.shape[1])
+    with global_rng_preserved():  # TransformerLens reseeds the global generators from cfg.seed
+        new = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    widths = mlp_widths(model) or []
+    for block, l in zip(new.blocks, keep):
+        if widths and widths[l] != block.mlp.W_out.shape[0]:
+            resize_neurons(block.mlp, widths[l])
     new.load_state_dict(state)
+    sync_config(new)
     new.cfg.tokenizer_name = model.cfg.tokenizer_name
     new.tokenizer = tok
     return new.eval()
 
 
-__all__ = ["random_init", "random_orthogonal", "rotate_residual", "permute_mlp", "widen_mlp", "quantize_int8",
-           "drop_layer"]
-
-
-def random_init(model: Any, seed: int = 0) -> Any:
-    """An independent model: the same architecture and tokenizer as ``model``, freshly initialised."""
-    import copy
-
+def random_init(model: Any, random_state: int = 0) -> Any:
+    """An independent model: the same architecture and tokenizer as ``model``, freshly initialised from
+    ``random_state`` (the global random generators are left as they were)."""
     from transformer_lens import HookedTransformer
 
     cfg = copy.deepcopy(model.cfg)
-    cfg.seed, cfg.init_weights, cfg.tokenizer_name = seed, True, None
-    new = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
+    cfg.seed, cfg.init_weights, cfg.tokenizer_name = int(random_state), True, None
+    with global_rng_preserved():  # TransformerLens seeds torch, numpy and random globally from cfg.seed
+        new = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
     new.tokenizer = model.tokenizer
     return new.eval()
+
+
+__all__ = ["random_init", "random_orthogonal", "rotate_residual", "permute_mlp", "widen_mlp", "quantize_int8",
+           "drop_layer"]

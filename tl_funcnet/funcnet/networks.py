@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,14 +19,20 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from .._io import atomic_dir
+from .._io import Kind, atomic_dir, field, read_json, tensor_digest
+from .._rng import generator
 from ..activations import Activations
 from ..errors import FormatError, FuncnetError, NotFittedError
 from ..hooks import Intervention, ablate, add, keep_only, scale
 from ..hooks.sites import site_layer
+from ..hooks.values import finite_number, index_list, positive_int
 
-_FORMAT, _VERSION = "tl_funcnet.functional_networks", 1
+_FORMAT, _VERSION = "tl_funcnet.functional_networks", 2
+KIND = Kind("functional networks", "networks.json", _FORMAT, ("networks.json", "networks.safetensors", "*.png"))
 SCOPES = ("joint", "per_layer", "window")
+MODES = ("mask", "preserve", "amplify")
+CONTROLS = ("per_layer", "global", "top_variance")
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -48,16 +53,17 @@ class FunctionalNetworks:
         scope: ``"joint"`` (one ICA over all sites), ``"per_layer"`` (one per site) or ``"window"``
             (sliding windows of ``window`` consecutive sites).
         standardize: z-score each unit over tokens before ICA (as the pruning paper's CanICA does).
-        fun, max_iter, tol, random_state, dtype: passed to :class:`~tl_funcnet.funcnet.ica.FastICA`.
+        fun, max_iter, tol, random_state, dtype: passed to :class:`~tl_funcnet.funcnet.ica.FastICA`
+            (``dtype`` "float32" or "float64").
 
     Fitted attributes: ``sites_``, ``widths_``, ``maps_`` (n_networks_total × n_units, z-scored),
     ``masks_`` (bool, same shape), ``sources_`` (n_samples × n_networks_total, training time courses),
-    ``unit_mean_``, ``unit_std_``, ``blocks_``, ``converged_``.
+    ``unit_mean_``, ``unit_std_``, ``blocks_``, ``converged_`` (False if an ICA stopped at max_iter).
     """
 
     def __init__(self, n_networks: int = 10, *, threshold: float = 3.6, sides: str = "one", scope: str = "joint",
                  window: int = 3, standardize: bool = False, fun: str = "logcosh", max_iter: int = 200,
-                 tol: float = 1e-4, random_state: int | None = 666, dtype: torch.dtype = torch.float32):
+                 tol: float = 1e-4, random_state: int | None = 0, dtype: str = "float32"):
         self.n_networks = n_networks
         self.threshold = threshold
         self.sides = sides
@@ -72,17 +78,26 @@ class FunctionalNetworks:
 
     # ------------------------------------------------------------------ fitting
 
-    def _validate(self, acts: Activations, sites: Sequence[str]) -> None:
+    def _check_params(self, n_sites: int) -> None:
         if self.sides not in ("one", "two"):
             raise FuncnetError(f"sides should be 'one' or 'two', got {self.sides!r}")
         if self.scope not in SCOPES:
             raise FuncnetError(f"scope should be one of {SCOPES}, got {self.scope!r}")
-        if not (isinstance(self.threshold, (int, float)) and self.threshold > 0):
+        if finite_number(self.threshold, "threshold") <= 0:
             raise FuncnetError(f"threshold should be a positive z-score such as 3.6, got {self.threshold!r}")
-        if not isinstance(self.n_networks, int) or self.n_networks < 1:
-            raise FuncnetError(f"n_networks should be a positive int, got {self.n_networks!r}")
-        if self.scope == "window" and not (1 <= self.window <= len(sites)):
-            raise FuncnetError(f"window should be between 1 and the number of sites ({len(sites)}), got {self.window}")
+        positive_int(self.n_networks, "n_networks")
+        if not isinstance(self.standardize, bool):
+            raise FuncnetError(f"standardize should be True or False, got {self.standardize!r}")
+        if str(self.dtype).removeprefix("torch.") not in _DTYPES:
+            raise FuncnetError(f"dtype should be 'float32' or 'float64', got {self.dtype!r}")
+        if self.scope == "window" and not (isinstance(self.window, int) and 1 <= self.window <= n_sites):
+            raise FuncnetError(f"window should be between 1 and the number of sites ({n_sites}), got {self.window}")
+
+    def _validate(self, acts: Activations, sites: Sequence[str]) -> None:
+        if not isinstance(acts, Activations):
+            raise FuncnetError(f"fit() takes Activations (from tl_funcnet.activations.collect), got "
+                               f"{type(acts).__name__}")
+        self._check_params(len(sites))
         missing = [s for s in sites if s not in acts.sites]
         if missing:
             raise FuncnetError(f"sites {missing} were not collected; collected: {list(acts.sites)}")
@@ -93,9 +108,10 @@ class FunctionalNetworks:
         """Run ICA over ``acts`` (tokens of all texts concatenated: group ICA) and threshold the maps."""
         from .ica import FastICA
 
-        sites = tuple(acts.sites if sites is None else sites)
+        sites = tuple(getattr(acts, "sites", ()) if sites is None else sites)
         self._validate(acts, sites)
-        X = acts.matrix(sites, dtype=self.dtype)
+        dtype = _DTYPES[str(self.dtype).removeprefix("torch.")]
+        X = acts.matrix(sites, dtype=dtype)
         if not bool(torch.isfinite(X).all()):
             bad = int((~torch.isfinite(X)).sum())
             raise FuncnetError(f"the activations contain {bad} NaN or infinite values; check the model and "
@@ -121,13 +137,11 @@ class FunctionalNetworks:
                 raise FuncnetError(f"every unit of {sites[g[0]]!r}..{sites[g[-1]]!r} is constant over the tokens; "
                                    f"there is no activity to decompose")
             ica = FastICA(self.n_networks, fun=self.fun, max_iter=self.max_iter, tol=self.tol,
-                          random_state=self.random_state, dtype=self.dtype)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                S = ica.fit_transform(Xg)
-            conv = conv and not any("converge" in str(w.message) for w in caught)
+                          random_state=self.random_state, dtype=str(dtype).removeprefix("torch."))
+            S = ica._fit(Xg, warn=False)  # Xg is a tensor, so S is one
+            conv = conv and ica.converged_
             full = torch.zeros(self.n_networks, X.shape[1], dtype=torch.float32)
-            full[:, cols] = ica.mixing_.T.float()
+            full[:, cols] = torch.from_numpy(ica.mixing_).T.float()
             # z-score within the fitted block only (units outside it are not part of this map)
             blk = full[:, cols]
             z = (blk - blk.mean(1, keepdim=True)) / blk.std(1, correction=0, keepdim=True).clamp_min(1e-12)
@@ -157,10 +171,12 @@ class FunctionalNetworks:
 
     def with_threshold(self, threshold: float, sides: str | None = None) -> "FunctionalNetworks":
         """A copy re-thresholded without refitting."""
+        self._check()
         other = object.__new__(FunctionalNetworks)
         other.__dict__.update(self.__dict__)
         other.threshold = threshold
         other.sides = sides or self.sides
+        other._check_params(len(self.sites_))
         other.masks_ = other._threshold(self.maps_)
         return other
 
@@ -176,10 +192,11 @@ class FunctionalNetworks:
         self._check()
         return int(self.maps_.shape[0])
 
-    def _ids(self, ids: Sequence[int] | None) -> list[int]:
+    def network_ids(self, ids: Sequence[int] | None = None) -> list[int]:
+        """``ids`` checked against the fitted networks (``None``: all of them)."""
         n = self.n_networks_total
-        ids = list(range(n)) if ids is None else [int(i) for i in ids]
-        bad = [i for i in ids if not 0 <= i < n]
+        ids = list(range(n)) if ids is None else list(index_list(ids, "network ids"))
+        bad = [i for i in ids if i >= n]
         if bad:
             raise FuncnetError(f"network ids {bad} are out of range; there are {n} networks (0..{n - 1})")
         return ids
@@ -187,7 +204,7 @@ class FunctionalNetworks:
     def union(self, ids: Sequence[int] | None = None) -> Bool[Tensor, "n_units"]:
         """Key units: the union of the selected networks (all by default)."""
         self._check()
-        return self.masks_[self._ids(ids)].any(0)
+        return self.masks_[self.network_ids(ids)].any(0)
 
     def site_units(self, mask: Bool[Tensor, "n_units"]) -> dict[str, Tensor]:
         """Split a mask over the concatenated units into unit indices per site."""
@@ -200,22 +217,23 @@ class FunctionalNetworks:
 
     def networks(self, ids: Sequence[int] | None = None) -> list[dict[str, list[int]]]:
         """Each selected network as ``{site: [unit, ...]}`` (sites with no units omitted)."""
-        return [{s: u.tolist() for s, u in self.site_units(self.masks_[i]).items() if len(u)} for i in self._ids(ids)]
+        return [{s: u.tolist() for s, u in self.site_units(self.masks_[i]).items() if len(u)}
+                for i in self.network_ids(ids)]
 
-    def per_layer_counts(self, ids: Sequence[int] | None = None) -> dict[str, int]:
+    def per_site_counts(self, ids: Sequence[int] | None = None) -> dict[str, int]:
         """Number of key units per site in the union of the selected networks."""
         return {s: int(len(u)) for s, u in self.site_units(self.union(ids)).items()}
 
     def summary(self, ids: Sequence[int] | None = None) -> dict[str, Any]:
         u = self.union(ids)
-        return {"n_networks": len(self._ids(ids)), "n_units": int(u.sum()), "total_units": int(u.numel()),
-                "fraction": float(u.float().mean()), "per_site": self.per_layer_counts(ids),
-                "network_sizes": self.masks_[self._ids(ids)].sum(1).tolist(), "converged": self.converged_}
+        return {"n_networks": len(self.network_ids(ids)), "n_units": int(u.sum()), "total_units": int(u.numel()),
+                "fraction": float(u.float().mean()), "per_site": self.per_site_counts(ids),
+                "network_sizes": self.masks_[self.network_ids(ids)].sum(1).tolist(), "converged": self.converged_}
 
     def time_courses(self, acts: Activations | None = None, *, kind: str = "sources",
                      ids: Sequence[int] | None = None) -> Float[Tensor, "n_samples n_networks"]:
         """Network activity per token: ICA sources (training data) or the mean activation of each network's units."""
-        ids = self._ids(ids)
+        ids = self.network_ids(ids)
         if kind == "sources":
             if acts is not None:
                 raise FuncnetError("kind='sources' gives the training time courses; use kind='mean' for new activations")
@@ -236,24 +254,27 @@ class FunctionalNetworks:
 
     # ------------------------------------------------------------------ interventions
 
-    def intervention(self, mode: str = "mask", ids: Sequence[int] | None = None, *, value: float = 1.0,
-                     gain: float | None = None, ablation: str = "zero",
-                     mask: Bool[Tensor, "n_units"] | None = None) -> Intervention:
+    def to_intervention(self, mode: str = "mask", ids: Sequence[int] | None = None, *, control: str | None = None,
+                        random_state: int | None = 0, value: float = 1.0, gain: float | None = None,
+                        ablation: str = "zero") -> Intervention:
         """Mask the selected networks' units, preserve only them, or amplify them.
 
         ``mode="amplify"`` adds ``value`` to each unit (the papers' additive form) or, with ``gain``, multiplies
         by it. ``ablation="mean"`` replaces ablated units by their mean over the fitting tokens instead of 0.
-        ``mask`` overrides the unit set (used for controls of the same size).
+        ``control`` applies the same edit to a control set of the same size instead (see :meth:`control_mask`).
         """
         self._check()
-        if mode not in ("mask", "preserve", "amplify"):
-            raise FuncnetError(f"mode should be 'mask', 'preserve' or 'amplify', got {mode!r}")
+        if mode not in MODES:
+            raise FuncnetError(f"mode should be one of {MODES}, got {mode!r}")
         if ablation not in ("zero", "mean"):
             raise FuncnetError(f"ablation should be 'zero' or 'mean', got {ablation!r}")
-        units = self.site_units(self.union(ids) if mask is None else mask)
+        value = finite_number(value, "value")
+        if gain is not None:
+            gain = finite_number(gain, "gain")
+        mask = self.union(ids) if control is None else self.control_mask(control, ids, random_state=random_state)
         means = self._site_means()
         iv = Intervention()
-        for site, idx in units.items():
+        for site, idx in self.site_units(mask).items():
             kw = {"mode": "mean", "values": means[site]} if ablation == "mean" else {}
             if mode == "mask":
                 if len(idx):
@@ -261,8 +282,8 @@ class FunctionalNetworks:
             elif mode == "preserve":
                 iv = iv + keep_only(site, units=idx.tolist(), **kw)
             elif len(idx):
-                iv = iv + (scale(site, float(gain), units=idx.tolist()) if gain is not None
-                           else add(site, float(value), units=idx.tolist()))
+                iv = iv + (scale(site, gain, units=idx.tolist()) if gain is not None
+                           else add(site, value, units=idx.tolist()))
         return iv
 
     def _site_means(self) -> dict[str, Tensor]:
@@ -272,25 +293,25 @@ class FunctionalNetworks:
             start += w
         return out
 
-    def control_mask(self, kind: str = "per_layer", ids: Sequence[int] | None = None, *,
-                     seed: int = 0) -> Bool[Tensor, "n_units"]:
+    def control_mask(self, control: str = "per_layer", ids: Sequence[int] | None = None, *,
+                     random_state: int | None = 0) -> Bool[Tensor, "n_units"]:
         """A unit set of the same size as the selected networks' union, for controls.
 
         ``"per_layer"``: the same number of random units in each site; ``"global"``: the same total spread
         uniformly over all units; ``"top_variance"``: the same number per site, the highest-variance units.
         """
+        if control not in CONTROLS:
+            raise FuncnetError(f"control should be one of {CONTROLS}, got {control!r}")
         target = self.union(ids)
-        g = torch.Generator().manual_seed(seed)
+        g = generator(random_state)
         out = torch.zeros_like(target)
-        if kind == "global":
+        if control == "global":
             out[torch.randperm(target.numel(), generator=g)[: int(target.sum())]] = True
             return out
-        if kind not in ("per_layer", "top_variance"):
-            raise FuncnetError(f"control kind should be 'per_layer', 'global' or 'top_variance', got {kind!r}")
         start = 0
         for w in self.widths_:
             n = int(target[start:start + w].sum())
-            if kind == "per_layer":
+            if control == "per_layer":
                 pick = torch.randperm(w, generator=g)[:n]
             else:
                 pick = torch.argsort(self.unit_std_[start:start + w], descending=True)[:n]
@@ -298,62 +319,79 @@ class FunctionalNetworks:
             start += w
         return out
 
-    def control(self, mode: str = "mask", kind: str = "per_layer", ids: Sequence[int] | None = None, *,
-                seed: int = 0, **kwargs: Any) -> Intervention:
-        """The same intervention as :meth:`intervention` on a control unit set of the same size."""
-        return self.intervention(mode, ids, mask=self.control_mask(kind, ids, seed=seed), **kwargs)
-
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``networks.json`` + ``networks.safetensors`` into directory ``path`` atomically."""
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write ``networks.json`` + ``networks.safetensors`` into the folder ``path`` atomically (with a
+        checksum of the tensors); networks saved there before are replaced only with ``overwrite=True``."""
         from safetensors.torch import save_file
 
         self._check()
-        meta = {"format": _FORMAT, "version": _VERSION, "params": self._params(), "sites": list(self.sites_),
-                "widths": list(self.widths_), "converged": self.converged_,
-                "blocks": [{"sites": list(b.sites), "networks": list(b.networks)} for b in self.blocks_]}
         tensors = {"maps": self.maps_.contiguous(), "sources": self.sources_.contiguous(),
                    "unit_mean": self.unit_mean_.float().contiguous(), "unit_std": self.unit_std_.float().contiguous()}
-        target = Path(path)
-        with atomic_dir(target) as tmp:
-            (tmp / "networks.json").write_text(json.dumps(meta, indent=2))
+        meta = {"format": _FORMAT, "version": _VERSION, "params": self._params(), "sites": list(self.sites_),
+                "widths": list(self.widths_), "converged": self.converged_,
+                "blocks": [{"sites": list(b.sites), "networks": list(b.networks)} for b in self.blocks_],
+                "tensors_sha256": tensor_digest(tensors)}
+        text = json.dumps(meta, indent=2)
+        with atomic_dir(path, KIND, overwrite=overwrite) as tmp:
+            (tmp / "networks.json").write_text(text)
             save_file(tensors, str(tmp / "networks.safetensors"))
-        return target
+        return Path(path)
 
     def _params(self) -> dict[str, Any]:
         p = {k: getattr(self, k) for k in ("n_networks", "threshold", "sides", "scope", "window", "standardize",
                                             "fun", "max_iter", "tol", "random_state")}
-        p["dtype"] = str(self.dtype).replace("torch.", "")
+        p["dtype"] = str(self.dtype).removeprefix("torch.")
         return p
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "FunctionalNetworks":
+        """Read networks written by :meth:`save`; every field and the checksum are verified."""
         from safetensors.torch import load_file
 
         root = Path(path)
         meta_f, blob = root / "networks.json", root / "networks.safetensors"
-        if not meta_f.is_file() or not blob.is_file():
-            raise FormatError(f"{root} is not a saved FunctionalNetworks directory (expected networks.json and "
-                              f"networks.safetensors)")
-        try:
-            meta = json.loads(meta_f.read_text())
-            tensors = load_file(str(blob))
-        except Exception as err:
-            raise FormatError(f"{root} could not be read ({err}); the files are corrupt") from None
+        what = "a folder written by FunctionalNetworks.save"
+        if not root.is_dir():
+            raise FormatError(f"{root} is {'missing' if not root.exists() else 'not a folder'}; expected {what}")
+        meta = read_json(meta_f, what)
         if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise FormatError(f"{root} holds format {meta.get('format')!r} version {meta.get('version')!r}; "
-                              f"expected {_FORMAT!r} version {_VERSION}")
-        p = dict(meta["params"])
-        p["dtype"] = getattr(torch, p.pop("dtype"))
-        fn = cls(**p)
-        fn.sites_, fn.widths_ = tuple(meta["sites"]), tuple(meta["widths"])
-        fn.converged_ = meta["converged"]
-        fn.blocks_ = tuple(Block(tuple(b["sites"]), tuple(b["networks"])) for b in meta["blocks"])
+            raise FormatError(f"{meta_f} holds format {meta.get('format')!r} version {meta.get('version')!r}; "
+                              f"expected {_FORMAT!r} version {_VERSION} (save the networks again with this version)")
+        where = str(meta_f)
+        params, sites = dict(field(meta, "params", dict, where)), field(meta, "sites", list, where)
+        widths, blocks = field(meta, "widths", list, where), field(meta, "blocks", list, where)
+        converged = field(meta, "converged", bool, where)
+        if not all(isinstance(s, str) for s in sites) or len(widths) != len(sites) or not all(
+                isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
+            raise FormatError(f"{where}: 'sites' and 'widths' should be equally long lists of names and positive ints")
+        try:
+            tensors = load_file(str(blob))
+        except Exception as err:  # safetensors raises its own error types; a missing file is OSError
+            raise FormatError(f"{blob} could not be read ({err}); the file is corrupt or missing") from None
+        if meta.get("tensors_sha256") != tensor_digest(tensors):
+            raise FormatError(f"{blob} does not match the checksum in {meta_f}: the file was changed or is corrupt; "
+                              f"fit and save the networks again")
+        try:
+            fn = cls(**params)
+            fn._check_params(len(sites))
+        except (TypeError, FuncnetError) as err:
+            raise FormatError(f"{where}: 'params' are invalid ({err})") from None
+        fn.sites_, fn.widths_, fn.converged_ = tuple(sites), tuple(widths), converged
+        try:
+            fn.blocks_ = tuple(Block(tuple(b["sites"]), (int(b["networks"][0]), int(b["networks"][1])))
+                               for b in blocks)
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise FormatError(f"{where}: 'blocks' should be a list of {{'sites': [...], 'networks': [start, stop]}}") \
+                from None
+        missing = sorted({"maps", "sources", "unit_mean", "unit_std"} - set(tensors))
+        if missing:
+            raise FormatError(f"{blob} lacks the tensors {missing}; the file is corrupt")
         fn.maps_, fn.sources_ = tensors["maps"], tensors["sources"]
         fn.unit_mean_, fn.unit_std_ = tensors["unit_mean"], tensors["unit_std"]
-        if fn.maps_.shape[1] != sum(fn.widths_):
-            raise FormatError(f"{blob}: maps have {fn.maps_.shape[1]} units, the sites add up to {sum(fn.widths_)}")
+        if fn.maps_.ndim != 2 or fn.maps_.shape[1] != sum(fn.widths_):
+            raise FormatError(f"{blob}: maps have shape {tuple(fn.maps_.shape)}, the sites add up to {sum(fn.widths_)} units")
         fn.masks_ = fn._threshold(fn.maps_)
         return fn
 
@@ -362,4 +400,4 @@ class FunctionalNetworks:
         return [site_layer(s) for s in self.sites_]
 
 
-__all__ = ["FunctionalNetworks", "Block", "SCOPES"]
+__all__ = ["FunctionalNetworks", "Block", "SCOPES", "MODES", "CONTROLS", "KIND"]

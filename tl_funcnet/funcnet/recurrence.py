@@ -56,24 +56,31 @@ class RecurrenceReport:
 
 
 def recurrence(acts: Activations, n_splits: int = 2, *, similarity: str = "correlation",
-               min_similarity: float | None = None, seed: int = 0, **network_kwargs: Any) -> RecurrenceReport:
+               min_similarity: float | None = None, random_state: int | None = 0,
+               networks: FunctionalNetworks | None = None) -> RecurrenceReport:
     """Fit networks on ``n_splits`` disjoint sets of sequences and match each to the networks of the first.
 
     Matching is a Hungarian assignment on ``similarity`` (``"correlation"`` of z-maps, or ``"iou"`` of the
     thresholded unit sets). A network recurs in a split when its matched similarity reaches
-    ``min_similarity`` (default 0.5 for correlation, 0.2 for IoU).
+    ``min_similarity`` (default 0.5 for correlation, 0.2 for IoU). ``networks`` (unfitted) gives the settings
+    of every fit (default ``FunctionalNetworks()``); ``random_state`` shuffles the sequences into splits.
     """
     from scipy.optimize import linear_sum_assignment
 
     if similarity not in ("correlation", "iou"):
         raise FuncnetError(f"similarity should be 'correlation' or 'iou', got {similarity!r}")
-    if n_splits < 2 or acts.n_sequences < n_splits:
+    template = networks if networks is not None else FunctionalNetworks()
+    if not isinstance(template, FunctionalNetworks):
+        raise FuncnetError(f"networks should be a FunctionalNetworks (its settings are reused), got "
+                           f"{type(template).__name__}")
+    if isinstance(n_splits, bool) or not isinstance(n_splits, int) or n_splits < 2 or acts.n_sequences < n_splits:
         raise FuncnetError(f"need n_splits >= 2 and at least one sequence per split; got n_splits={n_splits} "
                            f"for {acts.n_sequences} sequences")
     thr = min_similarity if min_similarity is not None else (0.5 if similarity == "correlation" else 0.2)
-    order = np.random.default_rng(seed).permutation(acts.n_sequences)
+    order = np.random.default_rng(random_state).permutation(acts.n_sequences)
     parts = [sorted(p.tolist()) for p in np.array_split(order, n_splits)]
-    fits = [FunctionalNetworks(**network_kwargs).fit(subset(acts, p)) for p in parts]
+    settings = template._params()
+    fits = [FunctionalNetworks(**settings).fit(subset(acts, p)) for p in parts]
     ref = fits[0]
     best = np.zeros((n_splits - 1, ref.n_networks_total))
     for j, other in enumerate(fits[1:]):

@@ -1,22 +1,31 @@
 """Builders: small functions named for their effect that return one-hook :class:`Intervention` values.
 
 Builders never touch a model; only :meth:`Intervention.applied` and TransformerLens's ``run_with_hooks``
-do. Sites are TransformerLens hook names, verbatim.
+do. Sites are TransformerLens hook names, verbatim. Parameters are checked here (finite real numbers,
+integer indices, valid positions); their fit to a model's widths is checked when the intervention is applied.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, MutableMapping, Sequence
 
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
+from ..errors import FuncnetError
 from .intervention import Hook, Intervention
-from .ops import PosSpec, UnitSpec
+from .select import PosSpec, UnitSpec
 
 
 def _one(site: str, op: str, **params: Any) -> Intervention:
     return Intervention((Hook(site, op, {k: v for k, v in params.items() if v is not None}),))
+
+
+def _names(sites: str | Sequence[str]) -> list[str]:
+    names = [sites] if isinstance(sites, str) else list(sites) if isinstance(sites, (list, tuple)) else None
+    if not names:
+        raise FuncnetError(f"sites should be a hook name or a non-empty list of hook names, got {sites!r:.60}")
+    return names
 
 
 def steer(site: str, vector: Float[Tensor, "*trailing"], *, scale: float = 1.0, pos: PosSpec = None) -> Intervention:
@@ -25,7 +34,7 @@ def steer(site: str, vector: Float[Tensor, "*trailing"], *, scale: float = 1.0, 
 
 
 def add(site: str, value: float | Tensor, *, units: UnitSpec = None, pos: PosSpec = None) -> Intervention:
-    """Add a constant (or per-unit tensor) to the selected units."""
+    """Add a number (or a per-unit tensor) to the selected units."""
     return _one(site, "add", vector=value, units=units, pos=pos)
 
 
@@ -38,7 +47,7 @@ def ablate(site: str, units: UnitSpec = None, *, mode: str = "zero", values: Ten
            pos: PosSpec = None) -> Intervention:
     """Zero-, mean- (``values`` = the mean activation) or constant-ablate the selected units or heads.
 
-    ``units`` index neurons on ``(batch, pos, d)`` sites and heads on per-head sites like ``attn.hook_z``.
+    ``units`` index neurons on ``(batch, pos, d)`` sites and heads on per-head sites like ``attn.hook_z``;
     ``units=None`` ablates the whole activation.
     """
     return _one(site, "ablate", units=units, mode=mode, values=values, pos=pos)
@@ -50,19 +59,19 @@ def keep_only(site: str, units: UnitSpec, *, mode: str = "zero", values: Tensor 
     return _one(site, "keep_only", units=units, mode=mode, values=values, pos=pos)
 
 
-def patch(site: str, activation: Float[Tensor, "*batch pos ..."], *, units: UnitSpec = None,
-          pos: PosSpec = None) -> Intervention:
-    """Replace the activation (optionally only some units / positions) with a stored one."""
-    return _one(site, "replace", activation=activation, units=units, pos=pos)
+def patch(site: str, activation: Float[Tensor, "*batch pos ..."], *, units: UnitSpec = None, pos: PosSpec = None,
+          where: Bool[Tensor, "batch pos n_units"] | None = None) -> Intervention:
+    """Replace the activation (optionally some units, positions or cells) with a stored one."""
+    return _one(site, "replace", activation=activation, units=units, pos=pos, where=where)
 
 
 def project_out(site: str, directions: Float[Tensor, "*k d"], *, pos: PosSpec = None) -> Intervention:
-    """Remove the activation's component in the span of ``directions``."""
+    """Remove the activation's component in the span of ``directions`` (linearly independent)."""
     return _one(site, "project_out", directions=directions, pos=pos)
 
 
 def project_onto(site: str, directions: Float[Tensor, "*k d"], *, pos: PosSpec = None) -> Intervention:
-    """Keep only the activation's component in the span of ``directions``."""
+    """Keep only the activation's component in the span of ``directions`` (linearly independent)."""
     return _one(site, "project_onto", directions=directions, pos=pos)
 
 
@@ -72,22 +81,30 @@ def clamp(site: str, *, min: float | Tensor | None = None, max: float | Tensor |
     return _one(site, "clamp", min=min, max=max, units=units, pos=pos)
 
 
+def detach(sites: str | Sequence[str]) -> Intervention:
+    """Stop the gradient at each site (forward values unchanged): the building block of LRP-style rules."""
+    return Intervention(tuple(Hook(s, "detach") for s in _names(sites)))
+
+
 def capture(sites: str | Sequence[str], store: MutableMapping[str, Any], *, append: bool = False,
             detach: bool = True) -> Intervention:
     """Copy activations at ``sites`` into ``store`` (a dict the caller owns), keyed by site.
 
     ``append=True`` keeps a list per site across forward passes. Capture only reads, so it joins any
-    intervention with ``|``. It holds a Python object and so cannot be saved.
+    intervention with ``|``. It holds the caller's dict and so cannot be saved.
     """
-    names = [sites] if isinstance(sites, str) else list(sites)
     return Intervention(tuple(Hook(s, "capture", {"store": store, "key": s, "append": append, "detach": detach})
-                              for s in names))
+                              for s in _names(sites)))
 
 
 def capture_grad(sites: str | Sequence[str], store: MutableMapping[str, Any]) -> Intervention:
     """Copy the gradient reaching each site during ``backward()`` into ``store`` (a backward hook)."""
-    names = [sites] if isinstance(sites, str) else list(sites)
-    return Intervention(tuple(Hook(s, "capture_grad", {"store": store, "key": s}) for s in names))
+    return Intervention(tuple(Hook(s, "capture_grad", {"store": store, "key": s}) for s in _names(sites)))
+
+
+def record(sites: str | Sequence[str], sink: Callable[[str, Tensor], None]) -> Intervention:
+    """Call ``sink(site, activation)`` at each site on every forward (for streaming consumers; not saveable)."""
+    return Intervention(tuple(Hook(s, "record", {"sink": sink, "key": s}) for s in _names(sites)))
 
 
 def custom(site: str, fn: Callable[..., Any]) -> Intervention:
@@ -96,4 +113,4 @@ def custom(site: str, fn: Callable[..., Any]) -> Intervention:
 
 
 __all__ = ["steer", "add", "scale", "ablate", "keep_only", "patch", "project_out", "project_onto", "clamp",
-           "capture", "capture_grad", "custom"]
+           "detach", "capture", "capture_grad", "record", "custom"]

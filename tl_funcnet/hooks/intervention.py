@@ -12,30 +12,73 @@ TransformerLens as a plain ``(name, fn)`` list.
 
 from __future__ import annotations
 
-import json
+import inspect
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Iterator, Mapping
 
-import torch
+import numpy as np
 from torch import Tensor
 
-from .._io import atomic_dir
-from ..errors import FormatError, FuncnetError, NotSerializableError, SiteConflictError
-from .registry import HookFn, get_op
+from ..errors import FuncnetError, SiteConflictError
+from .registry import HookFn, OpSpec, get_op
 from .sites import check_sites, require_hooked
 
-SCHEMA_VERSION = 1
-_FORMAT = "tl_funcnet.intervention"
+
+def _freeze(value: Any) -> Any:
+    """A read-only deep copy: tensors cloned (detached), mappings behind a proxy, sequences as tuples."""
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    if isinstance(value, np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.array(value))
+    if isinstance(value, Mapping):
+        return MappingProxyType({str(k): _freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    """Plain dicts and lists again (for pickling and for rebuilding a Hook)."""
+    if isinstance(value, Mapping):
+        return {k: _thaw(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+def _check_params(spec: OpSpec, site: str, params: Any) -> dict[str, Any]:
+    if not isinstance(params, Mapping):
+        raise FuncnetError(f"{spec.name}() at {site!r}: params should be a mapping, got {type(params).__name__}")
+    sig = inspect.signature(spec.factory).parameters
+    accepted = spec.parameters
+    unknown = sorted(set(params) - set(accepted))
+    if unknown:
+        raise FuncnetError(f"{spec.name}() at {site!r} got unknown parameter(s) {unknown}; it takes {list(accepted)}")
+    missing = [n for n in accepted if n not in params and sig[n].default is inspect.Parameter.empty]
+    if missing:
+        raise FuncnetError(f"{spec.name}() at {site!r} needs the parameter(s) {missing}")
+    p = dict(params)
+    if spec.prepare is not None:
+        try:
+            p = spec.prepare(p)
+        except FuncnetError as err:
+            raise type(err)(f"{spec.name}() at {site!r}: {err}") from None
+    return p
 
 
 @dataclass(frozen=True, eq=False)
 class Hook:
     """One hook spec: TransformerLens hook name, registered op name, and the op's parameters.
 
-    ``eq=False`` because params may hold tensors; compare interventions with :meth:`Intervention.allclose`.
+    Parameters are checked when the Hook is made and kept read-only: tensors are private copies, mappings
+    read-only, lists tuples (a caller's dict or callback named in the op's ``refs`` is kept by reference).
+    ``eq=False`` because params hold tensors: compare interventions with :meth:`Intervention.allclose`.
     """
 
     site: str
@@ -45,31 +88,41 @@ class Hook:
     def __post_init__(self) -> None:
         if not isinstance(self.site, str) or not self.site:
             raise FuncnetError(f"a hook site should be a non-empty TransformerLens hook name, got {self.site!r}")
-        get_op(self.op)  # unknown op names fail at construction, not at attach time
-        object.__setattr__(self, "params", dict(self.params))
+        spec = get_op(self.op)  # unknown op names fail here, not at attach time
+        p = _check_params(spec, self.site, self.params)
+        frozen = {k: (v if k in spec.refs else _freeze(v)) for k, v in p.items()}
+        object.__setattr__(self, "params", MappingProxyType(frozen))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Hook, (self.site, self.op, {k: _thaw(v) for k, v in self.params.items()}))
 
     @classmethod
     def custom(cls, site: str, fn: HookFn, *, direction: str = "fwd") -> "Hook":
         """Wrap an arbitrary hook function ``fn(activation, hook)``; it works but cannot be saved."""
-        if not callable(fn):
-            raise FuncnetError(f"Hook.custom needs a callable fn(activation, hook), got {type(fn).__name__}")
         return cls(site, "custom" if direction == "fwd" else "custom_bwd", {"fn": fn})
 
     @property
+    def spec(self) -> OpSpec:
+        return get_op(self.op)
+
+    @property
     def direction(self) -> str:
-        return get_op(self.op).direction
+        return self.spec.direction
 
     @property
     def writes(self) -> bool:
-        return get_op(self.op).writes
+        return self.spec.writes
 
-    def build(self) -> HookFn:
+    def build(self, scratch: dict[str, Any] | None = None) -> HookFn:
         """The hook function for this spec, freshly built from the registry."""
-        return get_op(self.op).factory(**self.params)
+        spec = self.spec
+        if spec.uses_scratch:
+            return spec.factory(**self.params, scratch={} if scratch is None else scratch)
+        return spec.factory(**self.params)
 
     def validate(self, model: Any) -> None:
         """Raise (naming site and op) if the params do not fit the model at this site."""
-        spec = get_op(self.op)
+        spec = self.spec
         if spec.validate is None:
             return
         try:
@@ -90,14 +143,18 @@ class Intervention:
     __slots__ = ("_hooks",)
 
     def __init__(self, hooks: tuple[Hook, ...] | list[Hook] = ()):
-        hooks = tuple(hooks)
+        if not isinstance(hooks, (tuple, list)):
+            raise FuncnetError(f"Intervention takes a list of Hook values, got {type(hooks).__name__}")
         for h in hooks:
             if not isinstance(h, Hook):
                 raise FuncnetError(f"Intervention takes Hook values, got {type(h).__name__}")
-        object.__setattr__(self, "_hooks", hooks)
+        object.__setattr__(self, "_hooks", tuple(hooks))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Intervention is immutable; build a new one with + or |")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Intervention, (self._hooks,))
 
     @property
     def hooks(self) -> tuple[Hook, ...]:
@@ -111,6 +168,11 @@ class Intervention:
     @property
     def written_sites(self) -> frozenset[str]:
         return frozenset(h.site for h in self._hooks if h.writes)
+
+    @property
+    def serializable(self) -> bool:
+        """Whether :meth:`save` can store it (no hook holds a Python object)."""
+        return all(h.spec.serializable for h in self._hooks)
 
     def __len__(self) -> int:
         return len(self._hooks)
@@ -152,13 +214,17 @@ class Intervention:
         for h in self._hooks:
             h.validate(model)
 
+    def _build(self, direction: str) -> list[tuple[str, HookFn]]:
+        scratch: dict[str, Any] = {}  # shared by the hook functions of one application
+        return [(h.site, h.build(scratch)) for h in self._hooks if h.direction == direction]
+
     def fwd_hooks(self) -> list[tuple[str, HookFn]]:
         """Forward hooks as TransformerLens ``(name, fn)`` pairs, for ``model.run_with_hooks``."""
-        return [(h.site, h.build()) for h in self._hooks if h.direction == "fwd"]
+        return self._build("fwd")
 
     def bwd_hooks(self) -> list[tuple[str, HookFn]]:
         """Backward hooks as ``(name, fn)`` pairs (pass ``reset_hooks_end=False`` to TL to keep them)."""
-        return [(h.site, h.build()) for h in self._hooks if h.direction == "bwd"]
+        return self._build("bwd")
 
     @contextmanager
     def applied(self, model: Any) -> Iterator[Any]:
@@ -168,132 +234,58 @@ class Intervention:
         or in an enclosing ``applied`` block, stay in place, exceptions included.
         """
         self.validate(model)
-        fwd, bwd = self.fwd_hooks(), self.bwd_hooks()
-        with model.hooks(fwd_hooks=fwd, bwd_hooks=bwd):
+        with model.hooks(fwd_hooks=self.fwd_hooks(), bwd_hooks=self.bwd_hooks()):
             yield model
 
-    # ----------------------------------------------------------------- serialization
+    # ----------------------------------------------------------------- serialization (see .serialize)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict; tensors become ``{"__tensor__": key}`` references (see :meth:`tensors`)."""
-        out = []
-        for i, h in enumerate(self._hooks):
-            spec = get_op(h.op)
-            if not spec.serializable:
-                raise NotSerializableError(
-                    f"hook {i} ({h.op!r} at {h.site!r}) holds a Python object that cannot be saved; "
-                    f"register the function as an op with @tl_funcnet.hooks.register_op(...) to save it"
-                )
-            out.append({"site": h.site, "op": h.op, "params": _encode(h.params, f"hooks.{i}")})
-        return {"format": _FORMAT, "version": SCHEMA_VERSION, "hooks": out}
+        from .serialize import to_dict
+
+        return to_dict(self)
 
     def tensors(self) -> dict[str, Tensor]:
         """The tensors referenced by :meth:`to_dict`, keyed by reference."""
-        found: dict[str, Tensor] = {}
-        for i, h in enumerate(self._hooks):
-            _collect(h.params, f"hooks.{i}", found)
-        return found
+        from .serialize import tensors
+
+        return tensors(self)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], tensors: Mapping[str, Tensor] | None = None) -> "Intervention":
         """Rebuild from :meth:`to_dict` output and the tensors it references."""
-        if not isinstance(data, Mapping) or data.get("format", _FORMAT) != _FORMAT:
-            raise FormatError(f"not a tl_funcnet intervention (format {data.get('format') if isinstance(data, Mapping) else data!r})")
-        version = data.get("version")
-        if version != SCHEMA_VERSION:
-            raise FormatError(
-                f"intervention schema version {version!r} is not supported; this tl_funcnet reads version "
-                f"{SCHEMA_VERSION}. Re-save it with a matching tl_funcnet release"
-            )
-        tensors = dict(tensors or {})
-        hooks = []
-        for i, h in enumerate(data.get("hooks", [])):
-            try:
-                hooks.append(Hook(h["site"], h["op"], _decode(h.get("params", {}), tensors)))
-            except KeyError as err:
-                raise FormatError(f"hook {i} of the saved intervention lacks {err}") from None
-        return cls(tuple(hooks))
+        from .serialize import from_dict
 
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Write ``intervention.json`` and ``tensors.safetensors`` into directory ``path``, atomically."""
-        from safetensors.torch import save_file
+        return from_dict(data, tensors or {})
 
-        data = self.to_dict()  # raises before anything is written
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in self.tensors().items()}
-        target = Path(path)
-        with atomic_dir(target) as tmp:
-            (tmp / "intervention.json").write_text(json.dumps(data, indent=2) + "\n")
-            save_file(tensors, str(tmp / "tensors.safetensors"))
-        return target
+    def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Write ``intervention.json`` and ``tensors.safetensors`` into the folder ``path``, atomically.
+
+        An existing saved intervention there is replaced only with ``overwrite=True``; anything else there
+        is never touched (an :class:`~tl_funcnet.errors.OverwriteError` says so).
+        """
+        from .serialize import save
+
+        return save(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Intervention":
-        """Read an intervention saved by :meth:`save`."""
-        from safetensors.torch import load_file
+        """Read an intervention saved by :meth:`save` (its checksum is verified)."""
+        from .serialize import load
 
-        root = Path(path)
-        meta, blob = root / "intervention.json", root / "tensors.safetensors"
-        for f in (meta, blob):
-            if not f.is_file():
-                raise FormatError(f"{f} is missing; expected a directory written by Intervention.save")
-        try:
-            data = json.loads(meta.read_text())
-        except json.JSONDecodeError as err:
-            raise FormatError(f"{meta} is not valid JSON ({err}); the file is corrupt") from None
-        try:
-            tensors = load_file(str(blob))
-        except Exception as err:  # safetensors raises its own error types
-            raise FormatError(f"{blob} could not be read ({err}); the file is corrupt") from None
-        return cls.from_dict(data, tensors)
+        return load(path)
 
     def allclose(self, other: "Intervention", *, rtol: float = 1e-5, atol: float = 1e-8) -> bool:
         """Same hooks in the same order with numerically close tensors."""
+        import torch
+
         if self.to_dict() != other.to_dict():
             return False
         a, b = self.tensors(), other.tensors()
         return a.keys() == b.keys() and all(
-            a[k].shape == b[k].shape and torch.allclose(a[k].float(), b[k].float(), rtol=rtol, atol=atol)
-            for k in a
+            a[k].shape == b[k].shape and a[k].dtype == b[k].dtype
+            and torch.allclose(a[k].double(), b[k].double(), rtol=rtol, atol=atol) for k in a
         )
 
 
-def _encode(value: Any, key: str) -> Any:
-    if isinstance(value, Tensor):
-        return {"__tensor__": key}
-    if isinstance(value, Mapping):
-        return {str(k): _encode(v, f"{key}.{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_encode(v, f"{key}.{i}") for i, v in enumerate(value)]
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise NotSerializableError(
-        f"parameter {key!r} holds a {type(value).__name__}, which cannot be saved; use numbers, strings, "
-        f"lists, dicts or tensors"
-    )
-
-
-def _collect(value: Any, key: str, found: dict[str, Tensor]) -> None:
-    if isinstance(value, Tensor):
-        found[key] = value
-    elif isinstance(value, Mapping):
-        for k, v in value.items():
-            _collect(v, f"{key}.{k}", found)
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _collect(v, f"{key}.{i}", found)
-
-
-def _decode(value: Any, tensors: Mapping[str, Tensor]) -> Any:
-    if isinstance(value, Mapping):
-        if set(value) == {"__tensor__"}:
-            ref = value["__tensor__"]
-            if ref not in tensors:
-                raise FormatError(f"tensor {ref!r} is referenced but missing from the saved tensors")
-            return tensors[ref]
-        return {k: _decode(v, tensors) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode(v, tensors) for v in value]
-    return value
-
-
-__all__ = ["Hook", "Intervention", "SCHEMA_VERSION"]
+__all__ = ["Hook", "Intervention"]

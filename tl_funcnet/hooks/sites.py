@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 from ..errors import FuncnetError, UnknownSiteError
+from .values import index_list
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
@@ -67,6 +68,45 @@ def check_sites(model: Any, sites: Iterable[str]) -> None:
         )
 
 
+def resolve_sites(model: Any, sites: str | Sequence[str], layers: Sequence[int] | int | None = None) -> list[str]:
+    """Hook names from a site, a per-layer suffix or a list of them, in order and without repeats.
+
+    ``"blocks.3.mlp.hook_post"`` names one hook; a suffix such as ``"mlp.hook_post"`` (or a template with
+    ``{layer}``) names that hook in every block, or in ``layers`` only. ``layers`` applies to suffixes only.
+    """
+    require_hooked(model)
+    items = [sites] if isinstance(sites, str) else list(sites) if isinstance(sites, (list, tuple)) else None
+    if not items or not all(isinstance(s, str) and s for s in items):
+        raise FuncnetError(f"sites should be a hook name such as 'blocks.0.hook_resid_post', a per-layer suffix "
+                           f"such as 'mlp.hook_post', or a list of them; got {sites!r:.80}")
+    n_layers = int(getattr(getattr(model, "cfg", None), "n_layers", 0))
+    chosen = None
+    if layers is not None:
+        raw = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers
+        chosen = list(index_list(raw, "layers"))
+        bad = [l for l in chosen if l >= n_layers]
+        if bad:
+            raise FuncnetError(f"layers {bad} are out of range; the model has {n_layers} layers (0..{n_layers - 1})")
+    out: list[str] = []
+    for item in items:
+        if "{layer}" in item:
+            names = [item.format(layer=l) for l in (range(n_layers) if chosen is None else chosen)]
+        elif item in model.hook_dict:
+            if chosen is not None:
+                suffix = _LAYER.sub(r"\2", item)
+                raise FuncnetError(f"{item!r} names one hook, so layers= does not apply; pass the per-layer suffix "
+                                   f"{suffix!r} to choose layers")
+            names = [item]
+        elif f"blocks.0.{item}" in model.hook_dict:
+            names = [f"blocks.{l}.{item}" for l in (range(n_layers) if chosen is None else chosen)]
+        else:
+            check_sites(model, [item])  # raises with suggestions
+            names = [item]
+        check_sites(model, names)
+        out.extend(n for n in names if n not in out)
+    return out
+
+
 def site_layer(site: str) -> int | None:
     """The block index of a ``blocks.{layer}.…`` site, else ``None``."""
     m = _LAYER.match(site)
@@ -119,4 +159,4 @@ def unit_count(model: Any, site: str) -> int | None:
     return shape[0]
 
 
-__all__ = ["check_sites", "require_hooked", "site_layer", "site_shape", "unit_count"]
+__all__ = ["check_sites", "require_hooked", "resolve_sites", "site_layer", "site_shape", "unit_count"]

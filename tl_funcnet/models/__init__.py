@@ -8,8 +8,11 @@ from ._embedded import EMBEDDED as EMBEDDED
 from ._embedded import is_installed as is_installed
 from ._embedded import locate as locate
 from ._load import load as load
+from ._load import resolve as resolve
+from .mlp import NEURON_AXES as NEURON_AXES
+from .mlp import mlp_widths as mlp_widths
 from .store import is_saved_model as is_saved_model
-from .store import mlp_widths as mlp_widths
 from .store import save as save
 
-__all__ = ["EMBEDDED", "is_installed", "locate", "load", "save", "is_saved_model", "mlp_widths"]
+__all__ = ["EMBEDDED", "is_installed", "locate", "load", "resolve", "save", "is_saved_model", "mlp_widths",
+           "NEURON_AXES"]

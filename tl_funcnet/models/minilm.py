@@ -17,7 +17,6 @@ from jaxtyping import Float
 
 from ..errors import FormatError, FuncnetError
 from ._embedded import locate
-from ._hf import offline_transformers
 
 
 def bert_config(folder: Path) -> dict[str, Any]:
@@ -91,6 +90,7 @@ def load_minilm(
     """Build the ``HookedEncoder`` for all-MiniLM-L6-v2 (or another BERT folder given by ``path``)."""
     from safetensors.torch import load_file
     from transformer_lens import HookedEncoder, HookedTransformerConfig
+    from transformers import AutoTokenizer
 
     if kwargs:
         raise FuncnetError(f"load('minilm-l6') got unexpected keyword(s) {sorted(kwargs)}; "
@@ -99,7 +99,7 @@ def load_minilm(
     cfg_kwargs = bert_config(folder)
     cfg = HookedTransformerConfig(**cfg_kwargs, model_name="all-MiniLM-L6-v2", init_weights=False,
                                   device=str(device), dtype=dtype)
-    tokenizer = offline_transformers().AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     sd = bert_state_dict(load_file(str(folder / "model.safetensors")), cfg.n_layers, cfg.n_heads)
     model = HookedEncoder(cfg, tokenizer, move_to_device=False)
     missing, unexpected = model.load_state_dict(sd, strict=False)

@@ -19,7 +19,6 @@ from jaxtyping import Float
 
 from ..errors import FormatError, FuncnetError
 from ._embedded import locate
-from ._hf import offline_transformers
 
 DEFAULT_N_CTX = 2048
 """Context length given to the model (the checkpoint was trained to 8192). TransformerLens allocates
@@ -137,7 +136,7 @@ def gguf_tokenizer(path: Path) -> Any:
     with _tokenizer_lock:
         tok = _tokenizer_cache.get(path)
         if tok is None:
-            transformers = offline_transformers()
+            import transformers
             tok = transformers.AutoTokenizer.from_pretrained(
                 str(path.parent), gguf_file=path.name, local_files_only=True)
             _tokenizer_cache[path] = tok

@@ -21,16 +21,17 @@ from typing import Any
 
 import torch
 
-from .._io import atomic_dir
+from .._io import Kind, atomic_dir, field, read_json
 from ..errors import FormatError, FuncnetError
-from ._hf import offline_transformers
+from .mlp import mlp_widths, resize_neurons, sync_config
 
 FORMAT = "tl_funcnet.model"
 VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TOKENIZER_DIR = "tokenizer"
-_MLP_WIDTH_PARAMS = ("W_in", "W_gate", "b_in", "W_out")
+#: ``pruning.json``: what ``tl-funcnet prune`` writes beside the weights
+KIND = Kind("model", CONFIG_FILE, FORMAT, (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR, "pruning.json"))
 
 
 def _classes() -> dict[str, type]:
@@ -58,19 +59,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def mlp_widths(model: Any) -> list[int] | None:
-    """Per-layer MLP width (``W_in.shape[-1]``), or ``None`` for attention-only models."""
-    widths = []
-    for block in getattr(model, "blocks", []):
-        mlp = getattr(block, "mlp", None)
-        if mlp is None or not hasattr(mlp, "W_in"):
-            return None
-        widths.append(int(mlp.W_in.shape[-1]))
-    return widths
+def save(model: Any, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write ``model`` (processed weights, config, tokenizer) to the folder ``path``, atomically.
 
-
-def save(model: Any, path: str | os.PathLike[str], *, overwrite: bool = True) -> Path:
-    """Write ``model`` (processed weights, config, tokenizer) to the directory ``path``, atomically."""
+    A model saved there before is replaced only with ``overwrite=True``; any other content is never touched.
+    """
     from safetensors.torch import save_file
 
     class_name = _class_name(model)
@@ -87,7 +80,7 @@ def save(model: Any, path: str | os.PathLike[str], *, overwrite: bool = True) ->
         raise FuncnetError(f"save(): the model config holds a value JSON cannot store ({e})") from None
     # clone: parameters may share storage, which safetensors refuses
     tensors = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.named_parameters()}
-    with atomic_dir(path, overwrite=overwrite) as tmp:
+    with atomic_dir(path, KIND, overwrite=overwrite) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "tl_funcnet": FORMAT})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
@@ -96,36 +89,32 @@ def save(model: Any, path: str | os.PathLike[str], *, overwrite: bool = True) ->
 
 
 def is_saved_model(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a directory holding a ``config.json`` of this format."""
-    try:
-        header = json.loads((Path(path) / CONFIG_FILE).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(header, dict) and header.get("format") == FORMAT
+    """Whether ``path`` is a folder holding a ``config.json`` of this format."""
+    return Path(path).is_dir() and KIND.holds(Path(path))
 
 
 def _read_header(folder: Path) -> dict[str, Any]:
     file = folder / CONFIG_FILE
+    what = "a folder written by tl_funcnet.models.save"
     if not folder.is_dir():
-        raise FormatError(f"{folder} is not a directory; expected a directory written by tl_funcnet.models.save")
-    try:
-        header = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise FormatError(f"{file} is missing; {folder} was not written by tl_funcnet.models.save "
-                          "(or the save was interrupted); save the model again") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise FormatError(f"{file} is not valid JSON ({e}); the file is corrupt, save the model again") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        got = header.get("format") if isinstance(header, dict) else type(header).__name__
-        raise FormatError(f"{file} has format {got!r}; expected {FORMAT!r} (a directory written by "
-                          "tl_funcnet.models.save)")
+        raise FormatError(f"{folder} is not a folder; expected {what}")
+    header = read_json(file, what)
+    if header.get("format") != FORMAT:
+        raise FormatError(f"{file} has format {header.get('format')!r}; expected {FORMAT!r} ({what})")
     if header.get("version") != VERSION:
         raise FormatError(f"{file} has version {header.get('version')!r}; this tl_funcnet reads version "
                           f"{VERSION}; upgrade tl_funcnet or save the model again with this version")
-    if header.get("class") not in _classes():
-        raise FormatError(f"{file} names class {header.get('class')!r}; expected one of {list(_classes())}")
-    if not isinstance(header.get("config"), dict):
-        raise FormatError(f"{file} lacks a 'config' object")
+    cls = field(header, "class", str, str(file))
+    if cls not in _classes():
+        raise FormatError(f"{file} names class {cls!r}; expected one of {list(_classes())}")
+    field(header, "config", dict, str(file))
+    tok = header.get("tokenizer")
+    if tok is not None and not isinstance(tok, str):
+        raise FormatError(f"{file}: 'tokenizer' should be a folder name or null, got {tok!r:.40}")
+    widths = header.get("d_mlp_per_layer")
+    if widths is not None and (not isinstance(widths, list) or not all(
+            isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths)):
+        raise FormatError(f"{file}: 'd_mlp_per_layer' should be a list of positive integers, got {widths!r:.60}")
     return header
 
 
@@ -147,8 +136,8 @@ def _build_config(file: Path, raw: dict[str, Any], device: str, dtype: torch.dty
     kw.update(dtype=dt, device=str(device), init_weights=False, seed=None)
     try:
         cfg = HookedTransformerConfig(**kw)
-    except (TypeError, ValueError, AssertionError) as e:
-        raise FormatError(f"{file}: the config is invalid ({e})") from None
+    except (TypeError, ValueError, AssertionError, AttributeError, KeyError) as e:
+        raise FormatError(f"{file}: the config is invalid ({type(e).__name__}: {e}); save the model again") from None
     return cfg
 
 
@@ -164,19 +153,12 @@ def _read_weights(file: Path) -> dict[str, torch.Tensor]:
 
 
 def _resize_mlps(model: Any, widths: list[int], file: Path) -> None:
-    """Give block ``l``'s MLP parameters width ``widths[l]`` (TransformerLens allocates cfg.d_mlp)."""
+    """Give block ``l``'s MLP width ``widths[l]`` (TransformerLens allocates cfg.d_mlp for every layer)."""
     if len(widths) != len(model.blocks):
         raise FormatError(f"{file}: d_mlp_per_layer has {len(widths)} entries for {len(model.blocks)} layers")
     for block, width in zip(model.blocks, widths):
-        if not isinstance(width, int) or width < 1:
-            raise FormatError(f"{file}: d_mlp_per_layer holds {width!r}; expected positive integers")
-        for name in _MLP_WIDTH_PARAMS:
-            old = getattr(block.mlp, name, None)
-            if not isinstance(old, torch.nn.Parameter):
-                continue
-            shape = list(old.shape)
-            shape[0 if name in ("W_out", "b_in") else -1] = width  # W_in/W_gate: [d_model, d_mlp]
-            setattr(block.mlp, name, torch.nn.Parameter(torch.empty(shape, dtype=old.dtype, device=old.device)))
+        resize_neurons(block.mlp, width)
+    sync_config(model)
 
 
 def _check_weights(model: Any, tensors: dict[str, torch.Tensor], weights: Path, config: Path) -> None:
@@ -209,7 +191,9 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
     if header.get("tokenizer"):
         tok_dir = folder / str(header["tokenizer"])
         try:
-            tokenizer = offline_transformers().AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
         except Exception as e:  # tokenizers raises plain Exceptions on a corrupt tokenizer.json
             raise FormatError(f"{tok_dir}: cannot load the saved tokenizer ({type(e).__name__}: {e}); "
                               "save the model again") from None

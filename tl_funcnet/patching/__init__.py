@@ -4,6 +4,9 @@
 >>> exact = run_patching(model, task, method="exact", nodes="mlp")
 >>> relp = run_patching(model, task, method="relp", nodes="mlp")
 >>> correlation(exact, relp)["pearson"]
+
+Every method reports the same quantity, ``PatchResult.effects``: the change of the metric when a node is
+patched. Importing this package registers the ``relp_mlp`` op.
 """
 
 from .api import METHODS as METHODS
@@ -20,22 +23,21 @@ from .nodes import Node as Node
 from .nodes import NodeSet as NodeSet
 from .nodes import concat as concat
 from .nodes import network_nodes as network_nodes
-from .nodes import sae_feature_nodes as sae_feature_nodes
 from .nodes import node_grid as node_grid
+from .nodes import sae_feature_nodes as sae_feature_nodes
 from .nodes import units_nodes as units_nodes
 from .relp import RULES as RULES
-from .relp import relp_intervention as relp_intervention
+from .relp import relp_rules as relp_rules
 from .result import PatchResult as PatchResult
 from .result import correlation as correlation
-from .result import plot_heatmap as plot_heatmap
 from .tasks import TASKS as TASKS
 from .tasks import Task as Task
 from .tasks import load_task as load_task
 from .tasks import task_report as task_report
 
 __all__ = [
-    "run_patching", "METHODS", "exact_patch", "attribution_patch", "relp_intervention", "RULES",
+    "run_patching", "METHODS", "exact_patch", "attribution_patch", "relp_rules", "RULES",
     "LogitDiff", "AnswerProb", "Normalized", "logit_diff", "answer_prob", "normalized_logit_diff",
-    "Node", "NodeSet", "node_grid", "units_nodes", "concat", "network_nodes", "sae_feature_nodes", "PatchResult", "correlation", "plot_heatmap",
-    "Task", "TASKS", "load_task", "task_report",
+    "Node", "NodeSet", "node_grid", "units_nodes", "concat", "network_nodes", "sae_feature_nodes", "PatchResult",
+    "correlation", "Task", "TASKS", "load_task", "task_report",
 ]

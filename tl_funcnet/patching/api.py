@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 from ..errors import FuncnetError
 from .attribution import attribution_patch
@@ -16,19 +16,25 @@ METHODS = ("exact", "atp", "relp")
 
 
 def run_patching(model: Any, task: Task, *, method: str = "exact", nodes: str | NodeSet = "mlp",
-                 metric: Metric | None = None, direction: str = "denoise", **kwargs: Any) -> PatchResult:
+                 metric: Metric | None = None, direction: str = "denoise", max_rows: int = 256,
+                 rules: Iterable[str] | str | None = None) -> PatchResult:
     """Patch ``task`` on ``model`` with ``method`` over ``nodes`` (a node kind such as ``"mlp"`` or a NodeSet).
 
-    The default metric is the task's logit difference. ``kwargs`` go to :func:`exact_patch`
-    (``max_rows``) or :func:`attribution_patch` (``rules``).
+    The default metric is the task's logit difference. ``max_rows`` caps the rows of one exact forward;
+    ``rules`` chooses RelP's LRP rules (``method="relp"`` only).
     """
     if method not in METHODS:
         raise FuncnetError(f"method should be one of {list(METHODS)}, got {method!r}")
+    if rules is not None and method != "relp":
+        raise FuncnetError(f"rules= applies to method='relp' only, not {method!r}")
+    if not isinstance(task, Task):
+        raise FuncnetError(f"task should be a Task from load_task(...), got {type(task).__name__}")
     ns = node_grid(model, nodes, task.n_pos) if isinstance(nodes, str) else nodes
     m = metric if metric is not None else task.metric()
     if method == "exact":
-        return exact_patch(model, task.clean, task.corrupted, ns, m, direction=direction, **kwargs)
-    return attribution_patch(model, task.clean, task.corrupted, ns, m, direction=direction, method=method, **kwargs)
+        return exact_patch(model, task.clean, task.corrupted, ns, m, direction=direction, max_rows=max_rows)
+    return attribution_patch(model, task.clean, task.corrupted, ns, m, direction=direction, method=method,
+                             rules=rules)
 
 
 __all__ = ["run_patching", "METHODS"]

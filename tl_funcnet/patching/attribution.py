@@ -20,7 +20,7 @@ from ..hooks import Intervention, capture
 from ._common import forward_logits, prepare, run_capture
 from .metrics import Metric, check_metric
 from .nodes import NodeSet
-from .relp import normalize_rules, relp_intervention
+from .relp import normalize_rules, relp_rules
 from .result import PatchResult
 
 
@@ -62,7 +62,7 @@ def attribution_patch(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeS
     t0 = time.perf_counter()
     src = run_capture(model, source, sites)
     store: dict[str, Tensor] = {}
-    iv = (relp_intervention(model, chosen) if chosen else Intervention()) + capture(sites, store, detach=False)
+    iv = (relp_rules(model, chosen) if chosen else Intervention()) + capture(sites, store, detach=False)
     with torch.enable_grad():
         with iv.applied(model):
             last_only = bool(getattr(metric, "last_position_only", False))
@@ -93,7 +93,7 @@ def attribution_patch(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeS
                 pos = nodes.nodes[i].pos
                 sel = prod.sum(1) if pos is None else prod[:, pos]
                 per_prompt[i] += sel.sum(-1) if units is None else sel[:, list(units)].sum(-1)
-    return PatchResult(values=per_prompt.mean(1), nodes=nodes, method=method, direction=direction,
+    return PatchResult(effects=per_prompt.mean(1), nodes=nodes, method=method, direction=direction,
                        baseline=float(values.detach().mean()), per_prompt=per_prompt,
                        seconds=time.perf_counter() - t0,
                        info={"rules": list(chosen), "n_prompts": n})

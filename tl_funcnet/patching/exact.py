@@ -18,7 +18,7 @@ from jaxtyping import Bool
 from torch import Tensor
 
 from ..errors import FuncnetError
-from ..hooks import Intervention, custom
+from ..hooks import Intervention, patch
 from ._common import forward_logits, prepare, run_capture
 from .metrics import Metric, check_metric
 from .nodes import Node, NodeSet
@@ -36,20 +36,6 @@ def _mask(chunk: list[Node], parts: list[tuple[int, Any]], act_shape: tuple[int,
         u = slice(None) if units is None else torch.as_tensor(units, dtype=torch.long)
         m[j, p, u] = True
     return m
-
-
-def _patch_fn(mask: Tensor, source: Tensor, n_prompts: int):
-    """Hook that writes ``source`` (repeated per node) where the row's node mask is set."""
-    k = mask.shape[0]
-    rows_mask = mask.repeat_interleave(n_prompts, dim=0)
-    src = source.repeat(k, *([1] * (source.ndim - 1)))
-    if source.ndim == 4:
-        rows_mask = rows_mask[..., None]
-
-    def hook_fn(act: Tensor, hook: Any = None) -> Tensor:
-        return torch.where(rows_mask.to(act.device), src.to(act.dtype), act)
-
-    return hook_fn
 
 
 def exact_patch(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeSet, metric: Metric, *,
@@ -86,7 +72,9 @@ def exact_patch(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeSet, me
                     by_site[site].append((j, units))
             iv = Intervention()
             for site, js in by_site.items():
-                iv = iv + custom(site, _patch_fn(_mask(chunk, js, src_cache[site].shape), src_cache[site], n))
+                # rows are node-major, so row r patches prompt r % n from the source run: one node per row
+                where = _mask(chunk, js, src_cache[site].shape).repeat_interleave(n, dim=0)
+                iv = iv + patch(site, src_cache[site], where=where)
             layer0 = chunk[0].layer  # smallest layer in the chunk (None: a site outside the blocks)
             rows_tokens = target.repeat(len(chunk), 1)
             with iv.applied(model):
@@ -97,8 +85,9 @@ def exact_patch(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeSet, me
                     logits = forward_logits(model, rows_tokens, last_only=last_only)
             vals = [check_metric(metric, n, metric(logits[j * n:(j + 1) * n])) for j in range(len(chunk))]
             per_prompt[idx] = torch.stack(vals).detach().float().cpu()
-    return PatchResult(values=per_prompt.mean(1), nodes=nodes, method="exact", direction=direction,
-                       baseline=float(base.mean()), per_prompt=per_prompt, seconds=time.perf_counter() - t0,
+    effects = per_prompt - base.detach().float().cpu()[None]
+    return PatchResult(effects=effects.mean(1), nodes=nodes, method="exact", direction=direction,
+                       baseline=float(base.mean()), per_prompt=effects, seconds=time.perf_counter() - t0,
                        info={"max_rows": max_rows, "n_prompts": n})
 
 

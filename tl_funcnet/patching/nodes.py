@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from ..errors import FuncnetError, ShapeError
 from ..hooks.sites import check_sites, site_layer, site_shape
+from ..hooks.values import index_list
 
 #: Node kinds with a built-in grid.
 NODE_KINDS = ("resid", "head", "head_pos", "mlp", "neuron", "units")
@@ -52,7 +53,7 @@ class Node:
 
 @dataclass(frozen=True)
 class NodeSet:
-    """Nodes in grid order: ``shape`` and ``axes`` describe how ``values`` reshape (row-major)."""
+    """Nodes and the grid they fill: each node's ``coords`` index ``shape`` (axes named by ``axes``)."""
 
     nodes: tuple[Node, ...]
     shape: tuple[int, ...]
@@ -90,7 +91,7 @@ class NodeSet:
 
 def _layers(model: Any, layers: Sequence[int] | None) -> list[int]:
     n = int(model.cfg.n_layers)
-    out = list(range(n)) if layers is None else [int(x) for x in layers]
+    out = list(range(n)) if layers is None else list(index_list(layers, "layers"))
     bad = [x for x in out if not 0 <= x < n]
     if bad:
         raise ShapeError(f"layers {bad} are out of range; the model has {n} layers (valid 0..{n - 1})")
@@ -106,7 +107,8 @@ def node_grid(model: Any, kind: str, n_pos: int, *, layers: Sequence[int] | None
     - ``"head"``: ``blocks.L.attn.hook_z`` per (layer, head) over all positions, or per (layer, pos, head)
       with ``by_pos=True`` (``"head_pos"`` forces it); grouped-query attention works since hook_z has n_heads;
     - ``"neuron"``: ``blocks.L.mlp.hook_post`` per (layer, neuron) over all positions, or per
-      (layer, pos, neuron) with ``by_pos=True``; ``neurons`` restricts the neurons (default: all).
+      (layer, pos, neuron) with ``by_pos=True``; ``neurons`` restricts the neurons (default: every neuron of
+      each layer; the layers of a hard-pruned model may differ in width, and missing cells stay empty).
     """
     if kind not in NODE_KINDS or kind == "units":
         raise FuncnetError(f"unknown node kind {kind!r}; expected one of {list(NODE_KINDS[:-1])} "
@@ -127,14 +129,24 @@ def node_grid(model: Any, kind: str, n_pos: int, *, layers: Sequence[int] | None
             return NodeSet(tuple(nodes), (len(ls), n_pos, h), ("layer", "pos", "head"), "head_pos", {"layers": ls})
         nodes = [Node(f"blocks.{L}.attn.hook_z", (k,), None, (i, k)) for i, L in enumerate(ls) for k in range(h)]
         return NodeSet(tuple(nodes), (len(ls), h), ("layer", "head"), "head", {"layers": ls})
-    width = int(model.cfg.d_mlp)
-    ns = list(range(width)) if neurons is None else [int(x) for x in neurons]
+    widths = {L: site_shape(model, f"blocks.{L}.mlp.hook_post")[0] for L in ls}  # type: ignore[index]
+    if neurons is None:
+        per_layer = {L: list(range(widths[L])) for L in ls}  # a pruned model's layers may differ in width
+        ns = list(range(max(widths.values())))
+    else:
+        ns = list(index_list(neurons, "neurons"))
+        too_wide = [(L, widths[L]) for L in ls if ns and max(ns) >= widths[L]]
+        if too_wide:
+            raise ShapeError(f"neuron {max(ns)} does not exist in layers {[L for L, _ in too_wide]} (widths "
+                             f"{[w for _, w in too_wide]}); choose neurons below every chosen layer's width")
+        per_layer = {L: ns for L in ls}
+    column = {j: a for a, j in enumerate(ns)}
     if by_pos:
-        nodes = [Node(f"blocks.{L}.mlp.hook_post", (j,), p, (i, p, a))
-                 for i, L in enumerate(ls) for p in range(n_pos) for a, j in enumerate(ns)]
+        nodes = [Node(f"blocks.{L}.mlp.hook_post", (j,), p, (i, p, column[j]))
+                 for i, L in enumerate(ls) for p in range(n_pos) for j in per_layer[L]]
         return NodeSet(tuple(nodes), (len(ls), n_pos, len(ns)), ("layer", "pos", "neuron"), kind,
                        {"layers": ls, "neurons": ns})
-    nodes = [Node(f"blocks.{L}.mlp.hook_post", (j,), None, (i, a)) for i, L in enumerate(ls) for a, j in enumerate(ns)]
+    nodes = [Node(f"blocks.{L}.mlp.hook_post", (j,), None, (i, column[j])) for i, L in enumerate(ls) for j in per_layer[L]]
     return NodeSet(tuple(nodes), (len(ls), len(ns)), ("layer", "neuron"), kind, {"layers": ls, "neurons": ns})
 
 
@@ -144,7 +156,7 @@ def units_nodes(site: str, groups: Sequence[Sequence[int]] | dict[str, Sequence[
     items = list(groups.items()) if isinstance(groups, dict) else [(f"{site}#{i}", g) for i, g in enumerate(groups)]
     nodes = []
     for i, (name, g) in enumerate(items):
-        units = tuple(int(u) for u in g)
+        units = index_list(g, f"unit group {name!r}")
         if not units:
             raise FuncnetError(f"unit group {name!r} at {site!r} is empty; every node needs at least one unit")
         nodes.append(Node(site, units, pos, (i,), str(name)))
@@ -178,7 +190,8 @@ def sae_feature_nodes(sae_site: str, features: Sequence[int], *, pos: int | None
     on, the rest of the site's activation is untouched, so patching a feature changes the site by its decoder
     direction times the activation difference.
     """
-    return units_nodes(f"{sae_site}.hook_sae_acts_post", {f"feature {int(f)}": [int(f)] for f in features}, pos=pos)
+    return units_nodes(f"{sae_site}.hook_sae_acts_post", {f"feature {f}": [f] for f in index_list(features, "features")},
+                       pos=pos)
 
 
 __all__ = ["Node", "NodeSet", "NODE_KINDS", "node_grid", "units_nodes", "concat", "network_nodes",

@@ -1,4 +1,4 @@
-"""Patching results: values per node, their grid, and conversion to pandas and heatmaps."""
+"""Patching results: the effect of patching each node, its grid, a table and a heatmap."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ from torch import Tensor
 from .nodes import NodeSet
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class PatchResult:
-    """Values per node in ``nodes`` order.
+    """The effect of patching each node of ``nodes`` on a metric, for every method alike.
 
-    - ``values``: the mean metric of the patched runs (exact) or the estimated *change* of the metric
-      (AtP/RelP); ``effects`` is always the change relative to ``baseline``;
-    - ``per_prompt``: ``(n_nodes, n_prompts)``; ``baseline``: mean metric of the unpatched target run;
+    - ``effects``: change of the mean metric when the node is patched (measured by ``exact``, estimated to
+      first order by ``atp`` / ``relp``);
+    - ``baseline``: mean metric of the unpatched target run; ``patched`` = ``baseline + effects``;
+    - ``per_prompt``: ``(n_nodes, n_prompts)`` effects per prompt;
     - ``method``: ``"exact"``, ``"atp"`` or ``"relp"``; ``direction``: ``"denoise"`` or ``"noise"``.
     """
 
-    values: Float[Tensor, "n_nodes"]
+    effects: Float[Tensor, "n_nodes"]
     nodes: NodeSet
     method: str
     direction: str
@@ -32,42 +33,67 @@ class PatchResult:
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def effects(self) -> Float[Tensor, "n_nodes"]:
-        """Change of the metric caused by patching each node."""
-        return self.values - self.baseline if self.method == "exact" else self.values
+    def patched(self) -> Float[Tensor, "n_nodes"]:
+        """The mean metric with each node patched (``baseline + effects``)."""
+        return self.baseline + self.effects
 
-    @property
     def grid(self) -> Float[Tensor, "..."]:
-        """``values`` reshaped to the node grid (e.g. ``(layer, pos)``), like ``transformer_lens.patching``."""
-        return self.values.reshape(self.nodes.shape)
+        """``effects`` on the node grid (e.g. ``(layer, pos)`` like ``transformer_lens.patching``); cells no node
+        fills (narrower layers of a pruned model) are NaN."""
+        out = torch.full(self.nodes.shape, float("nan"))
+        for value, node in zip(self.effects.tolist(), self.nodes.nodes):
+            out[node.coords] = value
+        return out
 
-    @property
-    def effect_grid(self) -> Float[Tensor, "..."]:
-        return self.effects.reshape(self.nodes.shape)
-
-    def to_dataframe(self) -> Any:
-        """One row per node: grid coordinates, site, units, pos, value and effect."""
+    def to_frame(self) -> Any:
+        """A pandas DataFrame, one row per node: grid coordinates, site, units, pos, label, effect."""
         import pandas as pd
 
         rows = []
-        vals, eff = self.values.tolist(), self.effects.tolist()
-        for i, n in enumerate(self.nodes.nodes):
+        for n, eff in zip(self.nodes.nodes, self.effects.tolist()):
             row: dict[str, Any] = dict(zip(self.nodes.axes, n.coords))
             row.update(site=n.site, units=None if n.units is None else list(n.units), pos=n.pos, label=n.label(),
-                       value=vals[i], effect=eff[i], method=self.method)
+                       effect=eff, method=self.method)
             rows.append(row)
         return pd.DataFrame(rows)
 
     def top(self, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` nodes with the largest absolute effect."""
-        eff = self.effects
-        idx = eff.abs().argsort(descending=True)[:k].tolist()
-        return [(self.nodes.nodes[i].label(), float(eff[i])) for i in idx]
+        idx = self.effects.abs().argsort(descending=True)[:k].tolist()
+        return [(self.nodes.nodes[i].label(), float(self.effects[i])) for i in idx]
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary: the effect grid (empty cells as null), baseline, timing and settings."""
         return {"method": self.method, "direction": self.direction, "baseline": self.baseline,
                 "kind": self.nodes.kind, "axes": list(self.nodes.axes), "shape": list(self.nodes.shape),
-                "effects": self.effect_grid.tolist(), "seconds": self.seconds, **self.info}
+                "effects": _nan_to_none(self.grid().tolist()), "seconds": self.seconds, **self.info}
+
+    def plot(self, *, title: str | None = None) -> Any:
+        """A heatmap of the effects (2-D grids as is; 3-D grids summed over the last axis) as a matplotlib
+        Figure; save it with ``fig.savefig(path)``."""
+        from matplotlib.figure import Figure
+
+        g = self.grid().detach().float()
+        axes = list(self.nodes.axes)
+        if g.ndim == 3:
+            g, axes = g.nansum(-1), axes[:2]
+        if g.ndim == 1:
+            g, axes = g[None], ["", axes[0]]
+        lim = float(g.nan_to_num().abs().max()) or 1.0
+        fig = Figure(figsize=(max(4, 0.35 * g.shape[1] + 2), max(3, 0.25 * g.shape[0] + 1.5)), layout="tight")
+        ax = fig.subplots()
+        im = ax.imshow(g.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_ylabel(axes[0])
+        ax.set_xlabel(axes[1])
+        ax.set_title(title or f"{self.method} patching ({self.direction}): {self.nodes.kind}")
+        fig.colorbar(im, ax=ax, label="effect on metric")
+        return fig
+
+
+def _nan_to_none(x: Any) -> Any:
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return None if x != x else x
 
 
 def correlation(a: PatchResult | Tensor, b: PatchResult | Tensor) -> dict[str, float]:
@@ -93,31 +119,4 @@ def correlation(a: PatchResult | Tensor, b: PatchResult | Tensor) -> dict[str, f
     return {"pearson": pearson(x, y), "spearman": pearson(ranks(x), ranks(y))}
 
 
-def plot_heatmap(result: PatchResult, path: str | None = None, *, title: str | None = None) -> Any:
-    """Heatmap of the effects (2-D grids as is; 3-D grids summed over the last axis). Writes a PNG if ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    g = result.effect_grid.detach().float()
-    axes = list(result.nodes.axes)
-    if g.ndim == 3:
-        g, axes = g.sum(-1), axes[:2]
-    if g.ndim == 1:
-        g, axes = g[None], ["", axes[0]]
-    lim = float(g.abs().max()) or 1.0
-    fig, ax = plt.subplots(figsize=(max(4, 0.35 * g.shape[1] + 2), max(3, 0.25 * g.shape[0] + 1.5)))
-    im = ax.imshow(g.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-    ax.set_ylabel(axes[0])
-    ax.set_xlabel(axes[1])
-    ax.set_title(title or f"{result.method} patching ({result.direction}): {result.nodes.kind}")
-    fig.colorbar(im, ax=ax, label="effect on metric")
-    fig.tight_layout()
-    if path is not None:
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-    return fig
-
-
-__all__ = ["PatchResult", "correlation", "plot_heatmap"]
+__all__ = ["PatchResult", "correlation"]

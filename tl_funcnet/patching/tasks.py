@@ -18,6 +18,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..errors import FormatError, FuncnetError, ShapeError
+from ..hooks.values import positive_int
 from .metrics import LogitDiff
 
 TASKS = ("ioi", "greater_than", "capital", "induction")
@@ -54,19 +55,35 @@ class Task:
 def _read(spec: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(spec, Mapping):
         return dict(spec)
+    if not isinstance(spec, (str, Path)):
+        raise FuncnetError(f"a task is a built-in name {list(TASKS)}, a JSON path or a dict; got {type(spec).__name__}")
     p = Path(spec)
     if p.suffix == ".json" or p.exists():
         if not p.is_file():
             raise FuncnetError(f"task file {p} does not exist; pass a built-in name from {list(TASKS)} or a JSON path")
-        text = p.read_text()
+        try:
+            text = p.read_text()
+        except (OSError, UnicodeDecodeError) as err:
+            raise FormatError(f"task file {p} could not be read ({err})") from None
     else:
         if str(spec) not in TASKS:
             raise FuncnetError(f"unknown task {spec!r}; built-in tasks are {list(TASKS)}, or pass a JSON path or dict")
         text = resources.files("tl_funcnet.data").joinpath(f"tasks/{spec}.json").read_text()
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as err:
         raise FormatError(f"task file {spec} is not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise FormatError(f"task file {spec} holds a JSON {type(data).__name__}; expected an object with 'pairs'")
+    return data
+
+
+def check_task_spec(spec: str | Path | Mapping[str, Any]) -> None:
+    """Raise now if ``spec`` is no built-in task, readable task file or task dict (no model needed)."""
+    data = _read(spec)
+    if "generator" not in data and not isinstance(data.get("pairs"), list):
+        raise FormatError(f"task {spec!r} has no 'pairs' list; expected [{{'clean', 'corrupted', 'answer', "
+                          "'distractor'}, ...]")
 
 
 def _one_token(model: Any, text: str, what: str, i: int) -> int:
@@ -100,6 +117,8 @@ def load_task(spec: str | Path | Mapping[str, Any], model: Any, *, n_pairs: int 
     path, or a dict ``{"name", "pairs": [{"clean", "corrupted", "answer", "distractor"}, ...]}``.
     """
     data = _read(spec)
+    if n_pairs is not None:
+        positive_int(n_pairs, "n_pairs")
     name = str(data.get("name", spec if isinstance(spec, str) else "task"))
     if "generator" in data:
         return _generated(model, name, data["generator"], n_pairs)
@@ -112,9 +131,14 @@ def load_task(spec: str | Path | Mapping[str, Any], model: Any, *, n_pairs: int 
         raise FuncnetError("the model has no tokenizer, so text tasks cannot be tokenized; attach one or use token ids")
     clean, corr, ans, dis = [], [], [], []
     for i, p in enumerate(pairs):
+        if not isinstance(p, Mapping):
+            raise FormatError(f"task {name!r} pair {i} should be an object, got {type(p).__name__}")
         missing = {"clean", "corrupted", "answer", "distractor"} - set(p)
         if missing:
             raise FormatError(f"task {name!r} pair {i} lacks {sorted(missing)}")
+        bad = [k for k in ("clean", "corrupted", "answer", "distractor") if not isinstance(p[k], str) or not p[k]]
+        if bad:
+            raise FormatError(f"task {name!r} pair {i}: {bad} should be non-empty strings")
         c = model.to_tokens(p["clean"], prepend_bos=False)[0]
         k = model.to_tokens(p["corrupted"], prepend_bos=False)[0]
         if c.numel() != k.numel():
@@ -145,4 +169,4 @@ def task_report(model: Any, task: Task) -> dict[str, Any]:
             "logit_diff_corrupted": ld(corr).mean().item()}
 
 
-__all__ = ["Task", "TASKS", "load_task", "task_report"]
+__all__ = ["Task", "TASKS", "load_task", "task_report", "check_task_spec"]

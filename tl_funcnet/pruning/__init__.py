@@ -1,39 +1,28 @@
 """Structured pruning of MLP neurons: FN pruning (keep functional-network key neurons) and baselines.
 
->>> model2, plan = prune(model, 0.2, method="fn")            # hard: a smaller copy, FLAP bias compensation
->>> iv, plan = prune(model, 0.2, method="wanda", hard=False)  # soft: an Intervention
->>> calib = Calibration.from_texts(model, "calibration")      # reuse scores across ratios:
+>>> small, plan = prune(model, 0.2, method="fn")                  # a smaller copy, FLAP bias compensation
+>>> iv = plan_pruning(model, 0.2, method="wanda").to_intervention()  # soft pruning: an Intervention
+>>> calib = Calibration.from_texts(model, "calibration")           # reuse scores across ratios:
 >>> s = score(model, calib, "fn"); plan = compensate(model, plan_from_scores(model, s, 0.3, "fn"), calib)
 
-Methods: ``fn`` (methods.md §2), ``flap``, ``wanda``, ``magnitude``, ``activation``, ``random``; see
-:mod:`tl_funcnet.pruning.scores` for definitions and per-layer allocation. Names are imported lazily so the
-CLI module (:mod:`tl_funcnet.pruning.cli`) can register its command without importing torch.
+Methods: ``fn`` (functional-network key neurons from CanICA), ``flap``, ``wanda``, ``magnitude``,
+``activation``, ``random``; see :mod:`tl_funcnet.pruning.scores` for definitions and per-layer allocation.
 """
 
-from __future__ import annotations
+from .api import METHODS as METHODS
+from .api import compensate as compensate
+from .api import plan_from_scores as plan_from_scores
+from .api import plan_pruning as plan_pruning
+from .api import prune as prune
+from .calibration import Calibration as Calibration
+from .calibration import NeuronStats as NeuronStats
+from .hard import hard_prune as hard_prune
+from .model_info import protected_layers as protected_layers
+from .plan import PruningPlan as PruningPlan
+from .plan import select as select
+from .scores import ALLOCATION as ALLOCATION
+from .scores import method_options as method_options
+from .scores import score as score
 
-import importlib
-from typing import TYPE_CHECKING, Any
-
-_NAMES = {
-    "METHODS": "api", "compensate": "api", "plan_from_scores": "api", "plan_pruning": "api", "prune": "api",
-    "Calibration": "calibration", "NeuronStats": "calibration", "hard_prune": "hard",
-    "protected_layers": "model_info", "PruningPlan": "plan", "select": "plan", "ALLOCATION": "scores",
-    "score": "scores",
-}
-
-__all__ = sorted(_NAMES)
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .api import METHODS, compensate, plan_from_scores, plan_pruning, prune  # noqa: F401
-    from .calibration import Calibration, NeuronStats  # noqa: F401
-    from .hard import hard_prune  # noqa: F401
-    from .model_info import protected_layers  # noqa: F401
-    from .plan import PruningPlan, select  # noqa: F401
-    from .scores import ALLOCATION, score  # noqa: F401
-
-
-def __getattr__(name: str) -> Any:
-    if name in _NAMES:
-        return getattr(importlib.import_module(f".{_NAMES[name]}", __name__), name)
-    raise AttributeError(f"module 'tl_funcnet.pruning' has no attribute {name!r}")
+__all__ = ["METHODS", "ALLOCATION", "Calibration", "NeuronStats", "PruningPlan", "compensate", "hard_prune",
+           "method_options", "plan_from_scores", "plan_pruning", "protected_layers", "prune", "score", "select"]

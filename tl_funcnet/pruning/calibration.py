@@ -1,7 +1,8 @@
 """Calibration passes for pruning: per-neuron moments, FN signals, and FLAP-style compensation means.
 
 A :class:`Calibration` is the tokenized calibration text bound to one model (the unpruned one). Every
-statistic counts real tokens only: batches are right-padded and pad positions are masked out.
+statistic counts real tokens only: batches are right-padded and pad positions are masked out. The passes read
+activations through ``record`` interventions, like every other reader of the package.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from ..activations.tokens import batches, pad_id, tokenize
+from ..activations.forward import model_device, run_batches
+from ..activations.tokens import TokenBatch, batches, pad_id, tokenize
 from ..errors import FuncnetError
-from ..hooks import Intervention, custom
-from .model_info import check_prunable, mlp_width_list
+from ..hooks import Intervention, ablate, record
+from ..hooks.values import positive_int
+from .model_info import check_prunable
 
 POST = "blocks.{}.mlp.hook_post"
 
@@ -57,10 +60,9 @@ class Calibration:
     def from_texts(cls, model: Any, texts: Any = "calibration", *, max_tokens: int | None = 2048,
                    max_tokens_per_seq: int | None = 128, batch_size: int = 8) -> "Calibration":
         """Tokenize ``texts`` (split name, path, strings or token ids), keeping at most ``max_tokens`` in total."""
-        if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 2):
-            raise FuncnetError(f"max_tokens should be an int >= 2 or None, got {max_tokens!r}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise FuncnetError(f"batch_size should be a positive int, got {batch_size!r}")
+        if max_tokens is not None:
+            positive_int(max_tokens, "max_tokens", minimum=2)
+        positive_int(batch_size, "batch_size")
         seqs = tokenize(model, texts, max_tokens_per_seq=max_tokens_per_seq)
         if max_tokens is not None:
             out, total = [], 0
@@ -92,40 +94,47 @@ class Calibration:
         return self._stats
 
 
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
+class _RealRows:
+    """A ``record`` sink that hands each site's real-token rows ``(n_real, width)`` to ``take(site, rows)``."""
+
+    def __init__(self, take: Any, transform: dict[str, Any] | None = None):
+        self.take, self.transform = take, transform or {}
+        self.mask: Tensor | None = None
+
+    def __call__(self, site: str, act: Tensor) -> None:
+        x = self.transform[site](act) if site in self.transform else act
+        self.take(site, x[self.mask].detach())
+
+    def batches(self, model: Any, calib: Calibration, iv: Intervention, **kwargs: Any):
+        """Run ``calib`` under ``iv`` with this sink's mask set for each batch; yields each batch."""
+        dev = model_device(model)
+
+        def with_mask(batch: TokenBatch) -> Intervention:
+            self.mask = batch.mask.bool().to(dev)
+            return iv
+
+        for batch, _ in run_batches(model, calib.seqs, batch_size=calib.batch_size, intervention=with_mask,
+                                    **kwargs):
+            yield batch
 
 
 @torch.no_grad()
 def neuron_stats(model: Any, calib: Calibration) -> NeuronStats:
     """One pass accumulating sum, sum of squares and sum of |x| of every ``mlp.hook_post`` unit."""
-    check_prunable(model)
-    widths = mlp_width_list(model)
-    L = len(widths)
-    s1 = [torch.zeros(w, dtype=torch.float64) for w in widths]
-    s2 = [torch.zeros(w, dtype=torch.float64) for w in widths]
-    sa = [torch.zeros(w, dtype=torch.float64) for w in widths]
-    cur: dict[str, Tensor] = {}
+    widths = check_prunable(model)
+    sums = {POST.format(l): [torch.zeros(w, dtype=torch.float64) for _ in range(3)] for l, w in enumerate(widths)}
 
-    def acc(layer: int):
-        def fn(act: Tensor, hook: Any) -> None:
-            x = act[cur["mask"]].double().cpu()  # (n_real, d_mlp)
-            s1[layer] += x.sum(0)
-            s2[layer] += (x * x).sum(0)
-            sa[layer] += x.abs().sum(0)
-        return fn
+    def take(site: str, rows: Tensor) -> None:
+        x = rows.double().cpu()
+        s1, s2, sa = sums[site]
+        s1 += x.sum(0)
+        s2 += (x * x).sum(0)
+        sa += x.abs().sum(0)
 
-    iv = Intervention()
-    for layer in range(L):
-        iv = iv + custom(POST.format(layer), acc(layer))
-    n = 0
-    dev = _device(model)
-    with iv.applied(model):
-        for b in calib.batches(model):
-            cur["mask"] = b.mask.bool().to(dev)
-            model(b.tokens.to(dev), return_type=None)
-            n += b.n_real
-    return NeuronStats(n, [x / n for x in s1], [x / n for x in s2], [x / n for x in sa])
+    sink = _RealRows(take)
+    n = sum(b.n_real for b in sink.batches(model, calib, record(list(sums), sink), return_type=None))
+    per_layer = [sums[POST.format(l)] for l in range(len(widths))]
+    return NeuronStats(n, [s[0] / n for s in per_layer], [s[1] / n for s in per_layer], [s[2] / n for s in per_layer])
 
 
 @torch.no_grad()
@@ -135,42 +144,32 @@ def fn_signals(model: Any, calib: Calibration, layers: Sequence[int]) -> dict[in
     Gated MLPs: ``[up | act(gate)]`` = ``[mlp.hook_pre_linear | act_fn(mlp.hook_pre)]`` (2·d_mlp columns);
     other MLPs: ``mlp.hook_post`` (d_mlp columns).
     """
-    check_prunable(model)
+    widths = check_prunable(model)
     calib.check_model(model)
-    widths = mlp_width_list(model)
     gated = bool(model.cfg.gated_mlp)
     n = calib.n_tokens
-    bufs = {l: torch.empty((n, (2 if gated else 1) * widths[l]), dtype=torch.float32) for l in layers}
-    cur: dict[str, Any] = {}
-
-    def writer(layer: int, col: int, act_fn: Any = None):
-        w = widths[layer]
-
-        def fn(act: Tensor, hook: Any) -> None:
-            x = act_fn(act) if act_fn is not None else act
-            x = x[cur["mask"]].float().cpu()
-            bufs[layer][cur["row"]:cur["row"] + x.shape[0], col * w:(col + 1) * w] = x
-        return fn
-
-    iv = Intervention()
+    columns: dict[str, tuple[int, int]] = {}  # site -> (layer, column block)
+    transform = {}
     for l in layers:
         if gated:
-            iv = iv + custom(f"blocks.{l}.mlp.hook_pre_linear", writer(l, 0))
-            iv = iv + custom(f"blocks.{l}.mlp.hook_pre", writer(l, 1, model.blocks[l].mlp.act_fn))
+            columns[f"blocks.{l}.mlp.hook_pre_linear"] = (l, 0)
+            columns[f"blocks.{l}.mlp.hook_pre"] = (l, 1)
+            transform[f"blocks.{l}.mlp.hook_pre"] = model.blocks[l].mlp.act_fn
         else:
-            iv = iv + custom(POST.format(l), writer(l, 0))
-    dev = _device(model)
+            columns[POST.format(l)] = (l, 0)
+    bufs = {l: torch.empty((n, (2 if gated else 1) * widths[l]), dtype=torch.float32) for l in layers}
+    row = [0]
+
+    def take(site: str, rows: Tensor) -> None:
+        l, block = columns[site]
+        w = widths[l]
+        bufs[l][row[0]:row[0] + rows.shape[0], block * w:(block + 1) * w] = rows.float().cpu()
+
+    sink = _RealRows(take, transform)
     stop = max(layers) + 1 if layers else 0
-    row = 0
-    with iv.applied(model):
-        for b in calib.batches(model):
-            # rows in batch order: flatten real tokens row-major, same order as act[mask]
-            cur["mask"], cur["row"] = b.mask.bool().to(dev), row
-            if stop >= model.cfg.n_layers:
-                model(b.tokens.to(dev), return_type=None)
-            else:
-                model(b.tokens.to(dev), stop_at_layer=stop)
-            row += b.n_real
+    kwargs = {"return_type": None} if stop >= model.cfg.n_layers else {"stop_at_layer": stop}
+    for batch in sink.batches(model, calib, record(list(columns), sink), **kwargs):
+        row[0] += batch.n_real  # rows in batch order: real tokens row-major, the order of act[mask]
     return bufs
 
 
@@ -184,36 +183,35 @@ def compensation_means(model: Any, calib: Calibration, pruned: Sequence[Bool[Ten
     which is exactly what the compensated (hard-pruned) block computes. Returns full-width vectors (zero at
     kept neurons). Cost: about one forward pass.
     """
-    check_prunable(model)
+    widths = check_prunable(model)
     calib.check_model(model)
     if getattr(model.cfg, "positional_embedding_type", None) == "shortformer":
         raise FuncnetError("bias compensation does not support shortformer positional embeddings; "
                            "pass bias_compensation=False")
-    widths = mlp_width_list(model)
     if len(pruned) != len(widths) or any(int(p.numel()) != w for p, w in zip(pruned, widths)):
         raise FuncnetError("the pruned masks do not match the model's MLP widths (per layer)")
-    dev = _device(model)
+    dev = model_device(model)
     bs = list(calib.batches(model))
     resid = [model(b.tokens.to(dev), stop_at_layer=0) for b in bs]
     masks = [b.mask.bool().to(dev) for b in bs]
     means: list[Tensor] = []
-    cur: dict[str, Any] = {}
     for l, p in enumerate(pruned):
         p = p.to(dev)
+        units = p.nonzero().flatten()
         total = torch.zeros(int(p.sum()), dtype=torch.float64, device=dev)
+        current: dict[str, Tensor] = {}
 
-        def zero_and_sum(act: Tensor, hook: Any) -> Tensor:
+        def add_rows(site: str, act: Tensor) -> None:
             nonlocal total
-            total += act[..., p][cur["mask"]].double().sum(0)
-            return act.masked_fill(p, 0.0)
+            total += act[..., units][current["mask"]].double().sum(0)
 
-        iv = custom(POST.format(l), zero_and_sum) if bool(p.any()) else Intervention()
+        iv = (record(POST.format(l), add_rows) + ablate(POST.format(l), units=units)) if len(units) else Intervention()
         with iv.applied(model):
             for i in range(len(bs)):
-                cur["mask"] = masks[i]
+                current["mask"] = masks[i]
                 resid[i] = model(resid[i], start_at_layer=l, stop_at_layer=l + 1)
         full = torch.zeros(widths[l], dtype=torch.float32, device=dev)
-        if bool(p.any()):
+        if len(units):
             mean = (total / calib.n_tokens).to(resid[0].dtype)
             full[p] = mean.float()
             delta = mean @ model.blocks[l].mlp.W_out[p]

@@ -1,17 +1,16 @@
-"""What pruning needs to know about a model: can its MLPs be pruned, their widths, and parameter counts."""
+"""What pruning needs to know about a model: can its MLPs be pruned, and how many parameters they hold."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 from ..errors import FuncnetError
+from ..hooks.values import index_list
+from ..models.mlp import mlp_widths, neuron_params
 
-#: MLP parameters that carry one slice per neuron, and the axis of that slice.
-NEURON_AXIS = {"W_in": -1, "W_gate": -1, "b_in": 0, "W_out": 0}
 
-
-def check_prunable(model: Any) -> None:
-    """Raise unless ``model`` is a HookedTransformer whose blocks have plain (or gated) MLPs."""
+def check_prunable(model: Any) -> list[int]:
+    """Raise unless ``model`` is a HookedTransformer whose blocks have plain (or gated) MLPs; return their widths."""
     cfg = getattr(model, "cfg", None)
     if cfg is None or not hasattr(model, "blocks") or not hasattr(model, "hook_dict"):
         raise FuncnetError(f"pruning needs a TransformerLens HookedTransformer, got {type(model).__name__}")
@@ -22,15 +21,12 @@ def check_prunable(model: Any) -> None:
     if cfg.is_layer_norm_activation():
         raise FuncnetError(f"act_fn={cfg.act_fn!r} normalizes across MLP neurons, so removing neurons changes "
                            "the others; MLP-neuron pruning supports element-wise activations only")
+    widths = mlp_widths(model)
     for l, block in enumerate(model.blocks):
         mlp = getattr(block, "mlp", None)
-        if mlp is None or not all(hasattr(mlp, n) for n in ("W_in", "W_out", "b_out")):
+        if widths is None or not all(hasattr(mlp, n) for n in ("W_in", "W_out", "b_out")):
             raise FuncnetError(f"block {l} has no MLP with W_in/W_out; MLP-neuron pruning needs one per block")
-
-
-def mlp_width_list(model: Any) -> list[int]:
-    """Per-layer number of MLP neurons (rows of ``W_out``)."""
-    return [int(b.mlp.W_out.shape[0]) for b in model.blocks]
+    return widths  # type: ignore[return-value]
 
 
 def n_params(model: Any) -> int:
@@ -45,7 +41,7 @@ def params_per_neuron(model: Any, layer: int) -> int:
     """Parameters removed with one neuron of ``layer`` (its W_in/W_gate column, b_in entry, W_out row)."""
     mlp = model.blocks[layer].mlp
     width = int(mlp.W_out.shape[0])
-    return int(sum(getattr(mlp, n).numel() // width for n in NEURON_AXIS if hasattr(mlp, n)))
+    return int(sum(p.numel() // width for p, _ in neuron_params(mlp).values()))
 
 
 def protected_layers(n_layers: int, protect_first: int, protect_last: int,
@@ -55,12 +51,11 @@ def protected_layers(n_layers: int, protect_first: int, protect_last: int,
         if not isinstance(v, int) or isinstance(v, bool) or v < 0:
             raise FuncnetError(f"{name} should be a non-negative int, got {v!r}")
     out = set(range(min(protect_first, n_layers))) | set(range(max(0, n_layers - protect_last), n_layers))
-    for l in protect or ():
-        if not isinstance(l, int) or not -n_layers <= l < n_layers:
-            raise FuncnetError(f"protected layer {l!r} is out of range for a {n_layers}-layer model")
-        out.add(l % n_layers)
+    for l in index_list(protect or (), "protect"):
+        if l >= n_layers:
+            raise FuncnetError(f"protected layer {l} is out of range for a {n_layers}-layer model")
+        out.add(l)
     return tuple(sorted(out))
 
 
-__all__ = ["check_prunable", "mlp_width_list", "n_params", "mlp_params", "params_per_neuron",
-           "protected_layers", "NEURON_AXIS"]
+__all__ = ["check_prunable", "n_params", "mlp_params", "params_per_neuron", "protected_layers"]

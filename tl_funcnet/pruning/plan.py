@@ -19,14 +19,15 @@ from torch import Tensor
 
 from ..errors import FuncnetError
 from ..hooks import Intervention, ablate
-from .model_info import mlp_params, mlp_width_list, n_params, params_per_neuron
+from ..models.mlp import mlp_widths
+from .model_info import mlp_params, n_params, params_per_neuron
 
 POST = "blocks.{}.mlp.hook_post"
 
 
 @dataclass(eq=False)
 class PruningPlan:
-    """Per-layer masks of pruned MLP neurons, plus (after :func:`~tl_funcnet.pruning.compensate`) the means.
+    """Per-layer masks of pruned MLP neurons, plus the compensation means (when asked for).
 
     Attributes:
         method, allocation, ratio: how the plan was made (``ratio`` = requested fraction of MLP neurons).
@@ -66,9 +67,10 @@ class PruningPlan:
         return self.pruned[layer].nonzero().flatten()
 
     def check_model(self, model: Any) -> None:
-        if mlp_width_list(model) != self.widths_before:
+        widths = mlp_widths(model)
+        if widths != self.widths_before:
             raise FuncnetError(f"the plan was made for MLP widths {self.widths_before[:4]}..., but the model has "
-                               f"{mlp_width_list(model)[:4]}...; make the plan on this model")
+                               f"{(widths or [])[:4]}...; make the plan on this model")
 
     def to_intervention(self, *, bias_compensation: bool = True) -> Intervention:
         """Soft pruning: zero-ablate (or, with compensation, mean-ablate) the pruned neurons at ``mlp.hook_post``.
@@ -76,8 +78,8 @@ class PruningPlan:
         Mean-ablation is the same computation as adding ``W_outᵀ·E[x_P]`` to ``b_out`` (the hard prune).
         """
         if bias_compensation and self.means is None:
-            raise FuncnetError("bias_compensation=True needs the plan's means; run "
-                               "plan = compensate(model, plan, calib) first (or pass bias_compensation=False)")
+            raise FuncnetError("bias_compensation=True needs the plan's means; make the plan with "
+                               "plan_pruning(..., bias_compensation=True) (or pass bias_compensation=False)")
         iv = Intervention()
         for l, p in enumerate(self.pruned):
             if not bool(p.any()):

@@ -1,7 +1,8 @@
 """Neuron importance scores: FN (functional networks), random, magnitude, Wanda, FLAP and mean |activation|.
 
-Every scorer has the signature ``score(model, calib, *, layers, **options) -> list[Tensor | None]``: one
-``(d_mlp_l,)`` float tensor per layer (higher = more important), ``None`` for layers it was not asked to score.
+Every scorer has the signature ``scorer(model, calib, *, layers, <its own options>) -> list[Tensor | None]``:
+one ``(d_mlp_l,)`` float tensor per layer (higher = more important), ``None`` for layers it was not asked to
+score. :func:`score` refuses options a method does not take.
 Activations are ``mlp.hook_post`` (the input of ``W_out``) over the real calibration tokens.
 
 Per-layer allocation (how many neurons each layer loses) is part of a method, see :data:`ALLOCATION`:
@@ -19,6 +20,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import FuncnetError
+from ..hooks.values import positive_int
 from .calibration import Calibration, fn_signals
 from .model_info import check_prunable
 
@@ -45,10 +47,9 @@ def _w_out_norm(model: Any, l: int) -> Float[Tensor, "d_mlp"]:
 
 
 @_register("random", "uniform")
-def random_scores(model: Any, calib: Calibration | None, *, layers: Sequence[int], seed: int = 0,
-                  **_: Any) -> Scores:
-    """Uniform random scores (seeded): the control."""
-    g = torch.Generator().manual_seed(seed)
+def random_scores(model: Any, calib: Calibration | None, *, layers: Sequence[int], random_state: int = 0) -> Scores:
+    """Uniform random scores (from ``random_state``): the control."""
+    g = torch.Generator().manual_seed(int(random_state))
     out: Scores = [None] * len(model.blocks)
     for l in range(len(model.blocks)):
         s = torch.rand(int(model.blocks[l].mlp.W_out.shape[0]), generator=g, dtype=torch.float64)
@@ -57,7 +58,7 @@ def random_scores(model: Any, calib: Calibration | None, *, layers: Sequence[int
 
 
 @_register("magnitude", "uniform")
-def magnitude_scores(model: Any, calib: Calibration | None, *, layers: Sequence[int], **_: Any) -> Scores:
+def magnitude_scores(model: Any, calib: Calibration | None, *, layers: Sequence[int]) -> Scores:
     """``‖W_out[j]‖₂ · ‖W_in[:, j]‖₂ (· ‖W_gate[:, j]‖₂ for gated MLPs)``: weights only."""
     out: Scores = [None] * len(model.blocks)
     for l in layers:
@@ -70,7 +71,7 @@ def magnitude_scores(model: Any, calib: Calibration | None, *, layers: Sequence[
 
 
 @_register("wanda", "uniform")
-def wanda_scores(model: Any, calib: Calibration, *, layers: Sequence[int], **_: Any) -> Scores:
+def wanda_scores(model: Any, calib: Calibration, *, layers: Sequence[int]) -> Scores:
     """Structured Wanda: ``‖W_out[j]‖₂ · ‖x_j‖₂`` over calibration tokens."""
     st = calib.stats(model)
     out: Scores = [None] * len(model.blocks)
@@ -80,7 +81,7 @@ def wanda_scores(model: Any, calib: Calibration, *, layers: Sequence[int], **_: 
 
 
 @_register("flap", "global", standardize=True)
-def flap_scores(model: Any, calib: Calibration, *, layers: Sequence[int], **_: Any) -> Scores:
+def flap_scores(model: Any, calib: Calibration, *, layers: Sequence[int]) -> Scores:
     """FLAP's fluctuation metric ``Var(x_j) · ‖W_out[j]‖₂²`` (selected globally after per-layer z-scoring)."""
     st = calib.stats(model)
     out: Scores = [None] * len(model.blocks)
@@ -90,7 +91,7 @@ def flap_scores(model: Any, calib: Calibration, *, layers: Sequence[int], **_: A
 
 
 @_register("activation", "uniform")
-def activation_scores(model: Any, calib: Calibration, *, layers: Sequence[int], **_: Any) -> Scores:
+def activation_scores(model: Any, calib: Calibration, *, layers: Sequence[int]) -> Scores:
     """Mean |x_j| over calibration tokens."""
     st = calib.stats(model)
     out: Scores = [None] * len(model.blocks)
@@ -100,26 +101,28 @@ def activation_scores(model: Any, calib: Calibration, *, layers: Sequence[int], 
 
 
 @_register("fn", "global")
-def fn_scores(model: Any, calib: Calibration, *, layers: Sequence[int], n_components: int = 128,
-              n_restarts: int = 10, n_runs: int = 1, seed: int = 666, **_: Any) -> Scores:
+def fn_scores(model: Any, calib: Calibration, *, layers: Sequence[int], n_networks: int = 128,
+              n_restarts: int = 10, n_runs: int = 1, random_state: int = 0) -> Scores:
     """FN-pruning key-neuron score: max |z| over CanICA components, signals and runs.
 
     Per layer, spatial ICA (CanICA: z-score columns, SVD, FastICA cube with features as samples) on the
     layer's signals (gated: up projection and activated gate; else ``mlp.hook_post``). A neuron with score
     > T is a key neuron of some functional network in some run, so keeping the neurons with score > T is
     the paper's rule "keep if either signal is key in any component of any run". ``n_runs`` splits the
-    calibration tokens into that many consecutive chunks, one ICA run each (the union over runs).
+    calibration tokens into that many consecutive chunks, one ICA run each (the union over runs);
+    ``n_networks`` is the number of ICA components per layer and run.
     """
-    from ..funcnet.canica import CanICA
+    from ..funcnet.ica import CanICA
 
-    if not isinstance(n_runs, int) or n_runs < 1:
-        raise FuncnetError(f"n_runs should be a positive int, got {n_runs!r}")
+    n_runs = positive_int(n_runs, "n_runs")
+    n_networks = positive_int(n_networks, "n_networks")
+    n_restarts = positive_int(n_restarts, "n_restarts")
     n_tok = calib.n_tokens
     per_run = n_tok // n_runs
-    if per_run < 2 * n_components:
-        raise FuncnetError(f"FN scores need at least 2*n_components={2 * n_components} calibration tokens per "
+    if per_run < 2 * n_networks:
+        raise FuncnetError(f"FN scores need at least 2*n_networks={2 * n_networks} calibration tokens per "
                            f"ICA run, got {per_run} ({n_tok} tokens / {n_runs} runs); add calibration text, "
-                           f"lower n_components or n_runs")
+                           f"lower n_networks or n_runs")
     out: Scores = [None] * len(model.blocks)
     sigs = fn_signals(model, calib, list(layers))
     for l in layers:
@@ -128,21 +131,33 @@ def fn_scores(model: Any, calib: Calibration, *, layers: Sequence[int], n_compon
         best = torch.full((w,), -torch.inf, dtype=torch.float64)
         for r in range(n_runs):
             rows = X[r * per_run:(r + 1) * per_run]
-            ica = CanICA(n_components, n_restarts=n_restarts, standardize=True, fun="cube",
-                         random_state=seed + 1000 * r + l)
+            ica = CanICA(n_networks, n_restarts=n_restarts, standardize=True, fun="cube",
+                         random_state=int(random_state) + 1000 * r + l)
             maps = ica.fit(rows).maps_  # (k, n_signals * w)
-            z = maps.detach().abs().amax(0).double().cpu().view(-1, w).amax(0)
+            z = torch.from_numpy(maps).abs().amax(0).double().view(-1, w).amax(0)
             best = torch.maximum(best, z)
         out[l] = best
     return out
 
 
-def score(model: Any, calib: Calibration | None, method: str, *, layers: Sequence[int] | None = None,
-          **options: Any) -> Scores:
-    """Scores of ``method`` for ``layers`` (default all); see the module docstring."""
-    check_prunable(model)
+def method_options(method: str) -> tuple[str, ...]:
+    """The options ``method``'s scorer takes (besides model, calibration and layers)."""
+    import inspect
+
     if method not in SCORERS:
         raise FuncnetError(f"unknown pruning method {method!r}; choose one of {sorted(SCORERS)}")
+    return tuple(n for n, p in inspect.signature(SCORERS[method]).parameters.items()
+                 if p.kind is p.KEYWORD_ONLY and n != "layers")
+
+
+def score(model: Any, calib: Calibration | None, method: str, *, layers: Sequence[int] | None = None,
+          **options: Any) -> Scores:
+    """Scores of ``method`` for ``layers`` (default all); ``options`` are the method's own (see
+    :func:`method_options`), anything else is refused."""
+    check_prunable(model)
+    unknown = sorted(set(options) - set(method_options(method)))
+    if unknown:
+        raise FuncnetError(f"method {method!r} takes the options {list(method_options(method))}, not {unknown}")
     if calib is None and method not in ("random", "magnitude"):
         raise FuncnetError(f"method {method!r} needs calibration text; pass calib=Calibration.from_texts(...)")
     if calib is not None:

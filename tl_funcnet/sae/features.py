@@ -10,8 +10,9 @@ from typing import Any
 
 import torch
 
+from ..activations.forward import is_encoder, run_batches
 from ..activations.store import Activations
-from ..activations.tokens import batches, forward_kwargs, pad_id, tokenize
+from ..activations.tokens import tokenize
 from ..errors import FuncnetError
 from ..hooks.sites import site_layer
 from .builders import _site, capture_features
@@ -36,15 +37,11 @@ def collect_features(model: Any, sae: Any, texts: Any, *, site: str | None = Non
     seqs = tokenize(model, texts, max_tokens_per_seq=max_tokens_per_seq)
     store: dict[str, Any] = {}
     iv = capture_features(p, store, site=site, key="f")
-    iv.validate(model)
     layer = site_layer(site)
     stop = {"stop_at_layer": layer + 1} if layer is not None and hasattr(model, "blocks") and \
-        getattr(model.cfg, "attention_dir", "causal") == "causal" else {}
+        not is_encoder(model) else {}
     per_seq: list[torch.Tensor | None] = [None] * len(seqs)
-    device = next(model.parameters()).device
-    for batch in batches(seqs, batch_size, pad_id=pad_id(model)):
-        with iv.applied(model):
-            model(batch.tokens.to(device), **stop, **forward_kwargs(model, batch))
+    for batch, _ in run_batches(model, seqs, batch_size=batch_size, intervention=iv, **stop):
         f = store.pop("f").to("cpu", dtype)
         for row, i in enumerate(batch.index):
             per_seq[i] = f[row, : len(seqs[i])]

@@ -35,8 +35,10 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from ..activations.tokens import batches, pad_id, tokenize
+from ..activations.forward import run_batches
+from ..activations.tokens import tokenize
 from ..errors import FuncnetError
+from ..evaluate import next_token_logprobs, next_token_nll, target_mask
 from ..hooks import ablate, capture
 from .builders import _site, splice
 from .params import Normalizer, decode, encode, sae_input, sae_params
@@ -118,10 +120,9 @@ def evaluate_sae(model: Any, sae: Any, texts: Any, *, site: str | None = None, b
     seqs = tokenize(model, texts, max_tokens_per_seq=max_tokens_per_seq)
     store: dict[str, Any] = {}
     read = capture(site, store)
-    read.validate(model)
     splice_iv, zero_iv = splice(p, site=site), ablate(site)
-    splice_iv.validate(model)
-    zero_iv.validate(model)
+    for iv in (read, splice_iv, zero_iv):
+        iv.validate(model)
     d_sae = int(p["W_enc"].shape[1])
     n = 0
     sse = sum_sq = 0.0
@@ -131,12 +132,9 @@ def evaluate_sae(model: Any, sae: Any, texts: Any, *, site: str | None = None, b
     x_norms, f_norms, eps_all = [], [], []
     loss = {"base": 0.0, "sae": 0.0, "zero": 0.0}
     n_pred = 0
-    device = next(model.parameters()).device
-    for batch in batches(seqs, batch_size, pad_id=pad_id(model)):
-        toks = batch.tokens.to(device)
-        mask = batch.mask.bool().to(device)
-        with read.applied(model):
-            logits = model(toks)
+    for batch, logits in run_batches(model, seqs, batch_size=batch_size, intervention=read):
+        toks = batch.tokens.to(logits.device)
+        mask = batch.mask.bool().to(logits.device)
         act = store.pop(site)
         x = (act.flatten(-2) if act.ndim == 4 else act)[mask].float()
         norm = Normalizer(p.get("normalize_activations", "none"), x.shape[-1])
@@ -153,7 +151,7 @@ def evaluate_sae(model: Any, sae: Any, texts: Any, *, site: str | None = None, b
         eps_all.append(afa["eps"].cpu())
         n += x.shape[0]
         if compute_ce:
-            tgt_mask = mask[:, 1:]
+            tgt_mask = target_mask(mask)
             n_pred += int(tgt_mask.sum())
             loss["base"] += _nll_sum(logits, toks, tgt_mask)
             for name, iv in (("sae", splice_iv), ("zero", zero_iv)):
@@ -186,9 +184,7 @@ def evaluate_sae(model: Any, sae: Any, texts: Any, *, site: str | None = None, b
 
 
 def _nll_sum(logits: Tensor, toks: Tensor, tgt_mask: Tensor) -> float:
-    logp = F.log_softmax(logits[:, :-1].float(), dim=-1)
-    nll = -logp.gather(-1, toks[:, 1:].unsqueeze(-1)).squeeze(-1)
-    return float(nll[tgt_mask].sum())
+    return float(next_token_nll(next_token_logprobs(logits), toks)[tgt_mask].sum())
 
 
 __all__ = ["SAEMetrics", "evaluate_sae", "max_decoder_cos", "token_afa"]

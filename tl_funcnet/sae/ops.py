@@ -23,8 +23,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import FuncnetError, ShapeError
-from ..hooks.ops import check_pos, where_pos
 from ..hooks.registry import HookFn, register_op
+from ..hooks.select import prepare_pos, where_pos
+from ..hooks.values import index_list, scalar_or_tensor
 from ..hooks.sites import site_shape
 from .params import Normalizer, check_params, decode, encode
 
@@ -74,37 +75,67 @@ def apply_edits(feature_acts: Float[Tensor, "... d_sae"], edits: Any) -> Float[T
     return f
 
 
-def _v_edits(d_sae: int, edits: Any) -> None:
+def _prepare_edits(d_sae: int, edits: Any) -> list[dict[str, Any]]:
+    """The edits checked and normalized: integer features in range, finite values of the right length."""
     if edits is None:
-        return
+        return []
     if not isinstance(edits, (list, tuple)):
         raise FuncnetError(f"edits should be a list of dicts like {{'kind': 'ablate', 'features': [3]}}, got {edits!r}")
+    out = []
     for i, e in enumerate(edits):
         if not isinstance(e, Mapping) or e.get("kind") not in EDIT_KINDS:
-            raise FuncnetError(f"edit {i} should be a dict with kind one of {EDIT_KINDS}, got {e!r}")
+            raise FuncnetError(f"edit {i} should be a dict with kind one of {EDIT_KINDS}, got {e!r:.80}")
+        allowed = {"kind", "features"} | ({"values"} if e["kind"] in ("set", "add", "scale") else set()) \
+            | ({"min", "max"} if e["kind"] == "clamp" else set())
+        if set(e) - allowed:
+            raise FuncnetError(f"edit {i} ({e['kind']}) has unknown keys {sorted(set(e) - allowed)}")
         if e.get("features") is None:
             raise FuncnetError(f"edit {i} ({e['kind']}) needs 'features', a list of feature indices")
-        idx = _index(e["features"])
-        if idx.numel() and (int(idx.max()) >= d_sae or int(idx.min()) < 0):
-            bad = int(idx.max()) if int(idx.max()) >= d_sae else int(idx.min())
-            raise ShapeError(f"edit {i} ({e['kind']}): feature index {bad} is out of range for an SAE with "
-                             f"d_sae={d_sae} (valid: 0..{d_sae - 1})")
+        features = index_list(e["features"], f"edit {i} features")
+        if features and max(features) >= d_sae:
+            raise ShapeError(f"edit {i} ({e['kind']}): feature index {max(features)} is out of range for an SAE "
+                             f"with d_sae={d_sae} (valid: 0..{d_sae - 1})")
+        edit: dict[str, Any] = {"kind": e["kind"], "features": list(features)}
         if e["kind"] in ("set", "add", "scale"):
             if e.get("values") is None:
                 raise FuncnetError(f"edit {i} ({e['kind']}) needs 'values' (a number or one per feature)")
-            v = torch.as_tensor(e["values"])
-            if v.ndim > 1 or (v.ndim == 1 and v.numel() != idx.numel()):
-                raise ShapeError(f"edit {i} ({e['kind']}): {v.numel()} values for {idx.numel()} features; "
+            v = scalar_or_tensor(e["values"], f"edit {i} values")
+            if isinstance(v, Tensor) and (v.ndim > 1 or v.numel() != len(features)):
+                raise ShapeError(f"edit {i} ({e['kind']}): {v.numel()} values for {len(features)} features; "
                                  f"give one value per feature or a single number")
-        if e["kind"] == "clamp" and e.get("min") is None and e.get("max") is None:
-            raise FuncnetError(f"edit {i} (clamp) needs 'min', 'max' or both")
+            edit["values"] = v.tolist() if isinstance(v, Tensor) else v
+        if e["kind"] == "clamp":
+            if e.get("min") is None and e.get("max") is None:
+                raise FuncnetError(f"edit {i} (clamp) needs 'min', 'max' or both")
+            for key in ("min", "max"):
+                if e.get(key) is not None:
+                    edit[key] = float(scalar_or_tensor(e[key], f"edit {i} {key}"))
+            if "min" in edit and "max" in edit and edit["min"] > edit["max"]:
+                raise FuncnetError(f"edit {i} (clamp) needs min <= max, got {edit['min']} > {edit['max']}")
+        out.append(edit)
+    return out
 
 
-def _v_site(model: Any, site: str, p: Mapping[str, Any]) -> None:
+def _p_sae(p: dict[str, Any]) -> dict[str, Any]:
     sae = p.get("sae")
     if not isinstance(sae, Mapping):
         raise FuncnetError(f"needs 'sae', a dict from tl_funcnet.sae.sae_params(sae); got {type(sae).__name__}")
     check_params(sae)
+    if "pos" in p:
+        p["pos"] = prepare_pos(p["pos"])
+    return p
+
+
+def _p_edit(p: dict[str, Any]) -> dict[str, Any]:
+    p = _p_sae(p)
+    p["edits"] = _prepare_edits(int(p["sae"]["W_enc"].shape[1]), p.get("edits"))
+    if not isinstance(p.get("use_error_term", True), bool):
+        raise FuncnetError(f"use_error_term should be True or False, got {p.get('use_error_term')!r}")
+    return p
+
+
+def _v_site(model: Any, site: str, p: Mapping[str, Any]) -> None:
+    sae = p["sae"]
     d_in = int(sae["W_enc"].shape[0])
     shape = site_shape(model, site)
     if shape is None:
@@ -117,13 +148,7 @@ def _v_site(model: Any, site: str, p: Mapping[str, Any]) -> None:
         )
 
 
-def _v_edit(model: Any, site: str, p: Mapping[str, Any]) -> None:
-    _v_site(model, site, p)
-    check_pos(p.get("pos"))
-    _v_edits(int(p["sae"]["W_enc"].shape[1]), p.get("edits"))
-
-
-@register_op("sae_edit", validate=_v_edit)
+@register_op("sae_edit", prepare=_p_edit, validate=_v_site)
 def sae_edit_op(sae: Mapping[str, Any], edits: Any = (), use_error_term: bool = True, pos: Any = None) -> HookFn:
     """Encode with the SAE, apply ``edits`` to the features, decode (+ the SAE error if ``use_error_term``)."""
 
@@ -133,18 +158,18 @@ def sae_edit_op(sae: Mapping[str, Any], edits: Any = (), use_error_term: bool = 
         f = encode(sae, x, norm)
         f_edit = apply_edits(f, edits)
         out = x + (decode(sae, f_edit, norm) - decode(sae, f, norm)) if use_error_term else decode(sae, f_edit, norm)
-        return where_pos(pos, out.reshape(act.shape), act)
+        return where_pos(pos, out.reshape(act.shape), act, getattr(hook, "name", "?"))
 
     return hook_fn
 
 
-def _v_capture(model: Any, site: str, p: Mapping[str, Any]) -> None:
-    _v_site(model, site, p)
+def _p_capture(p: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(p.get("store"), MutableMapping):
         raise FuncnetError(f"needs a dict-like store the caller owns; got {type(p.get('store')).__name__}")
+    return _p_sae(p)
 
 
-@register_op("sae_capture", validate=_v_capture, writes=False, serializable=False)
+@register_op("sae_capture", prepare=_p_capture, validate=_v_site, writes=False, serializable=False, refs=("store",))
 def sae_capture_op(sae: Mapping[str, Any], store: MutableMapping[str, Any], key: str | None = None,
                    append: bool = False) -> HookFn:
     """Store the SAE's ``feature_acts`` (batch, pos, d_sae) of the activation in ``store[key]`` (detached)."""

@@ -19,8 +19,10 @@ from typing import Any, Iterator
 
 import torch
 
+from .._io import Kind, atomic_dir
 from ..errors import FuncnetError
 from ..hooks.sites import check_sites
+from ..hooks.values import positive_int
 
 #: The sites ``tl-funcnet train-sae`` trains by default on SmolLM2 (one residual, one MLP output).
 DEFAULT_SITES = ("blocks.6.hook_resid_post", "blocks.6.hook_mlp_out")
@@ -45,16 +47,16 @@ def _quiet(verbose: bool) -> Iterator[None]:
         sl_logger.setLevel(level)
 
 
-def token_dataset(model: Any, corpus: Any, context_size: int, *, max_tokens: int | None = None) -> Any:
-    """A ``datasets.Dataset`` with one ``tokens`` row per ``context_size`` ids of the concatenated corpus.
+def token_dataset(model: Any, texts: Any, context_size: int, *, max_tokens: int | None = None) -> Any:
+    """A ``datasets.Dataset`` with one ``tokens`` row per ``context_size`` ids of the concatenated texts.
 
-    ``corpus`` is a split name of the built-in corpus, a path, a list of strings, or token ids.
+    ``texts`` is a split name of the built-in corpus, a path, a list of strings, or token ids.
     """
     from datasets import Dataset
 
     from ..activations.tokens import tokenize
 
-    seqs = tokenize(model, corpus, max_tokens_per_seq=None)
+    seqs = tokenize(model, texts, max_tokens_per_seq=None)
     eos = getattr(getattr(model, "tokenizer", None), "eos_token_id", None)
     parts = []
     for s in seqs:  # separate texts by EOS, as a document boundary the model knows
@@ -72,21 +74,22 @@ def token_dataset(model: Any, corpus: Any, context_size: int, *, max_tokens: int
     return Dataset.from_dict({"tokens": rows.tolist()})
 
 
-def train_sae(model: Any, site: str, corpus: Any = "calibration", *, d_sae: int | None = None,
+def train_sae(model: Any, site: str, texts: Any = "calibration", *, d_sae: int | None = None,
               architecture: str = "topk", k: int = 32, l1_coefficient: float = 5.0,
               training_tokens: int = 200_000, context_size: int = 128, train_batch_size_tokens: int = 2048,
               store_batch_size_prompts: int = 8, n_batches_in_buffer: int = 32, lr: float = 1e-3,
-              seed: int = 0, device: str = "cpu", verbose: bool = False, **sae_kwargs: Any) -> Any:
+              random_state: int = 0, device: str = "cpu", verbose: bool = False, **sae_kwargs: Any) -> Any:
     """Train a sae-lens SAE on ``model``'s activations at ``site`` and return it as an inference ``SAE``.
 
     Args:
         site: TransformerLens hook name, e.g. ``"blocks.6.hook_resid_post"``.
-        corpus: what :func:`token_dataset` accepts; cut into ``context_size`` rows (epochs repeat).
+        texts: what :func:`token_dataset` accepts; cut into ``context_size`` rows (epochs repeat).
         d_sae: number of features (default 4 x the site width).
         architecture: a sae-lens training architecture (``"topk"``, ``"standard"``, ``"jumprelu"``,
             ``"batchtopk"``, ...); ``k`` is used by top-k types, ``l1_coefficient`` by ``"standard"``.
         training_tokens, train_batch_size_tokens, lr, ...: passed to ``LanguageModelSAERunnerConfig``.
-        sae_kwargs: extra fields of the architecture's ``TrainingSAEConfig``.
+        sae_kwargs: extra fields of the architecture's ``TrainingSAEConfig`` (unknown names are refused).
+        random_state: the training seed (sae-lens seeds its own generators from it).
     """
     from sae_lens import SAE, LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
     from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
@@ -107,20 +110,26 @@ def train_sae(model: Any, site: str, corpus: Any = "calibration", *, d_sae: int 
             f"n_batches_in_buffer to at least {-(-train_batch_size_tokens // context_size)}"
         )
     cfg_cls = SAE_TRAINING_CLASS_REGISTRY[architecture][1]
+    unknown = sorted(set(sae_kwargs) - set(cfg_cls.__dataclass_fields__))
+    if unknown:
+        raise FuncnetError(f"{architecture} SAEs have no options {unknown}; known: {sorted(cfg_cls.__dataclass_fields__)}")
+    for name, value in (("d_sae", d_sae if d_sae is not None else 1), ("k", k), ("training_tokens", training_tokens),
+                        ("context_size", context_size), ("train_batch_size_tokens", train_batch_size_tokens)):
+        positive_int(value, name)
     extra = dict(sae_kwargs)
     if "k" in cfg_cls.__dataclass_fields__:
         extra.setdefault("k", k)
     if "l1_coefficient" in cfg_cls.__dataclass_fields__:
         extra.setdefault("l1_coefficient", l1_coefficient)
     sae_cfg = cfg_cls(d_in=d_in, d_sae=d_sae or 4 * d_in, device=device, **extra)
-    dataset = token_dataset(model, corpus, context_size)
+    dataset = token_dataset(model, texts, context_size)
     with _quiet(verbose):
         cfg = LanguageModelSAERunnerConfig(
             sae=sae_cfg, model_name=str(getattr(model.cfg, "model_name", "custom")), hook_name=site,
             dataset_path="", is_dataset_tokenized=True, streaming=False, context_size=context_size,
             prepend_bos=False, sequence_separator_token=None, training_tokens=training_tokens,
             train_batch_size_tokens=train_batch_size_tokens, store_batch_size_prompts=store_batch_size_prompts,
-            n_batches_in_buffer=n_batches_in_buffer, lr=lr, seed=seed, device=device,
+            n_batches_in_buffer=n_batches_in_buffer, lr=lr, seed=int(random_state), device=device,
             logger=LoggingConfig(log_to_wandb=False), checkpoint_path=None, output_path=None,
             n_checkpoints=0, verbose=verbose, n_batches_for_norm_estimate=10,
             dead_feature_window=max(1, training_tokens // train_batch_size_tokens // 2),
@@ -142,9 +151,19 @@ def train_sae(model: Any, site: str, corpus: Any = "calibration", *, d_sae: int 
     return sae
 
 
-def save_sae(sae: Any, path: str | os.PathLike[str]) -> Path:
-    """Write ``sae`` in sae-lens's own format (``cfg.json`` + ``sae_weights.safetensors``)."""
-    sae.save_model(Path(path))
+def _is_sae_folder(path: Path) -> bool:
+    return (path / "cfg.json").is_file() and (path / "sae_weights.safetensors").is_file()
+
+
+#: what sae-lens's ``save_model`` writes
+KIND = Kind("SAE", entries=("cfg.json", "sae_weights.safetensors", "sparsity.safetensors"), recognize=_is_sae_folder)
+
+
+def save_sae(sae: Any, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Write ``sae`` in sae-lens's own format (``cfg.json`` + ``sae_weights.safetensors``), atomically; an SAE
+    saved there before is replaced only with ``overwrite=True``."""
+    with atomic_dir(path, KIND, overwrite=overwrite) as tmp:
+        sae.save_model(tmp)
     return Path(path)
 
 
@@ -159,17 +178,25 @@ def load_sae(path: str | os.PathLike[str], device: str = "cpu") -> Any:
         return SAE.load_from_disk(root, device=device)
 
 
-def train_and_save(model: Any, out_dir: str | os.PathLike[str], sites: Any, corpus: Any = "calibration",
-                   **train_options: Any) -> dict[str, float]:
-    """Train one SAE per site and save each under ``out_dir/<site>``; returns ``{site: seconds}``."""
+def train_and_save(model: Any, out_dir: str | os.PathLike[str], sites: Any, texts: Any = "calibration", *,
+                   overwrite: bool = False, **train_options: Any) -> dict[str, float]:
+    """Train one SAE per site and save each under ``out_dir/<site>``; returns ``{site: seconds}``.
+
+    Every target folder is checked before the first SAE trains.
+    """
     import time
 
+    from .._io import check_target
+
+    targets = {site: Path(out_dir) / site for site in sites}
+    for target in targets.values():
+        check_target(target, KIND, overwrite=overwrite)
     times = {}
-    for site in sites:
+    for site, target in targets.items():
         t0 = time.perf_counter()
-        sae = train_sae(model, site, corpus, **train_options)
+        sae = train_sae(model, site, texts, **train_options)
         times[site] = time.perf_counter() - t0
-        save_sae(sae, Path(out_dir) / site)
+        save_sae(sae, target, overwrite=overwrite)
     return times
 
 

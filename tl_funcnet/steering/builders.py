@@ -2,8 +2,9 @@
 networks, SAE decoder directions, and entropy weighting (EAST-style).
 
 Builders that read the model take prompt sets (lists of strings or token-id lists) and read one vector per
-prompt at ``blocks.{layer}.hook_resid_post`` (or another per-layer ``site`` template): the activation at
-the prompt's last token (``reduce="last"``) or the mean over its tokens (``reduce="mean"``).
+prompt at a ``site`` (a hook name such as ``"blocks.6.hook_resid_post"``): the activation at the prompt's
+last token (``reduce="last"``) or the mean over its tokens (``reduce="mean"``). :func:`mean_differences`
+reads several sites in one pass (a per-layer suffix with ``layers=``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import FuncnetError, ShapeError
-from .vector import DEFAULT_SITE, SteeringVector, resid_site
+from ..hooks.sites import resolve_sites
+from .vector import SteeringVector
 
 REDUCTIONS = ("last", "mean")
 
@@ -44,25 +46,32 @@ def _check_pairs(positive: Any, negative: Any, paired: bool) -> tuple[list, list
     return pos, neg
 
 
-def read_examples(model: Any, texts: Sequence[Any], layers: Sequence[int], *, site: str = DEFAULT_SITE,
-                  reduce: str = "last", batch_size: int = 8) -> dict[int, Float[Tensor, "n d"]]:
-    """One activation vector per prompt at each layer: ``{layer: (n_prompts, d)}``."""
+def one_site(model: Any, site: str) -> str:
+    """``site`` as exactly one hook name of ``model`` (a per-layer suffix is refused: it names several)."""
+    sites = resolve_sites(model, site)
+    if len(sites) != 1:
+        raise FuncnetError(f"{site!r} names {len(sites)} hooks; give one hook name such as "
+                           f"'blocks.6.hook_resid_post' (mean_differences reads several at once)")
+    return sites[0]
+
+
+def read_examples(model: Any, texts: Sequence[Any], sites: Sequence[str], *, reduce: str = "last",
+                  batch_size: int = 8) -> dict[str, Float[Tensor, "n d"]]:
+    """One activation vector per prompt at each site: ``{site: (n_prompts, d)}``."""
     from ..activations import collect
 
     if reduce not in REDUCTIONS:
         raise FuncnetError(f"reduce should be one of {REDUCTIONS}, got {reduce!r}")
     texts = _check_set(texts, "input")
-    sites = {l: resid_site(model, l, site) for l in layers}
-    acts = collect(model, texts, sorted(set(sites.values())), batch_size=batch_size, max_tokens_per_seq=None,
-                   progress=False)
+    acts = collect(model, texts, list(sites), batch_size=batch_size, max_tokens_per_seq=None, progress=False)
     off = acts.offsets
     out = {}
-    for l, s in sites.items():
+    for s in sites:
         m = acts[s].to(torch.float32)
         if reduce == "last":
-            out[l] = m[off[1:] - 1]
+            out[s] = m[off[1:] - 1]
         else:
-            out[l] = torch.stack([m[int(a):int(b)].mean(0) for a, b in zip(off[:-1], off[1:])])
+            out[s] = torch.stack([m[int(a):int(b)].mean(0) for a, b in zip(off[:-1], off[1:])])
     return out
 
 
@@ -120,64 +129,64 @@ def entropy_weighted_of(acts: Float[Tensor, "n d"], entropies: Float[Tensor, "n"
 # --------------------------------------------------------------------------------------- model builders
 
 
-def mean_differences(model: Any, positive: Sequence[Any], negative: Sequence[Any], layers: Sequence[int], *,
-                     site: str = DEFAULT_SITE, reduce: str = "last", paired: bool = True,
-                     batch_size: int = 8) -> dict[int, SteeringVector]:
-    """:func:`mean_difference` at several layers from one pass over the prompts."""
+def mean_differences(model: Any, positive: Sequence[Any], negative: Sequence[Any],
+                     sites: str | Sequence[str] = "hook_resid_post", *, layers: Sequence[int] | None = None,
+                     reduce: str = "last", paired: bool = True, batch_size: int = 8) -> dict[str, SteeringVector]:
+    """:func:`mean_difference` at several sites from one pass over the prompts: ``{site: vector}``.
+
+    ``sites`` is a per-layer suffix (every layer, or ``layers``) or a list of hook names.
+    """
     pos, neg = _check_pairs(positive, negative, paired)
-    layers = _check_layers(model, layers)
-    a = read_examples(model, pos, layers, site=site, reduce=reduce, batch_size=batch_size)
-    b = read_examples(model, neg, layers, site=site, reduce=reduce, batch_size=batch_size)
-    return {l: SteeringVector(mean_difference_of(a[l], b[l]), resid_site(model, l, site),
-                              {"method": "mean_difference", "layer": l, "reduce": reduce, "paired": paired,
+    names = resolve_sites(model, sites, layers)
+    a = read_examples(model, pos, names, reduce=reduce, batch_size=batch_size)
+    b = read_examples(model, neg, names, reduce=reduce, batch_size=batch_size)
+    return {s: SteeringVector(mean_difference_of(a[s], b[s]), s,
+                              {"method": "mean_difference", "reduce": reduce, "paired": paired,
                                "n_positive": len(pos), "n_negative": len(neg)})
-            for l in layers}
+            for s in names}
 
 
-def mean_difference(model: Any, positive: Sequence[Any], negative: Sequence[Any], layer: int, *,
-                    site: str = DEFAULT_SITE, reduce: str = "last", paired: bool = True,
-                    batch_size: int = 8) -> SteeringVector:
-    """CAA-style vector ``mean(positive acts) - mean(negative acts)`` at ``layer``.
+def mean_difference(model: Any, positive: Sequence[Any], negative: Sequence[Any], site: str, *,
+                    reduce: str = "last", paired: bool = True, batch_size: int = 8) -> SteeringVector:
+    """CAA-style vector ``mean(positive acts) - mean(negative acts)`` at ``site`` (one hook name).
 
     ``paired=True`` requires one negative per positive (contrast pairs); ``paired=False`` accepts sets of
     any sizes.
     """
-    return mean_differences(model, positive, negative, [layer], site=site, reduce=reduce, paired=paired,
-                            batch_size=batch_size)[_check_layers(model, [layer])[0]]
+    name = one_site(model, site)
+    return mean_differences(model, positive, negative, [name], reduce=reduce, paired=paired,
+                            batch_size=batch_size)[name]
 
 
-def pca_direction(model: Any, positive: Sequence[Any], negative: Sequence[Any], layer: int, *,
-                  site: str = DEFAULT_SITE, reduce: str = "last", center: bool = False,
-                  batch_size: int = 8) -> SteeringVector:
-    """RepE-style reading vector: first principal direction of the paired differences (see
+def pca_direction(model: Any, positive: Sequence[Any], negative: Sequence[Any], site: str, *,
+                  reduce: str = "last", center: bool = False, batch_size: int = 8) -> SteeringVector:
+    """RepE-style reading vector at ``site``: first principal direction of the paired differences (see
     :func:`pca_direction_of`), sign-aligned with the mean difference."""
     pos, neg = _check_pairs(positive, negative, paired=True)
-    (l,) = _check_layers(model, [layer])
-    a = read_examples(model, pos, [l], site=site, reduce=reduce, batch_size=batch_size)[l]
-    b = read_examples(model, neg, [l], site=site, reduce=reduce, batch_size=batch_size)[l]
+    name = one_site(model, site)
+    a = read_examples(model, pos, [name], reduce=reduce, batch_size=batch_size)[name]
+    b = read_examples(model, neg, [name], reduce=reduce, batch_size=batch_size)[name]
     v = pca_direction_of(a - b, center=center)
-    return SteeringVector(v, resid_site(model, l, site), {"method": "pca", "layer": l, "reduce": reduce,
-                                                          "center": center, "n_pairs": len(pos)})
+    return SteeringVector(v, name, {"method": "pca", "reduce": reduce, "center": center, "n_pairs": len(pos)})
 
 
 @torch.no_grad()
 def next_token_entropy(model: Any, texts: Sequence[Any], *, batch_size: int = 8) -> Float[Tensor, "n"]:
     """Entropy (nats) of the model's next-token distribution after each prompt."""
-    from ..activations.tokens import batches, pad_id, tokenize
+    from ..activations.forward import run_batches
+    from ..activations.tokens import tokenize
 
     seqs = tokenize(model, list(texts), max_tokens_per_seq=None)
     out = torch.empty(len(seqs))
-    device = next(model.parameters()).device
-    for batch in batches(seqs, batch_size, pad_id=pad_id(model)):
-        logits = model(batch.tokens.to(device), return_type="logits")
-        last = batch.mask.sum(1) - 1
-        logp = F.log_softmax(logits[torch.arange(len(last)), last.to(device)].float(), -1)
+    for batch, logits in run_batches(model, seqs, batch_size=batch_size, return_type="logits"):
+        last = (batch.mask.sum(1) - 1).to(logits.device)
+        logp = F.log_softmax(logits[torch.arange(len(last)), last].float(), -1)
         out[batch.index] = -(logp.exp() * logp).sum(-1).cpu()
     return out
 
 
-def entropy_weighted(model: Any, texts: Sequence[Any], layer: int, *, entropies: Any = None,
-                     site: str = DEFAULT_SITE, reduce: str = "last", batch_size: int = 8) -> SteeringVector:
+def entropy_weighted(model: Any, texts: Sequence[Any], site: str, *, entropies: Any = None,
+                     reduce: str = "last", batch_size: int = 8) -> SteeringVector:
     """EAST-style vector from logged examples (see :func:`entropy_weighted_of` for the formula).
 
     ``entropies`` gives one weight source per example (e.g. the entropy of an agent's action
@@ -186,13 +195,13 @@ def entropy_weighted(model: Any, texts: Sequence[Any], layer: int, *, entropies:
     texts = _check_set(texts, "input")
     if len(texts) < 2:
         raise FuncnetError("entropy weighting needs at least 2 examples (the vector is centred by their mean)")
-    (l,) = _check_layers(model, [layer])
+    name = one_site(model, site)
     h = next_token_entropy(model, texts, batch_size=batch_size) if entropies is None else \
         torch.as_tensor(entropies, dtype=torch.float32)
-    a = read_examples(model, texts, [l], site=site, reduce=reduce, batch_size=batch_size)[l]
+    a = read_examples(model, texts, [name], reduce=reduce, batch_size=batch_size)[name]
     v = entropy_weighted_of(a, h)
-    return SteeringVector(v, resid_site(model, l, site), {
-        "method": "entropy_weighted", "layer": l, "reduce": reduce, "n_examples": len(texts),
+    return SteeringVector(v, name, {
+        "method": "entropy_weighted", "reduce": reduce, "n_examples": len(texts),
         "entropy_source": "model_next_token" if entropies is None else "given",
         "formula": "sum_i (H_i / sum_j H_j) a_i - mean_i a_i"})
 
@@ -261,17 +270,6 @@ def from_sae(sae: Any, feature: int, *, site: str | None = None) -> SteeringVect
     return SteeringVector(w[feature].float(), site, {"method": "sae_feature", "feature": feature})
 
 
-def _check_layers(model: Any, layers: Sequence[int]) -> list[int]:
-    """Range-checked layer indices (negative ones counted from the end)."""
-    layers = list(layers)
-    if not layers:
-        raise FuncnetError("no layers given; pass one or more layer indices")
-    for l in layers:
-        resid_site(model, l)  # raises on an out-of-range layer
-    n = int(model.cfg.n_layers)
-    return [l % n for l in layers]
-
-
 __all__ = ["mean_difference", "mean_differences", "pca_direction", "entropy_weighted", "from_network", "from_sae",
-           "read_examples", "next_token_entropy", "mean_difference_of", "pca_direction_of", "entropy_weights",
+           "read_examples", "one_site", "next_token_entropy", "mean_difference_of", "pca_direction_of", "entropy_weights",
            "entropy_weighted_of", "REDUCTIONS"]

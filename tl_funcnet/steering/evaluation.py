@@ -22,8 +22,11 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ..activations.forward import run_batches
 from ..errors import FuncnetError
+from ..evaluate import kl_divergence, next_token_logprobs, next_token_nll, target_mask
 from ..hooks import Intervention
+from ..hooks.values import positive_int
 from .vector import SteeringVector, random_like
 
 IvFactory = Callable[[Int[Tensor, "batch"]], Intervention]
@@ -57,23 +60,22 @@ def _as_factory(iv: Intervention | IvFactory | None) -> IvFactory:
 
 
 @torch.no_grad()
-def next_token_logprobs(model: Any, prompts: Sequence[Any], intervention: Intervention | IvFactory | None = None,
-                        *, batch_size: int = 16) -> Float[Tensor, "n d_vocab"]:
-    """Log-probabilities of the next token after each prompt, under ``intervention``.
+def prompt_logprobs(model: Any, prompts: Sequence[Any], intervention: Intervention | IvFactory | None = None,
+                    *, batch_size: int = 16) -> Float[Tensor, "n d_vocab"]:
+    """Log-probabilities of the token after each prompt, under ``intervention``.
 
     ``intervention`` may be a callable ``f(last_index) -> Intervention`` to steer per-row positions (the
     index of each row's last real token in the right-padded batch).
     """
-    from ..activations.tokens import batches, pad_id, tokenize
+    from ..activations.forward import run_batches
+    from ..activations.tokens import tokenize
 
     make = _as_factory(intervention)
     seqs = tokenize(model, list(prompts), max_tokens_per_seq=None)
     out = torch.empty(len(seqs), model.cfg.d_vocab)
-    device = next(model.parameters()).device
-    for batch in batches(seqs, batch_size, pad_id=pad_id(model)):
-        last = (batch.mask.sum(1) - 1).to(device)
-        with make(last).applied(model):
-            logits = model(batch.tokens.to(device), return_type="logits")
+    for batch, logits in run_batches(model, seqs, batch_size=batch_size, return_type="logits",
+                                     intervention=lambda b: make(b.mask.sum(1) - 1)):
+        last = (batch.mask.sum(1) - 1).to(logits.device)
         out[batch.index] = F.log_softmax(logits[torch.arange(len(last)), last].float(), -1).cpu()
     return out
 
@@ -93,81 +95,80 @@ class NeutralReference:
     @torch.no_grad()
     def __init__(self, model: Any, texts: Any = "evaluation", *, max_texts: int | None = 12,
                  max_tokens_per_seq: int = 64, batch_size: int = 8):
-        from ..activations.tokens import batches, pad_id, resolve_corpus, tokenize
+        from ..activations.tokens import resolve_inputs, tokenize
 
-        items = resolve_corpus(texts)
+        items = resolve_inputs(texts)
         if max_texts is not None:
-            items = items[:max_texts]
-        seqs = tokenize(model, items, max_tokens_per_seq=max_tokens_per_seq)
+            items = items[:positive_int(max_texts, "max_texts")]
         self.model = model
-        self.batches = list(batches(seqs, batch_size, pad_id=pad_id(model)))
-        device = next(model.parameters()).device
+        self.seqs = tokenize(model, items, max_tokens_per_seq=max_tokens_per_seq)
+        self.batch_size = batch_size
         self.base: list[Tensor] = []
         self.base_loss = 0.0
         self.n_tokens = 0
-        for b in self.batches:
-            lp = F.log_softmax(model(b.tokens.to(device))[:, :-1].float(), -1)
-            self.base.append(lp.cpu())
-            mask = b.mask[:, 1:].bool()
-            nll = -lp.cpu().gather(-1, b.tokens[:, 1:, None]).squeeze(-1)
-            self.base_loss += float(nll[mask].sum())
+        for b, logits in run_batches(model, self.seqs, batch_size=batch_size):
+            lp = next_token_logprobs(logits).cpu()
+            self.base.append(lp)
+            mask = target_mask(b.mask)
+            self.base_loss += float(next_token_nll(lp, b.tokens)[mask].sum())
             self.n_tokens += int(mask.sum())
         self.base_loss /= self.n_tokens
 
     @torch.no_grad()
     def side_effects(self, intervention: Intervention) -> dict[str, float]:
         """``kl`` (base || steered, per token), ``loss``, ``delta_loss`` and ``neutral_entropy``."""
-        device = next(self.model.parameters()).device
         kl = loss = ent = 0.0
-        for b, base in zip(self.batches, self.base):
-            with intervention.applied(self.model):
-                lp = F.log_softmax(self.model(b.tokens.to(device))[:, :-1].float(), -1).cpu()
-            mask = b.mask[:, 1:].bool()
-            kl += float((base.exp() * (base - lp)).sum(-1)[mask].sum())
-            loss += float(-lp.gather(-1, b.tokens[:, 1:, None]).squeeze(-1)[mask].sum())
+        batches = run_batches(self.model, self.seqs, batch_size=self.batch_size, intervention=intervention)
+        for (b, logits), base in zip(batches, self.base):
+            lp = next_token_logprobs(logits).cpu()
+            mask = target_mask(b.mask)
+            kl += float(kl_divergence(base, lp)[mask].sum())
+            loss += float(next_token_nll(lp, b.tokens)[mask].sum())
             ent += float(-(lp.exp() * lp).sum(-1)[mask].sum())
         n = self.n_tokens
         return {"kl": kl / n, "loss": loss / n, "delta_loss": loss / n - self.base_loss, "neutral_entropy": ent / n}
 
 
-def sweep(model: Any, vectors: Mapping[int, SteeringVector], scales: Sequence[float], test_prompts: Sequence[Any],
-          positive_words: Sequence[str | int], negative_words: Sequence[str | int], *,
-          neutral: NeutralReference | Any = "evaluation", pos: str = "all", normalize: bool = False,
-          random_control: bool = True, seed: int = 0, progress: Callable[[str], None] | None = None):
-    """Layer x scale sweep: one row per (kind, layer, scale) with target and side-effect metrics.
+def sweep(model: Any, vectors: Mapping[Any, SteeringVector] | Sequence[SteeringVector], scales: Sequence[float],
+          test_prompts: Sequence[Any], positive_words: Sequence[str | int], negative_words: Sequence[str | int], *,
+          neutral: NeutralReference | Any = "evaluation", pos: str | None = None, normalize: bool = False,
+          random_control: bool = True, random_state: int = 0, progress: Callable[[str], None] | None = None):
+    """Site x scale sweep: one row per (kind, vector, scale) with target and side-effect metrics.
 
-    ``vectors`` maps a layer to the vector applied there (e.g. :func:`mean_differences`). ``pos`` is
-    ``"all"`` or ``"last"`` (the last real token of each test prompt). With ``random_control`` every
-    configuration is repeated with a random vector of the same norm. Returns a pandas DataFrame with
-    columns ``kind, layer, scale, norm, log_odds, shift, pos_mass, neg_mass, pos_logprob, entropy, kl,
-    loss, delta_loss, neutral_entropy``.
+    ``vectors`` are steering vectors (e.g. the values of :func:`mean_differences`), each applied at its own
+    site. ``pos`` is ``None`` (every position) or ``"last"`` (the last real token of each test prompt). With
+    ``random_control`` every configuration is repeated with a random vector of the same norm. Returns a pandas
+    DataFrame with columns ``kind, site, layer, scale, norm, log_odds, shift, pos_mass, neg_mass, pos_logprob,
+    entropy, kl, loss, delta_loss, neutral_entropy``.
     """
     import pandas as pd
 
-    if not vectors:
-        raise FuncnetError("no vectors to sweep; pass {layer: SteeringVector}")
+    vs = list(vectors.values()) if isinstance(vectors, Mapping) else list(vectors)
+    if not vs or not all(isinstance(v, SteeringVector) for v in vs):
+        raise FuncnetError("vectors should be SteeringVectors (a list, or a dict such as mean_differences returns)")
     if not scales:
         raise FuncnetError("no scales to sweep; pass one or more numbers")
-    if pos not in ("all", "last"):
-        raise FuncnetError(f"pos should be 'all' or 'last' for a sweep, got {pos!r}")
+    if pos not in (None, "last"):
+        raise FuncnetError(f"pos should be None (every position) or 'last' for a sweep, got {pos!r}")
     pos_ids, neg_ids = word_ids(model, positive_words), word_ids(model, negative_words)
     ref = neutral if isinstance(neutral, NeutralReference) else NeutralReference(model, neutral)
-    base = target_metrics(next_token_logprobs(model, test_prompts), pos_ids, neg_ids)
-    rows = [{"kind": "base", "layer": -1, "scale": 0.0, "norm": 0.0, **base, "shift": 0.0,
+    base = target_metrics(prompt_logprobs(model, test_prompts), pos_ids, neg_ids)
+    rows = [{"kind": "base", "site": "", "layer": -1, "scale": 0.0, "norm": 0.0, **base, "shift": 0.0,
              "kl": 0.0, "loss": ref.base_loss, "delta_loss": 0.0, "neutral_entropy": float("nan")}]
-    for layer, sv in vectors.items():
-        kinds = [("steer", sv)] + ([("random", random_like(sv, seed=seed + layer))] if random_control else [])
+    for i, sv in enumerate(vs):
+        layer = -1 if sv.layer is None else sv.layer
+        kinds = [("steer", sv)] + ([("random", random_like(sv, random_state=random_state + i))] if random_control else [])
         for kind, v in kinds:
             for s in scales:
                 def make(last: Tensor, v: SteeringVector = v, s: float = s) -> Intervention:
-                    return v.to_intervention(s, last if pos == "last" else "all", normalize=normalize)
+                    return v.to_intervention(s, last if pos == "last" else None, normalize=normalize)
 
-                m = target_metrics(next_token_logprobs(model, test_prompts, make), pos_ids, neg_ids)
-                side = ref.side_effects(v.to_intervention(s, "all", normalize=normalize))
-                rows.append({"kind": kind, "layer": layer, "scale": float(s), "norm": v.norm, **m,
+                m = target_metrics(prompt_logprobs(model, test_prompts, make), pos_ids, neg_ids)
+                side = ref.side_effects(v.to_intervention(s, None, normalize=normalize))
+                rows.append({"kind": kind, "site": v.site, "layer": layer, "scale": float(s), "norm": v.norm, **m,
                              "shift": m["log_odds"] - base["log_odds"], **side})
                 if progress:
-                    progress(f"{kind:6s} layer {layer:2d} scale {s:6.2f}: shift {rows[-1]['shift']:+.3f} "
+                    progress(f"{kind:6s} {v.site} scale {s:6.2f}: shift {rows[-1]['shift']:+.3f} "
                              f"kl {side['kl']:.3f}")
     return pd.DataFrame(rows)
 
@@ -183,15 +184,14 @@ def best_config(df: Any, *, kl_budget: float = 1.0, kind: str = "steer") -> dict
     return {k: (v.item() if hasattr(v, "item") else v) for k, v in row.to_dict().items()}
 
 
-def plot_sweep(df: Any, path: Any, *, title: str = "steering sweep") -> Any:
-    """PNG with three panels: shift (layer x scale), KL on neutral text, and shift against KL."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def plot_sweep(df: Any, *, title: str = "steering sweep") -> Any:
+    """A matplotlib Figure with three panels: shift (layer x scale), KL on neutral text, and shift against KL
+    (save it with ``fig.savefig(path)``)."""
+    from matplotlib.figure import Figure
 
     steer = df[df["kind"] == "steer"]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig = Figure(figsize=(15, 4.2), layout="tight")
+    axes = fig.subplots(1, 3)
     for ax, col, cmap in ((axes[0], "shift", "RdBu_r"), (axes[1], "kl", "viridis")):
         grid = steer.pivot_table(index="layer", columns="scale", values=col)
         lim = float(abs(grid.values).max()) or 1.0
@@ -213,11 +213,8 @@ def plot_sweep(df: Any, path: Any, *, title: str = "steering sweep") -> Any:
     axes[2].legend()
     axes[2].set_title("effect vs side effect")
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-__all__ = ["word_ids", "next_token_logprobs", "target_metrics", "NeutralReference", "sweep", "best_config",
+__all__ = ["word_ids", "prompt_logprobs", "target_metrics", "NeutralReference", "sweep", "best_config",
            "plot_sweep"]

@@ -16,10 +16,10 @@ Hook functions are built anew for each ``Intervention.applied`` block, so the st
 block. Ambiguity left: inside one block, a new 1-token forward after a generation is read as a cached
 step; use one block per ``generate`` call (:func:`tl_funcnet.steering.generate` does).
 
-Modes (absolute positions ``t``): ``"all"`` every ``t``; ``"prompt"`` ``t < prompt_len``;
-``"generated"`` ``t >= prompt_len``; ``"last"`` ``t >= prompt_len - 1`` (the last prompt token and every
-generated token, i.e. every position the model predicts a new token from; for one forward pass: the
-last position only).
+Modes (absolute positions ``t``): ``"prompt"`` ``t < prompt_len``; ``"generated"`` ``t >= prompt_len``;
+``"from_last"`` ``t >= prompt_len - 1`` (the last prompt token and every generated token, i.e. every
+position the model predicts a new token from; for one forward pass: the last position only). Every position
+is the core ``add`` op with ``pos=None``.
 """
 
 from __future__ import annotations
@@ -30,31 +30,38 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..errors import ShapeError
+from ..errors import FuncnetError, ShapeError
 from ..hooks.registry import HookFn, register_op
 from ..hooks.sites import site_shape
+from ..hooks.values import finite_number, positive_int, real_tensor
 
-GEN_MODES = ("all", "prompt", "generated", "last")
+GEN_MODES = ("prompt", "generated", "from_last")
+
+
+def _p_steer_gen(p: dict[str, Any]) -> dict[str, Any]:
+    if p.get("mode") not in GEN_MODES:
+        raise FuncnetError(f"mode should be one of {GEN_MODES}, got {p.get('mode')!r}")
+    if p.get("prompt_len") is not None:
+        p["prompt_len"] = positive_int(p["prompt_len"], "prompt_len (or None: learned from the first call)")
+    vec = real_tensor(p.get("vector"), "vector")
+    if vec.ndim != 1:
+        raise ShapeError(f"vector should be 1-D, got shape {tuple(vec.shape)}")
+    p["vector"] = vec
+    if "scale" in p:
+        p["scale"] = finite_number(p["scale"], "scale")
+    return p
 
 
 def _v_steer_gen(model: Any, site: str, p: Mapping[str, Any]) -> None:
-    mode = p.get("mode", "all")
-    if mode not in GEN_MODES:
-        raise ShapeError(f"mode should be one of {GEN_MODES}, got {mode!r}")
-    plen = p.get("prompt_len")
-    if plen is not None and (isinstance(plen, bool) or not isinstance(plen, int) or plen < 1):
-        raise ShapeError(f"prompt_len should be a positive int or None (learned from the first call), got {plen!r}")
-    vec = p.get("vector")
-    if not isinstance(vec, Tensor) or vec.ndim != 1:
-        raise ShapeError(f"vector should be a 1-D tensor, got {getattr(vec, 'shape', type(vec).__name__)!r}")
+    vec = p["vector"]
     shape = site_shape(model, site)
     if shape is not None and (len(shape) != 1 or vec.shape[0] != shape[0]):
         raise ShapeError(f"vector has width {vec.shape[0]}, but site {site!r} has trailing shape {shape}; "
                          f"build the vector at a site of the same width")
 
 
-@register_op("steer_gen", validate=_v_steer_gen)
-def steer_gen_op(vector: Tensor, scale: float = 1.0, mode: str = "all", prompt_len: int | None = None) -> HookFn:
+@register_op("steer_gen", prepare=_p_steer_gen, validate=_v_steer_gen)
+def steer_gen_op(vector: Tensor, mode: str, scale: float = 1.0, prompt_len: int | None = None) -> HookFn:
     """``act + scale * vector`` on the positions ``mode`` selects, tracking absolute positions across calls."""
     state: dict[str, Any] = {"started": False, "offset": 0, "plen": prompt_len}
     cache: dict[tuple[Any, Any], Tensor] = {}
@@ -77,8 +84,6 @@ def steer_gen_op(vector: Tensor, scale: float = 1.0, mode: str = "all", prompt_l
             cache[key] = (vector.detach().to(device=act.device, dtype=act.dtype) * scale)
         delta = cache[key]
         start = locate(act.shape[1])
-        if mode == "all":
-            return act + delta
         t = torch.arange(start, start + act.shape[1], device=act.device)
         plen = state["plen"]
         if mode == "prompt":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping, Sequence
@@ -11,22 +10,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .._rng import generator
 from ..errors import FuncnetError, ShapeError
 from ..hooks import Hook, Intervention
-from ..hooks.sites import site_layer, site_shape
+from ..hooks.sites import resolve_sites, site_layer, site_shape
+from ..hooks.values import finite_number, index_list
 from . import ops as _ops  # noqa: F401  (registers "steer_gen")
 from .ops import GEN_MODES
-
-DEFAULT_SITE = "blocks.{layer}.hook_resid_post"
-
-
-def resid_site(model: Any, layer: int, site: str = DEFAULT_SITE) -> str:
-    """``site`` with ``{layer}`` filled in, after checking ``layer`` against the model's depth."""
-    n_layers = int(model.cfg.n_layers)
-    if isinstance(layer, bool) or not isinstance(layer, int) or not -n_layers <= layer < n_layers:
-        raise FuncnetError(f"layer {layer!r} is out of range for a model with {n_layers} layers; "
-                           f"expected an int in 0..{n_layers - 1} (negative ints count from the end)")
-    return site.format(layer=layer % n_layers)
 
 
 @dataclass(frozen=True, eq=False)
@@ -87,39 +77,40 @@ class SteeringVector:
         """The same direction and provenance, with the vector multiplied by ``factor``."""
         return replace(self, vector=self.vector * factor)
 
-    def to_intervention(self, scale: float = 1.0, pos: Any = "all", *, normalize: bool = False,
+    def to_intervention(self, scale: float = 1.0, pos: Any = None, *, normalize: bool = False,
                         layers: int | Sequence[int] | None = None, prompt_len: int | None = None,
                         model: Any = None) -> Intervention:
         """Add ``scale * v`` (``v`` = the raw vector, or its unit direction with ``normalize``).
 
         Args:
             scale: multiplier.
-            pos: ``"all"``, ``"prompt"``, ``"generated"`` or ``"last"`` (generation-aware, see
-                :mod:`tl_funcnet.steering.ops`; ``"last"`` = the last prompt token and every generated one),
-                or any position spec of the core ``add`` op (int, list, ``{"slice": [...]}``, int tensor).
+            pos: ``None`` (every position), any position of the core ops (an int, a list, ``"last"``: the
+                last position of each forward, a slice, a per-row tensor), or a generation-aware mode
+                ``"prompt"``, ``"generated"`` or ``"from_last"`` (the last prompt token and every generated
+                one), which track positions across KV-cached generation steps (see :mod:`.ops`).
             normalize: use the unit direction instead of the raw vector.
-            layers: apply at these layers instead of the vector's own site (same site kind, e.g.
-                ``blocks.{layer}.hook_resid_post``); the vector's width must fit.
-            prompt_len: prompt length for ``"prompt"``/``"generated"``/``"last"`` (default: learned from
-                the first forward pass inside the ``applied`` block).
+            layers: apply at these layers instead of the vector's own site (the same hook in other blocks);
+                the vector's width must fit.
+            prompt_len: prompt length for the generation-aware modes (default: learned from the first
+                forward pass inside the ``applied`` block).
             model: optional; if given, sites and widths are checked now rather than at attach time.
         """
-        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
-            raise FuncnetError(f"scale should be a finite number, got {scale!r}")
+        scale = finite_number(scale, "scale")
+        if not isinstance(normalize, bool):
+            raise FuncnetError(f"normalize should be True or False, got {normalize!r}")
         vec = self.unit if normalize else self.vector
         sites = self._sites(layers, model)
         hooks = []
         for s in sites:
-            if isinstance(pos, str) and pos in GEN_MODES and pos != "all":
-                hooks.append(Hook(s, "steer_gen", {"vector": vec, "scale": float(scale), "mode": pos,
+            if isinstance(pos, str) and pos in GEN_MODES:
+                hooks.append(Hook(s, "steer_gen", {"vector": vec, "scale": scale, "mode": pos,
                                                    **({"prompt_len": prompt_len} if prompt_len else {})}))
             else:
-                if isinstance(pos, str) and pos != "all":
-                    raise FuncnetError(f"pos should be one of {GEN_MODES} or a position spec (int, list, "
-                                       f"{{'slice': [...]}}, int tensor); got {pos!r}")
-                p = None if isinstance(pos, str) else pos
-                hooks.append(Hook(s, "add", {"vector": vec, "scale": float(scale),
-                                             **({"pos": p} if p is not None else {})}))
+                if isinstance(pos, str) and pos != "last":
+                    raise FuncnetError(f"pos should be None (every position), a position spec (an int, a list, "
+                                       f"'last', {{'slice': [...]}}, an int tensor) or one of {GEN_MODES}; got "
+                                       f"{pos!r}")
+                hooks.append(Hook(s, "add", {"vector": vec, "scale": scale, **({"pos": pos} if pos is not None else {})}))
         iv = Intervention(tuple(hooks))
         if model is not None:
             iv.validate(model)
@@ -129,14 +120,15 @@ class SteeringVector:
         if layers is None:
             sites = [self.site]
         else:
-            layers = [layers] if isinstance(layers, int) else list(layers)
-            if not layers:
+            chosen = index_list([layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers,
+                                "layers")
+            if not chosen:
                 raise FuncnetError("layers is empty; pass one or more layer indices, or None for the vector's site")
             template = re.sub(r"^blocks\.\d+\.", "blocks.{layer}.", self.site)
             if "{layer}" not in template:
                 raise FuncnetError(f"the vector's site {self.site!r} is not per-layer, so layers= cannot move it")
-            sites = [resid_site(model, l, template) if model is not None else template.format(layer=l)
-                     for l in layers]
+            sites = resolve_sites(model, template, chosen) if model is not None else \
+                [template.format(layer=l) for l in chosen]
         if model is not None:
             for s in sites:
                 shape = site_shape(model, s)
@@ -157,12 +149,12 @@ class SteeringVector:
         return cls(torch.tensor(data["vector"], dtype=torch.float32), data["site"], data.get("provenance", {}))
 
 
-def random_like(sv: SteeringVector, *, seed: int = 0) -> SteeringVector:
+def random_like(sv: SteeringVector, *, random_state: int | None = 0) -> SteeringVector:
     """A Gaussian random direction with the same norm and site (the usual control for steering)."""
-    g = torch.Generator().manual_seed(seed)
-    r = torch.randn(sv.d, generator=g)
+    r = torch.randn(sv.d, generator=generator(random_state))
     r = r / r.norm() * sv.norm
-    return SteeringVector(r, sv.site, {"method": "random", "seed": seed, "matched_to": dict(sv.provenance)})
+    return SteeringVector(r, sv.site, {"method": "random", "random_state": random_state,
+                                       "matched_to": dict(sv.provenance)})
 
 
-__all__ = ["SteeringVector", "random_like", "resid_site", "DEFAULT_SITE"]
+__all__ = ["SteeringVector", "random_like"]

@@ -1,0 +1,159 @@
+"""Interventions on disk: a versioned JSON description plus one safetensors file, checked on the way back.
+
+Folder layout (written atomically; ``format`` ``tl_funcnet.intervention``, ``version`` 1)::
+
+    intervention.json     {"format", "version", "hooks": [{"site", "op", "params"}], "tensors_sha256"}
+    tensors.safetensors   every tensor a param holds, keyed "hooks.<i>.<param>[...]"
+
+Params hold numbers, strings, booleans, None, lists, dicts and tensors; a tensor is written as
+``{"__tensor__": key}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from torch import Tensor
+
+from .._io import Kind, atomic_dir, field, read_json, tensor_digest
+from ..errors import FormatError, FuncnetError, NotSerializableError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .intervention import Intervention
+
+SCHEMA_VERSION = 1
+FORMAT = "tl_funcnet.intervention"
+META_FILE, TENSOR_FILE = "intervention.json", "tensors.safetensors"
+KIND = Kind("intervention", META_FILE, FORMAT, (META_FILE, TENSOR_FILE))
+
+
+def _encode(value: Any, key: str) -> Any:
+    if isinstance(value, Tensor):
+        return {"__tensor__": key}
+    if isinstance(value, Mapping):
+        return {str(k): _encode(v, f"{key}.{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v, f"{key}.{i}") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise NotSerializableError(f"parameter {key!r} holds a {type(value).__name__}, which cannot be saved; use "
+                               f"numbers, strings, lists, dicts or tensors")
+
+
+def _collect(value: Any, key: str, found: dict[str, Tensor]) -> None:
+    if isinstance(value, Tensor):
+        found[key] = value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            _collect(v, f"{key}.{k}", found)
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _collect(v, f"{key}.{i}", found)
+
+
+def _decode(value: Any, tensors: Mapping[str, Tensor], where: str) -> Any:
+    if isinstance(value, Mapping):
+        if set(value) == {"__tensor__"}:
+            ref = value["__tensor__"]
+            if ref not in tensors:
+                raise FormatError(f"{where}: tensor {ref!r} is referenced but missing from the saved tensors")
+            return tensors[ref]
+        return {k: _decode(v, tensors, where) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v, tensors, where) for v in value]
+    return value
+
+
+def to_dict(iv: "Intervention") -> dict[str, Any]:
+    """See :meth:`Intervention.to_dict`."""
+    out = []
+    for i, h in enumerate(iv.hooks):
+        if not h.spec.serializable:
+            raise NotSerializableError(
+                f"hook {i} ({h.op!r} at {h.site!r}) holds a Python object that cannot be saved; register the "
+                f"function as an op with @tl_funcnet.hooks.register_op(...) to save it")
+        out.append({"site": h.site, "op": h.op, "params": _encode(h.params, f"hooks.{i}")})
+    return {"format": FORMAT, "version": SCHEMA_VERSION, "hooks": out}
+
+
+def tensors(iv: "Intervention") -> dict[str, Tensor]:
+    """See :meth:`Intervention.tensors`."""
+    found: dict[str, Tensor] = {}
+    for i, h in enumerate(iv.hooks):
+        _collect(h.params, f"hooks.{i}", found)
+    return found
+
+
+def from_dict(data: Any, saved: Mapping[str, Tensor], where: str = "intervention") -> "Intervention":
+    """See :meth:`Intervention.from_dict`; ``where`` names the source in errors (a file path)."""
+    from .intervention import Hook, Intervention
+
+    if not isinstance(data, Mapping):
+        raise FormatError(f"{where}: expected a JSON object, got {type(data).__name__}")
+    fmt = data.get("format", FORMAT)
+    if fmt != FORMAT:
+        raise FormatError(f"{where}: format {fmt!r} is not a tl_funcnet intervention ({FORMAT!r})")
+    version = data.get("version")
+    if version != SCHEMA_VERSION:
+        raise FormatError(f"{where}: intervention schema version {version!r} is not supported; this tl_funcnet reads "
+                          f"version {SCHEMA_VERSION}. Re-save it with a matching tl_funcnet release")
+    hooks = field(data, "hooks", list, where)
+    out = []
+    for i, h in enumerate(hooks):
+        at = f"{where}, hook {i}"
+        if not isinstance(h, Mapping):
+            raise FormatError(f"{at}: expected an object with site, op and params, got {type(h).__name__}")
+        site, op = field(h, "site", str, at), field(h, "op", str, at)
+        params = h.get("params", {})
+        if not isinstance(params, Mapping):
+            raise FormatError(f"{at}: 'params' should be an object, got {type(params).__name__}")
+        try:
+            out.append(Hook(site, op, _decode(params, saved, at)))
+        except FormatError:
+            raise
+        except FuncnetError as err:
+            raise FormatError(f"{at}: {err}") from None
+    return Intervention(tuple(out))
+
+
+def save(iv: "Intervention", path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """See :meth:`Intervention.save`."""
+    from safetensors.torch import save_file
+
+    data = to_dict(iv)  # raises before anything is written
+    blobs = {k: v.detach().cpu().contiguous().clone() for k, v in tensors(iv).items()}
+    data["tensors_sha256"] = tensor_digest(blobs)
+    text = json.dumps(data, indent=2) + "\n"
+    with atomic_dir(path, KIND, overwrite=overwrite) as tmp:
+        (tmp / META_FILE).write_text(text)
+        save_file(blobs, str(tmp / TENSOR_FILE))
+    return Path(path)
+
+
+def load(path: str | os.PathLike[str]) -> "Intervention":
+    """See :meth:`Intervention.load`."""
+    from safetensors.torch import load_file
+
+    root = Path(path)
+    meta, blob = root / META_FILE, root / TENSOR_FILE
+    if not root.is_dir():
+        state = "is missing" if not root.exists() else "is not a folder"
+        raise FormatError(f"{root} {state}; expected a folder written by Intervention.save")
+    data = read_json(meta, "a folder written by Intervention.save")
+    if not blob.is_file():
+        raise FormatError(f"{blob} is missing; expected a folder written by Intervention.save")
+    try:
+        saved = load_file(str(blob))
+    except Exception as err:  # safetensors raises its own error types
+        raise FormatError(f"{blob} could not be read ({err}); the file is corrupt") from None
+    digest = data.get("tensors_sha256")
+    if digest is not None and digest != tensor_digest(saved):
+        raise FormatError(f"{blob} does not match the checksum in {meta}: the file was changed or is corrupt; "
+                          f"save the intervention again")
+    return from_dict(data, saved, str(meta))
+
+
+__all__ = ["SCHEMA_VERSION", "FORMAT", "KIND", "to_dict", "tensors", "from_dict", "save", "load"]

@@ -1,0 +1,43 @@
+"""A model's identity as a short hash: its class, config and a digest of every weight.
+
+Cheap enough to compute before each resumable run (one pass of sums over the parameters, plus a fixed
+strided sample of their values): any fine-tune, prune or other edit of the weights changes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import torch
+
+_SAMPLES = 4096  # values sampled per parameter, evenly strided
+
+
+def _config_text(model: Any) -> str:
+    cfg = getattr(model, "cfg", None)
+    raw = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
+    return json.dumps({str(k): repr(v) for k, v in sorted(raw.items())
+                       if k not in ("device", "n_devices", "init_weights", "seed")})
+
+
+@torch.no_grad()
+def model_digest(model: Any) -> str:
+    """SHA-256 (hex) of the model class, config, parameter names/shapes/dtypes, their sums and a value sample."""
+    h = hashlib.sha256()
+    h.update(type(model).__name__.encode())
+    h.update(_config_text(model).encode())
+    for name, p in model.named_parameters():
+        flat = p.detach().reshape(-1)
+        h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())
+        if flat.numel():
+            step = max(1, flat.numel() // _SAMPLES)
+            sample = flat[::step].to("cpu", torch.float64)
+            stats = torch.stack([flat.double().sum(), flat.double().abs().sum()]).cpu()
+            h.update(sample.numpy().tobytes())
+            h.update(stats.numpy().tobytes())
+    return h.hexdigest()
+
+
+__all__ = ["model_digest"]
