@@ -35,6 +35,8 @@ def generate(model: Any, prompt: str | Tensor, steering: SteeringVector | Interv
                                f"{tuple(tokens.shape)}")
     else:
         raise FuncnetError(f"prompt should be a string or a (1, pos) tensor of token ids, got {type(prompt).__name__}")
+    if not return_tokens and getattr(model, "tokenizer", None) is None:
+        raise FuncnetError("the model has no tokenizer to decode the continuation; pass return_tokens=True")
     if steering is not None and not isinstance(steering, (SteeringVector, Intervention)):
         raise FuncnetError(f"steering should be a SteeringVector, an Intervention or None, got {type(steering).__name__}")
     plen = int(tokens.shape[1])
