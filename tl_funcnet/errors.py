@@ -37,6 +37,10 @@ class UnknownOpError(FuncnetError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class InputTypeError(FuncnetError, TypeError):
+    """Input of a type that cannot be used at all (a sparse matrix, non-numeric objects)."""
+
+
 class FormatError(FuncnetError):
     """A saved file that is corrupt, of another version, or of another kind."""
 
@@ -65,6 +69,7 @@ __all__ = [
     "NotSerializableError",
     "UnknownOpError",
     "FormatError",
+    "InputTypeError",
     "OverwriteError",
     "CheckpointError",
     "NotFittedError",

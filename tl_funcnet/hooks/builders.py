@@ -14,11 +14,17 @@ from torch import Tensor
 
 from ..errors import FuncnetError
 from .intervention import Hook, Intervention
+from .registry import get_op
 from .select import PosSpec, UnitSpec
 
 
 def _one(site: str, op: str, **params: Any) -> Intervention:
-    return Intervention((Hook(site, op, {k: v for k, v in params.items() if v is not None}),))
+    """One hook; a None stands for "not given" only where the op's own default is None (else it is refused)."""
+    import inspect
+
+    defaults = {n: p.default for n, p in inspect.signature(get_op(op).factory).parameters.items()}
+    return Intervention((Hook(site, op, {k: v for k, v in params.items()
+                                         if not (v is None and defaults.get(k, 0) is None)}),))
 
 
 def _names(sites: str | Sequence[str]) -> list[str]:

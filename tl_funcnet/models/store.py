@@ -199,7 +199,11 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
                               "save the model again") from None
     cls = _classes()[header["class"]]
     tokenizer_name, cfg.tokenizer_name = cfg.tokenizer_name, None  # never fetch a tokenizer by name
-    model = cls(cfg, tokenizer, move_to_device=False)
+    try:
+        model = cls(cfg, tokenizer, move_to_device=False)
+    except (TypeError, ValueError, RuntimeError, AssertionError, AttributeError) as e:
+        raise FormatError(f"{config_file}: the config does not describe a buildable model ({type(e).__name__}: "
+                          f"{e}); save the model again") from None
     # restore what was switched off for construction: no hub lookup, no random init, no global reseed
     model.cfg.tokenizer_name = tokenizer_name
     model.cfg.init_weights = header["config"].get("init_weights", cfg.init_weights)

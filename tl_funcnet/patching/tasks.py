@@ -78,12 +78,28 @@ def _read(spec: str | Path | Mapping[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _check_pairs(name: str, pairs: Any) -> list[Mapping[str, str]]:
+    """The task's pairs, each an object with non-empty string ``clean``, ``corrupted``, ``answer``, ``distractor``."""
+    if not isinstance(pairs, list) or not pairs:
+        raise FormatError(f"task {name!r} has no 'pairs' list; expected [{{'clean', 'corrupted', 'answer', "
+                          "'distractor'}, ...]")
+    for i, p in enumerate(pairs):
+        if not isinstance(p, Mapping):
+            raise FormatError(f"task {name!r} pair {i} should be an object, got {type(p).__name__}")
+        missing = {"clean", "corrupted", "answer", "distractor"} - set(p)
+        if missing:
+            raise FormatError(f"task {name!r} pair {i} lacks {sorted(missing)}")
+        bad = [k for k in ("clean", "corrupted", "answer", "distractor") if not isinstance(p[k], str) or not p[k]]
+        if bad:
+            raise FormatError(f"task {name!r} pair {i}: {bad} should be non-empty strings")
+    return pairs
+
+
 def check_task_spec(spec: str | Path | Mapping[str, Any]) -> None:
     """Raise now if ``spec`` is no built-in task, readable task file or task dict (no model needed)."""
     data = _read(spec)
-    if "generator" not in data and not isinstance(data.get("pairs"), list):
-        raise FormatError(f"task {spec!r} has no 'pairs' list; expected [{{'clean', 'corrupted', 'answer', "
-                          "'distractor'}, ...]")
+    if "generator" not in data:
+        _check_pairs(str(data.get("name", spec)), data.get("pairs"))
 
 
 def _one_token(model: Any, text: str, what: str, i: int) -> int:
@@ -122,23 +138,12 @@ def load_task(spec: str | Path | Mapping[str, Any], model: Any, *, n_pairs: int 
     name = str(data.get("name", spec if isinstance(spec, str) else "task"))
     if "generator" in data:
         return _generated(model, name, data["generator"], n_pairs)
-    pairs = data.get("pairs")
-    if not isinstance(pairs, list) or not pairs:
-        raise FormatError(f"task {name!r} has no 'pairs' list; expected [{{'clean', 'corrupted', 'answer', "
-                          "'distractor'}, ...]")
+    pairs = _check_pairs(name, data.get("pairs"))
     pairs = pairs[:n_pairs] if n_pairs else pairs
     if getattr(model, "tokenizer", None) is None:
         raise FuncnetError("the model has no tokenizer, so text tasks cannot be tokenized; attach one or use token ids")
     clean, corr, ans, dis = [], [], [], []
     for i, p in enumerate(pairs):
-        if not isinstance(p, Mapping):
-            raise FormatError(f"task {name!r} pair {i} should be an object, got {type(p).__name__}")
-        missing = {"clean", "corrupted", "answer", "distractor"} - set(p)
-        if missing:
-            raise FormatError(f"task {name!r} pair {i} lacks {sorted(missing)}")
-        bad = [k for k in ("clean", "corrupted", "answer", "distractor") if not isinstance(p[k], str) or not p[k]]
-        if bad:
-            raise FormatError(f"task {name!r} pair {i}: {bad} should be non-empty strings")
         c = model.to_tokens(p["clean"], prepend_bos=False)[0]
         k = model.to_tokens(p["corrupted"], prepend_bos=False)[0]
         if c.numel() != k.numel():

@@ -18,9 +18,9 @@ from sklearn.utils._param_validation import InvalidParameterError, validate_para
 from sklearn.utils.validation import check_array, validate_data
 from torch import Tensor
 
-from tl_funcnet.errors import FuncnetError, NotFittedError, ShapeError
+from tl_funcnet.errors import FuncnetError, InputTypeError, NotFittedError, ShapeError
 
-__all__ = ["DTYPES", "InputTypeError", "dtype_name", "check_params", "as_tensor", "record_features",
+__all__ = ["DTYPES", "dtype_name", "check_params", "as_tensor", "record_features",
            "check_finite", "check_n_components", "check_fitted", "fitted_tensor", "as_output"]
 
 #: the working dtypes, by name
@@ -29,9 +29,6 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _INTEGERS = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 _ARRAY_FIX = "Pass a 2-D array or tensor of real numbers, shape (n_samples, n_features)."
 
-
-class InputTypeError(FuncnetError, TypeError):
-    """Input that cannot be read as real numbers: a sparse matrix, or objects that are not numbers."""
 
 
 def dtype_name(dtype: Any) -> str | None:
@@ -59,6 +56,12 @@ def check_params(est: BaseEstimator) -> tuple[torch.dtype, torch.device]:
             "Fix: pass e.g. device='cpu' or device='cuda'."
         ) from err
     return DTYPES[dtype_name(est.dtype)], device
+
+
+def _sentence(err: Exception) -> str:
+    """scikit-learn's message as one sentence (ending in a full stop)."""
+    text = str(err).strip()
+    return text if text.endswith(".") else text + "."
 
 
 def _check_2d(shape: tuple[int, ...], who: str) -> None:
@@ -103,10 +106,10 @@ def as_tensor(
         A = check_array(X, dtype=np.dtype(dtype_name(dtype)), order="C", ensure_all_finite=False,
                         ensure_min_samples=min_samples, estimator=who.split(".")[0], input_name="X")
     except TypeError as err:
-        raise InputTypeError(f"{who}: {err} {_ARRAY_FIX} Convert it first, e.g. with X.toarray() or "
-                             "np.asarray(X, dtype=float).") from err
+        raise InputTypeError(f"{who}: {_sentence(err)} {_ARRAY_FIX} Convert it first, e.g. with X.toarray() "
+                             "or np.asarray(X, dtype=float).") from err
     except ValueError as err:
-        raise FuncnetError(f"{who}: {err} {_ARRAY_FIX}") from err
+        raise FuncnetError(f"{who}: {_sentence(err)} {_ARRAY_FIX}") from err
     if not A.flags.writeable:  # torch.from_numpy needs a writeable buffer (X itself is only read)
         A = A.copy()
     return torch.from_numpy(A).to(device), True
@@ -117,10 +120,10 @@ def record_features(est: BaseEstimator, X: Any, *, reset: bool, who: str) -> Non
     try:
         validate_data(est, X, skip_check_array=True, reset=reset)
     except TypeError as err:
-        raise InputTypeError(f"{who}: {err}") from err
+        raise InputTypeError(f"{who}: {_sentence(err)}") from err  # scikit-learn's message names the fix
     except ValueError as err:
-        raise ShapeError(f"{who}: {err} Pass data with the features (columns) this {type(est).__name__} "
-                         "was fitted on, e.g. activations from the same sites.") from err
+        fix = f"Pass data with the columns {type(est).__name__} was fitted on (e.g. from the same sites)."
+        raise ShapeError(f"{who}: {_sentence(err)} {fix}") from err
 
 
 def check_finite(T: Float[Tensor, "n f"], mean: Float[Tensor, " f"] | None, who: str) -> None:
