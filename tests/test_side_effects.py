@@ -22,7 +22,7 @@ import tl_funcnet.funcnet  # noqa: F401,E402
 import tl_funcnet.patching  # noqa: F401,E402
 import tl_funcnet.pruning  # noqa: F401,E402
 import tl_funcnet.steering  # noqa: F401,E402
-from tl_testing import make_gpt2_style, make_llama_style  # noqa: E402
+
 
 
 def _state() -> dict:
@@ -66,14 +66,14 @@ def _assert_same(before: dict, after: dict) -> None:
     assert not changed, "process state changed: " + "; ".join(changed)
 
 
-@pytest.fixture(scope="module")
-def gpt2():
-    return make_gpt2_style().eval()
+@pytest.fixture(scope="session")
+def gpt2(gpt2_tiny):
+    return gpt2_tiny
 
 
-@pytest.fixture(scope="module")
-def llama():
-    return make_llama_style().eval()
+@pytest.fixture(scope="session")
+def llama(llama_tiny):
+    return llama_tiny
 
 
 def _texts():

@@ -13,19 +13,19 @@ from tl_funcnet.fingerprint import compare, fingerprint
 from tl_funcnet.fingerprint import transforms as T
 from tl_funcnet.funcnet import recurrence
 from tl_funcnet.hooks import detach
-from tl_testing import make_gpt2_style, make_llama_style
+from tl_testing import make_gpt2_style
 
 NAN, INF = float("nan"), float("inf")
 
 
-@pytest.fixture(scope="module")
-def gpt2():
-    return make_gpt2_style().eval()
+@pytest.fixture(scope="session")
+def gpt2(gpt2_tiny):
+    return gpt2_tiny
 
 
-@pytest.fixture(scope="module")
-def llama():
-    return make_llama_style().eval()
+@pytest.fixture(scope="session")
+def llama(llama_tiny):
+    return llama_tiny
 
 
 def _seqs(n: int = 8, length: int = 12, seed: int = 0) -> list[torch.Tensor]:

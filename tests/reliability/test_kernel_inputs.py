@@ -11,21 +11,21 @@ from reliability_tally import try_bad_input
 from tl_funcnet.errors import FuncnetError, ShapeError, UnknownOpError, UnknownSiteError
 from tl_funcnet.hooks import (Hook, Intervention, ablate, add, capture, clamp, detach, keep_only, patch, project_onto,
                               project_out, record, register_op, scale, steer)
-from tl_testing import make_gpt2_style, make_llama_style
+
 
 RESID = "blocks.0.hook_resid_post"
 POST = "blocks.1.mlp.hook_post"
 Z = "blocks.0.attn.hook_z"
 
 
-@pytest.fixture(scope="module")
-def gpt2():
-    return make_gpt2_style().eval()
+@pytest.fixture(scope="session")
+def gpt2(gpt2_tiny):
+    return gpt2_tiny
 
 
-@pytest.fixture(scope="module")
-def llama():
-    return make_llama_style().eval()
+@pytest.fixture(scope="session")
+def llama(llama_tiny):
+    return llama_tiny
 
 
 NAN, INF = float("nan"), float("inf")

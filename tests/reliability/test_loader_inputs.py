@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from reliability_tally import try_bad_input
-from tl_funcnet.errors import FormatError, FuncnetError, OverwriteError
+from tl_funcnet.errors import FuncnetError, OverwriteError
 from tl_testing import make_gpt2_style
 
 

@@ -1,6 +1,6 @@
 """Functional networks: ICA over unit activity, z-scored spatial maps, thresholded into unit sets.
 
-Paper 1 (temporal ICA, as in fMRI group ICA): tokens are samples, units are features; the spatial map of
+Temporal ICA, as in fMRI group ICA: tokens are samples, units are features; the spatial map of
 component ``c`` is column ``c`` of ``mixing_``, z-scored across units; the network is the set of units whose
 z-score passes the threshold. Each map is flipped so that its largest-|loading| unit is positive, which
 makes one-sided thresholds independent of ICA's arbitrary signs.

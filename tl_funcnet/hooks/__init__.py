@@ -4,7 +4,7 @@ Imports torch and TransformerLens only; feature packages build interventions fro
 """
 
 from . import edit as edit  # registers the built-in ops that change activations
-from . import record as record_ops  # registers the built-in ops that read activations
+from . import read as read  # registers the built-in ops that read activations
 from .builders import ablate as ablate
 from .builders import add as add
 from .builders import capture as capture

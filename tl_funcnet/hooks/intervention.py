@@ -153,6 +153,9 @@ class Intervention:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Intervention is immutable; build a new one with + or |")
 
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("Intervention is immutable; build a new one with + or |")
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (Intervention, (self._hooks,))
 
