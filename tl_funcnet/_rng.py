@@ -25,14 +25,35 @@ def global_rng_preserved() -> Iterator[None]:
         random.setstate(py_state)
 
 
+def check_random_state(random_state: object) -> int | None:
+    """``random_state`` as an int in ``[0, 2**32)`` or ``None``; anything else is a FuncnetError."""
+    import numbers
+
+    from .errors import FuncnetError
+
+    if random_state is None:
+        return None
+    if isinstance(random_state, bool) or not isinstance(random_state, (numbers.Integral, np.integer)) \
+            or not 0 <= int(random_state) < 2**32:
+        raise FuncnetError(f"random_state should be an int in [0, 2**32) or None (fresh randomness), got "
+                           f"{random_state!r:.40}")
+    return int(random_state)
+
+
 def generator(random_state: int | None) -> torch.Generator:
     """A local torch generator seeded from ``random_state`` (``None``: fresh entropy)."""
+    seed = check_random_state(random_state)
     g = torch.Generator()
-    if random_state is None:
+    if seed is None:
         g.seed()
     else:
-        g.manual_seed(int(random_state))
+        g.manual_seed(seed)
     return g
 
 
-__all__ = ["global_rng_preserved", "generator"]
+def numpy_generator(random_state: int | None) -> np.random.Generator:
+    """A local numpy generator seeded from ``random_state`` (``None``: fresh entropy)."""
+    return np.random.default_rng(check_random_state(random_state))
+
+
+__all__ = ["global_rng_preserved", "check_random_state", "generator", "numpy_generator"]

@@ -1,4 +1,4 @@
-"""FNF on tiny random models (char-level tokens): invariances, alignment, scoring, file format."""
+"""FNF on tiny random models (char-level tokens): invariances, alignment, scoring, file format, safe saves."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tl_testing import make_gpt2_style, make_llama_style
-from tl_funcnet.errors import FormatError, FuncnetError
+from tl_funcnet.errors import FormatError, FuncnetError, OverwriteError
 from tl_funcnet.fingerprint import Fingerprint, compare, fingerprint, verdict_of
 from tl_funcnet.fingerprint import transforms as T
 from tl_funcnet.fingerprint.compare import segment_means, word_spans
@@ -50,10 +50,20 @@ def test_fingerprint_shapes_and_offsets(victim_fp):
     assert (S.pow(3).mean(0) > 0).all()  # sign canonicalised by skew
     assert torch.allclose(victim_fp.layer_energy.sum(1), torch.ones(6), atol=1e-5)
     assert victim_fp.params["ica_converged"]
+    assert victim_fp.params["random_state"] == 0 and victim_fp.params["n_networks"] == 6
+
+
+def test_fingerprint_is_reproducible_and_seeded_by_random_state(victim, victim_fp):
+    again = fingerprint(victim, TEXTS, **KW)
+    assert all(torch.equal(a, b) for a, b in zip(again.series, victim_fp.series))
+    other = fingerprint(victim, TEXTS, random_state=1, **KW)
+    assert other.params["random_state"] == 1
+    # another ICA start finds the same sources (up to order/sign): compare still calls it derived
+    assert compare(victim_fp, other, top_m=4, n_null=20).score > 0.9
 
 
 def test_rotated_residual_gives_the_same_time_courses(victim, victim_fp):
-    rotated = T.rotate_residual(victim, seed=3)
+    rotated = T.rotate_residual(victim, random_state=3)
     toks = torch.randint(0, 128, (2, 12))
     assert torch.allclose(rotated(toks), victim(toks), atol=1e-4)  # function-preserving
     W = victim.blocks[0].mlp.W_in
@@ -67,7 +77,7 @@ def test_rotated_residual_gives_the_same_time_courses(victim, victim_fp):
 
 
 def test_permuted_mlp_gives_the_same_time_courses(victim, victim_fp):
-    fp = fingerprint(T.permute_mlp(victim, seed=1), TEXTS, **KW)
+    fp = fingerprint(T.permute_mlp(victim, random_state=1), TEXTS, **KW)
     for a, b in zip(victim_fp.series, fp.series):
         assert torch.allclose(a, b, atol=1e-4)
 
@@ -108,6 +118,25 @@ def test_different_tokenizations_align(victim):
     assert np.isfinite(res.score) and 0 <= res.score <= 1
 
 
+@pytest.mark.parametrize("bad", [{"n_null": 0}, {"n_null": -5}, {"n_null": 2.5}, {"n_null": True}, {"top_m": 0},
+                                 {"top_m": -1}, {"alpha": 1.5}, {"derived_at": float("nan")},
+                                 {"derived_at": 0.3, "independent_below": 0.5}])
+def test_compare_refuses_bad_settings(victim_fp, bad):
+    with pytest.raises(FuncnetError):
+        compare(victim_fp, victim_fp, **bad)
+
+
+def test_compare_is_seeded_by_random_state(victim, victim_fp):
+    other = fingerprint(victim, TEXTS[:2], n_networks=4, tokenizer="chars", dtype=torch.float64)
+    a = compare(victim_fp, other, top_m=2, n_null=30)
+    b = compare(victim_fp, other, top_m=2, n_null=30, random_state=0)
+    c = compare(victim_fp, other, top_m=2, n_null=30, random_state=1)
+    assert (a.null_mean, a.p_value) == (b.null_mean, b.p_value)
+    assert a.score == c.score and a.null_mean != c.null_mean
+    assert a.settings["random_state"] == 0 and c.settings["random_state"] == 1
+    assert compare(victim_fp, other, top_m=2, n_null=1).p_value in (0.5, 1.0)  # n_null=1 is the minimum
+
+
 def test_compare_needs_a_shared_text(victim, victim_fp):
     other = fingerprint(victim, ["A completely different passage, not among the victim's texts at all."], **KW)
     with pytest.raises(FuncnetError, match="share no text"):
@@ -129,6 +158,53 @@ def test_save_load_roundtrip(victim_fp, tmp_path):
         assert torch.equal(a, b.float())
     assert compare(victim_fp, back, n_null=10).score == pytest.approx(1.0, abs=1e-6)
     assert [p.name for p in tmp_path.iterdir()] == ["v.fnf.safetensors"]  # no temp file left
+
+
+def test_save_never_replaces_other_files_and_needs_overwrite(victim_fp, tmp_path):
+    other = tmp_path / "notes.safetensors"
+    other.write_bytes(b"my own file")
+    with pytest.raises(OverwriteError, match="not a fingerprint"):
+        victim_fp.save(other)
+    with pytest.raises(OverwriteError, match="not a fingerprint"):
+        victim_fp.save(other, overwrite=True)
+    assert other.read_bytes() == b"my own file"
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    with pytest.raises(OverwriteError):
+        victim_fp.save(folder, overwrite=True)
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(2)}, str(tmp_path / "weights.safetensors"))  # a safetensors file, not ours
+    with pytest.raises(OverwriteError):
+        victim_fp.save(tmp_path / "weights.safetensors", overwrite=True)
+    # a fingerprint is replaced only with overwrite=True
+    path = tmp_path / "fp.safetensors"
+    victim_fp.save(path)
+    first = path.read_bytes()
+    smaller = Fingerprint(victim_fp.texts[:1], victim_fp.series[:1], victim_fp.offsets[:1], victim_fp.layer_energy,
+                          victim_fp.units_per_layer, victim_fp.params, victim_fp.model)
+    with pytest.raises(OverwriteError, match="overwrite=True"):
+        smaller.save(path)
+    assert path.read_bytes() == first
+    smaller.save(path, overwrite=True)
+    assert Fingerprint.load(path).texts == victim_fp.texts[:1]
+    with pytest.raises(FuncnetError, match="overwrite"):
+        smaller.save(path, overwrite="yes")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder", "fp.safetensors", "notes.safetensors",
+                                                          "weights.safetensors"]
+
+
+def test_load_detects_a_flipped_byte(victim_fp, tmp_path):
+    path = victim_fp.save(tmp_path / "v.safetensors")
+    data = bytearray(path.read_bytes())
+    header_len = int.from_bytes(data[:8], "little")
+    for where in (8 + header_len + 5, len(data) - 1):  # inside the tensor bytes (first tensor, last tensor)
+        bad = bytearray(data)
+        bad[where] ^= 0x01
+        (tmp_path / "bad.safetensors").write_bytes(bytes(bad))
+        with pytest.raises(FormatError, match="checksum"):
+            Fingerprint.load(tmp_path / "bad.safetensors")
+    Fingerprint.load(path)  # the untouched file still loads
 
 
 def test_load_rejects_other_versions_and_files(victim_fp, tmp_path):

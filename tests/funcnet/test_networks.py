@@ -1,32 +1,19 @@
-"""FunctionalNetworks on planted sources, its interventions and controls, persistence and errors."""
+"""FunctionalNetworks on planted sources, what each intervention mode does to a model, controls, persistence
+(checksums, hand-edited files, overwrite rules) and errors."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
 
+from networks_testing import PLANTED, SITES, found, planted_acts
 from tl_testing import count_hooks
-from tl_funcnet.activations import Activations, collect, layer_sites
-from tl_funcnet.errors import FormatError, FuncnetError, NotFittedError
-from tl_funcnet.funcnet import FunctionalNetworks, recurrence
-from tl_funcnet.hooks import capture
-
-SITES = ("blocks.0.mlp.hook_post", "blocks.1.mlp.hook_post")
-PLANTED = [list(range(10, 16)), list(range(120, 126)), list(range(250, 253)) + list(range(300, 303))]
-
-
-def planted_acts(n_tokens: int = 3000, seed: int = 0, noise: float = 0.05) -> Activations:
-    """Three sparse sources, each driving six known units (out of 2 x 200), plus Gaussian noise."""
-    g = torch.Generator().manual_seed(seed)
-    S = torch.randn(n_tokens, 3, generator=g) * (torch.rand(n_tokens, 3, generator=g) < 0.15)
-    S = S / S.std(0)
-    A = torch.zeros(3, 400)
-    for c, units in enumerate(PLANTED):
-        A[c, units] = 1.0 + 0.2 * torch.rand(len(units), generator=g)
-    X = S @ A + noise * torch.randn(n_tokens, 400, generator=g)
-    offsets = torch.arange(0, n_tokens + 1, 100)
-    return Activations({SITES[0]: X[:, :200], SITES[1]: X[:, 200:]}, torch.zeros(n_tokens, dtype=torch.long),
-                       offsets, SITES)
+from tl_funcnet.activations import Activations, collect
+from tl_funcnet.errors import FormatError, FuncnetError, NotFittedError, OverwriteError
+from tl_funcnet.funcnet import FunctionalNetworks
+from tl_funcnet.hooks import Intervention, capture
 
 
 @pytest.fixture(scope="module")
@@ -39,16 +26,15 @@ def fitted(acts):
     return FunctionalNetworks(3, random_state=0).fit(acts)
 
 
-def _found(fn):
-    return sorted(sorted(m.nonzero().flatten().tolist()) for m in fn.masks_)
-
-
 def test_networks_recover_planted_units(fitted):
-    assert _found(fitted) == sorted(PLANTED)
+    assert found(fitted) == sorted(PLANTED)
     assert fitted.union().sum() == 18
-    assert fitted.per_layer_counts() == {SITES[0]: 12, SITES[1]: 6}
+    assert fitted.per_site_counts() == {SITES[0]: 12, SITES[1]: 6}
     nets = fitted.networks()
     assert {SITES[0]: list(range(10, 16))} in nets
+    assert fitted.network_ids() == [0, 1, 2] and fitted.network_ids([2, 0]) == [2, 0]
+    s = fitted.summary()
+    assert s["n_units"] == 18 and s["total_units"] == 400 and sorted(s["network_sizes"]) == [6, 6, 6]
 
 
 def test_networks_maps_are_sign_canonical_and_zscored(fitted):
@@ -62,6 +48,10 @@ def test_networks_maps_are_sign_canonical_and_zscored(fitted):
 def test_networks_same_seed_same_result(acts, fitted):
     again = FunctionalNetworks(3, random_state=0).fit(acts)
     assert torch.equal(again.maps_, fitted.maps_)
+    default = FunctionalNetworks(3).fit(acts)  # random_state defaults to 0
+    assert torch.equal(default.maps_, fitted.maps_)
+    other = FunctionalNetworks(3, random_state=1).fit(acts)
+    assert found(other) == sorted(PLANTED)  # another start, the same planted networks
 
 
 def test_networks_per_layer_and_window_scopes(acts):
@@ -69,7 +59,7 @@ def test_networks_per_layer_and_window_scopes(acts):
     assert per.n_networks_total == 4 and len(per.blocks_) == 2
     assert set(per.union().nonzero().flatten().tolist()) >= set(PLANTED[0] + PLANTED[1])
     win = FunctionalNetworks(3, scope="window", window=2, random_state=0).fit(acts)
-    assert win.n_networks_total == 3 and _found(win) == sorted(PLANTED)
+    assert win.n_networks_total == 3 and found(win) == sorted(PLANTED)
 
 
 def test_networks_two_sided_threshold_is_superset(fitted):
@@ -77,7 +67,8 @@ def test_networks_two_sided_threshold_is_superset(fitted):
     assert (two.union() | fitted.union()).sum() == two.union().sum()
     none = fitted.with_threshold(1e6)
     assert none.union().sum() == 0  # documented: a threshold that selects nothing gives empty networks
-    assert len(none.intervention("mask")) == 0
+    assert len(none.to_intervention("mask")) == 0
+    assert fitted.threshold == 3.6 and fitted.union().sum() == 18  # the original is unchanged
 
 
 def test_networks_time_courses_and_connectivity(acts, fitted):
@@ -94,29 +85,247 @@ def test_networks_time_courses_and_connectivity(acts, fitted):
 def test_networks_controls_have_matching_size(fitted):
     target = fitted.union()
     for kind in ("per_layer", "top_variance"):
-        c = fitted.control_mask(kind, seed=1)
-        assert fitted.per_layer_counts() == {s: len(u) for s, u in fitted.site_units(c).items()}
-    g = fitted.control_mask("global", seed=1)
+        c = fitted.control_mask(kind, random_state=1)
+        assert fitted.per_site_counts() == {s: len(u) for s, u in fitted.site_units(c).items()}
+    g = fitted.control_mask("global", random_state=1)
     assert int(g.sum()) == int(target.sum())
-    assert not torch.equal(fitted.control_mask("per_layer", seed=1), fitted.control_mask("per_layer", seed=2))
+    a = fitted.control_mask("per_layer", random_state=1)
+    assert torch.equal(a, fitted.control_mask("per_layer", random_state=1))
+    assert not torch.equal(a, fitted.control_mask("per_layer", random_state=2))
+    assert torch.equal(fitted.control_mask("per_layer"), fitted.control_mask("per_layer", random_state=0))
     top = fitted.control_mask("top_variance")
     # top-variance units of this planted data are exactly the planted units
     assert torch.equal(top, target)
+    # a control of a subset of the networks has that subset's size
+    assert int(fitted.control_mask("global", [1]).sum()) == int(fitted.union([1]).sum()) == 6
+
+
+# ------------------------------------------------------------------ interventions on a model
+
+
+@pytest.fixture(scope="module")
+def model_networks(gpt2_tiny):
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(0, 50, (12,), generator=g) for _ in range(40)]
+    acts = collect(gpt2_tiny, seqs, "mlp.hook_post", progress=False)
+    fn = FunctionalNetworks(4, threshold=2.0, random_state=0).fit(acts)
+    units = fn.site_units(fn.union())
+    assert all(len(u) > 0 for u in units.values()), "expected key units in every layer"
+    return fn, units, seqs
+
+
+def _before_after(model, iv, sites, toks):
+    """Each site's activation just before and just after ``iv`` edits it, in one forward."""
+    pre: dict = {}
+    post: dict = {}
+    with (capture(sites, pre) + iv + capture(sites, post)).applied(model):
+        logits = model(toks)
+    return pre, post, logits
+
+
+def _rest(width, units):
+    rest = torch.ones(width, dtype=torch.bool)
+    rest[units] = False
+    return rest
+
+
+MODES = {
+    "mask": dict(mode="mask"),
+    "mask_mean": dict(mode="mask", ablation="mean"),
+    "preserve": dict(mode="preserve"),
+    "preserve_mean": dict(mode="preserve", ablation="mean"),
+    "amplify_value": dict(mode="amplify", value=5.0),
+    "amplify_gain": dict(mode="amplify", gain=3.0),
+}
+
+
+@pytest.mark.parametrize("name", list(MODES))
+def test_each_mode_edits_exactly_the_network_units(gpt2_tiny, model_networks, name):
+    fn, units, seqs = model_networks
+    sites = list(fn.sites_)
+    toks = seqs[0][None]
+    with torch.no_grad():
+        _, clean = gpt2_tiny.run_with_cache(toks, names_filter=sites)
+        clean_logits = gpt2_tiny(toks)
+    iv = fn.to_intervention(**MODES[name])
+    assert iv.sites <= set(sites) and iv.serializable
+    pre, post, logits = _before_after(gpt2_tiny, iv, sites, toks)
+    # the first site sees the clean activation (nothing upstream is edited)
+    assert torch.equal(pre[sites[0]], clean[sites[0]])
+    means = {s: fn.unit_mean_[sum(fn.widths_[:i]):sum(fn.widths_[:i + 1])] for i, s in enumerate(sites)}
+    for s in sites:
+        a, b, u = pre[s][0], post[s][0], units[s]
+        rest = _rest(a.shape[-1], u)
+        if name == "mask":
+            assert torch.equal(b[:, u], torch.zeros_like(b[:, u])) and torch.equal(b[:, rest], a[:, rest])
+        elif name == "mask_mean":
+            assert torch.equal(b[:, u], means[s][u].expand_as(b[:, u])) and torch.equal(b[:, rest], a[:, rest])
+        elif name == "preserve":
+            assert torch.equal(b[:, rest], torch.zeros_like(b[:, rest])) and torch.equal(b[:, u], a[:, u])
+        elif name == "preserve_mean":
+            assert torch.equal(b[:, rest], means[s][rest].expand_as(b[:, rest])) and torch.equal(b[:, u], a[:, u])
+        elif name == "amplify_value":
+            torch.testing.assert_close(b[:, u], a[:, u] + 5.0, atol=1e-6, rtol=0)
+            assert torch.equal(b[:, rest], a[:, rest])
+        else:
+            torch.testing.assert_close(b[:, u], a[:, u] * 3.0, atol=1e-6, rtol=1e-6)
+            assert torch.equal(b[:, rest], a[:, rest])
+    assert not torch.allclose(logits, clean_logits)  # every mode changes the model's output
+    assert count_hooks(gpt2_tiny) == 0
+
+
+def test_selected_networks_and_neutral_settings(gpt2_tiny, model_networks):
+    fn, _, seqs = model_networks
+    sites = list(fn.sites_)
+    toks = seqs[1][None]
+    only = fn.site_units(fn.union([1]))
+    pre, post, _ = _before_after(gpt2_tiny, fn.to_intervention("mask", [1]), sites, toks)
+    for s in sites:
+        u = only[s]
+        assert torch.equal(post[s][0][:, u], torch.zeros(12, len(u)))
+        rest = _rest(post[s].shape[-1], u)
+        assert torch.equal(post[s][0][:, rest], pre[s][0][:, rest])
+    # amplify with value 0 / gain 1 changes nothing
+    with torch.no_grad():
+        clean = gpt2_tiny(toks)
+    for kw in ({"value": 0.0}, {"gain": 1.0}):
+        with fn.to_intervention("amplify", **kw).applied(gpt2_tiny), torch.no_grad():
+            assert torch.equal(gpt2_tiny(toks), clean)
+
+
+def test_control_interventions_edit_a_matched_random_set(gpt2_tiny, model_networks):
+    fn, units, seqs = model_networks
+    ctrl = fn.to_intervention("mask", control="per_layer", random_state=3)
+    per_site = {h.site: len(h.params["units"]) for h in ctrl.hooks}
+    assert per_site == {s: len(u) for s, u in units.items()}
+    assert ctrl.to_dict() == fn.to_intervention("mask", control="per_layer", random_state=3).to_dict()
+    assert ctrl.to_dict() != fn.to_intervention("mask", control="per_layer", random_state=4).to_dict()
+    chosen = fn.site_units(fn.control_mask("per_layer", random_state=3))
+    _, post, _ = _before_after(gpt2_tiny, ctrl, list(fn.sites_), seqs[0][None])
+    for s, u in chosen.items():
+        assert torch.equal(post[s][0][:, u], torch.zeros(12, len(u)))
+    g = fn.to_intervention("amplify", control="global", gain=2.0, random_state=1)
+    assert sum(len(h.params["units"]) for h in g.hooks) == int(fn.union().sum())
+    with pytest.raises(FuncnetError, match="control"):
+        fn.to_intervention("mask", control="random")
+
+
+@pytest.mark.parametrize("kw,match", [({"mode": "ablate"}, "mode"), ({"ablation": "max"}, "ablation"),
+                                      ({"mode": "amplify", "value": float("nan")}, "value"),
+                                      ({"mode": "amplify", "gain": float("inf")}, "gain"),
+                                      ({"ids": [99]}, "out of range"), ({"ids": [0.5]}, "integer"),
+                                      ({"ids": 1}, "list")])
+def test_to_intervention_refuses_bad_arguments(fitted, kw, match):
+    with pytest.raises(FuncnetError, match=match):
+        fitted.to_intervention(**kw)
+
+
+# ------------------------------------------------------------------ persistence
 
 
 def test_networks_save_load_roundtrip(fitted, tmp_path):
-    fitted.save(tmp_path / "fn")
+    path = fitted.save(tmp_path / "fn")
+    assert sorted(p.name for p in path.iterdir()) == ["networks.json", "networks.safetensors"]
     back = FunctionalNetworks.load(tmp_path / "fn")
     assert torch.equal(back.maps_, fitted.maps_) and torch.equal(back.masks_, fitted.masks_)
-    assert back.sites_ == fitted.sites_ and back.intervention("mask").allclose(fitted.intervention("mask"))
-    (tmp_path / "fn" / "networks.json").write_text("{")
-    with pytest.raises(FormatError):
+    assert torch.equal(back.sources_, fitted.sources_) and torch.equal(back.unit_mean_, fitted.unit_mean_)
+    assert back.sites_ == fitted.sites_ and back.widths_ == fitted.widths_ and back.blocks_ == fitted.blocks_
+    assert back._params() == fitted._params() and back.converged_ == fitted.converged_
+    assert back.to_intervention("mask").allclose(fitted.to_intervention("mask"))
+    assert back.to_intervention("mask", ablation="mean").allclose(fitted.to_intervention("mask", ablation="mean"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fn"]  # no temp folder left
+
+
+def test_networks_save_replaces_only_networks_and_only_when_asked(acts, fitted, tmp_path):
+    fitted.save(tmp_path / "fn")
+    other = FunctionalNetworks(2, random_state=0).fit(acts)
+    with pytest.raises(OverwriteError, match="overwrite=True"):
+        other.save(tmp_path / "fn")
+    assert FunctionalNetworks.load(tmp_path / "fn").n_networks_total == 3
+    other.save(tmp_path / "fn", overwrite=True)
+    assert FunctionalNetworks.load(tmp_path / "fn").n_networks_total == 2
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(OverwriteError):
+        fitted.save(mine, overwrite=True)
+    assert (mine / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OverwriteError):
+        fitted.save(tmp_path / "file", overwrite=True)
+    # extra files beside saved networks are never deleted
+    (tmp_path / "fn" / "extra.txt").write_text("mine")
+    with pytest.raises(OverwriteError, match="extra.txt"):
+        fitted.save(tmp_path / "fn", overwrite=True)
+
+
+def test_networks_load_detects_a_flipped_byte(fitted, tmp_path):
+    fitted.save(tmp_path / "fn")
+    blob = tmp_path / "fn" / "networks.safetensors"
+    data = bytearray(blob.read_bytes())
+    data[-3] ^= 0x10  # inside the tensor bytes
+    blob.write_bytes(bytes(data))
+    with pytest.raises(FormatError, match=r"networks\.safetensors.*checksum"):
         FunctionalNetworks.load(tmp_path / "fn")
+    blob.write_bytes(b"garbage")
+    with pytest.raises(FormatError, match=r"networks\.safetensors"):
+        FunctionalNetworks.load(tmp_path / "fn")
+    blob.unlink()
+    with pytest.raises(FormatError, match=r"networks\.safetensors"):
+        FunctionalNetworks.load(tmp_path / "fn")
+
+
+def _edit(path, change):
+    meta = json.loads(path.read_text())
+    change(meta)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("change,key", [
+    (lambda m: m.update(converged="yes"), "converged"),
+    (lambda m: m.update(sites="blocks.0.mlp.hook_post"), "sites"),
+    (lambda m: m.update(widths=[200, "200"]), "widths"),
+    (lambda m: m.update(widths=[200]), "widths"),
+    (lambda m: m.update(params=[3]), "params"),
+    (lambda m: m.pop("sites"), "sites"),
+    (lambda m: m.pop("params"), "params"),
+    (lambda m: m.pop("blocks"), "blocks"),
+    (lambda m: m.update(blocks=[{"sites": []}]), "blocks"),
+    (lambda m: m["params"].update(n_networks="3"), "params"),
+    (lambda m: m["params"].update(colour="red"), "params"),
+    (lambda m: m.update(version=1), "version"),
+    (lambda m: m.update(format="something.else"), "format"),
+    (lambda m: m.pop("tensors_sha256"), "checksum"),
+])
+def test_networks_load_refuses_hand_edited_json(fitted, tmp_path, change, key):
+    fitted.save(tmp_path / "fn")
+    meta_f = tmp_path / "fn" / "networks.json"
+    _edit(meta_f, change)
+    with pytest.raises(FormatError, match=key) as err:
+        FunctionalNetworks.load(tmp_path / "fn")
+    assert "networks." in str(err.value)  # names the file
+
+
+def test_networks_load_refuses_broken_folders(fitted, tmp_path):
+    with pytest.raises(FormatError, match="missing"):
+        FunctionalNetworks.load(tmp_path / "nothing")
+    fitted.save(tmp_path / "fn")
+    (tmp_path / "fn" / "networks.json").write_text("{")
+    with pytest.raises(FormatError, match=r"networks\.json"):
+        FunctionalNetworks.load(tmp_path / "fn")
+    (tmp_path / "fn" / "networks.json").write_text("[1, 2]")
+    with pytest.raises(FormatError, match=r"networks\.json"):
+        FunctionalNetworks.load(tmp_path / "fn")
+
+
+# ------------------------------------------------------------------ errors
 
 
 def test_networks_errors(acts):
     with pytest.raises(NotFittedError, match="not fitted"):
         FunctionalNetworks(3).union()
+    with pytest.raises(NotFittedError, match="not fitted"):
+        FunctionalNetworks(3).to_intervention()
     with pytest.raises(FuncnetError, match="exceeds"):
         FunctionalNetworks(250).fit(Activations({SITES[0]: acts[SITES[0]][:100]}, acts.token_ids[:100],
                                                     torch.tensor([0, 100])))
@@ -129,37 +338,21 @@ def test_networks_errors(acts):
                                               torch.tensor([0, 50])))
     with pytest.raises(FuncnetError, match="sides"):
         FunctionalNetworks(3, sides="both").fit(acts)
+    with pytest.raises(FuncnetError, match="scope"):
+        FunctionalNetworks(3, scope="global").fit(acts)
+    with pytest.raises(FuncnetError, match="window"):
+        FunctionalNetworks(3, scope="window", window=5).fit(acts)
+    with pytest.raises(FuncnetError, match="n_networks"):
+        FunctionalNetworks(0).fit(acts)
+    with pytest.raises(FuncnetError, match="dtype"):
+        FunctionalNetworks(3, dtype="float16").fit(acts)
+    with pytest.raises(FuncnetError, match="not collected"):
+        FunctionalNetworks(3).fit(acts, sites=["blocks.5.mlp.hook_post"])
+    with pytest.raises(FuncnetError, match="Activations"):
+        FunctionalNetworks(3).fit(torch.zeros(10, 4))
 
 
-def test_networks_recurrence_on_planted_sources(acts):
-    rep = recurrence(acts, n_splits=3, n_networks=3, random_state=0)
-    assert rep.recurrence.tolist() == [1.0, 1.0, 1.0]
-    assert rep.best_match.min() > 0.9
-    iou = recurrence(acts, n_splits=2, similarity="iou", n_networks=3, random_state=0)
-    assert iou.best_match.min() > 0.8
-
-
-def test_networks_interventions_on_a_model(gpt2_tiny):
-    g = torch.Generator().manual_seed(0)
-    seqs = [torch.randint(0, 50, (12,), generator=g) for _ in range(40)]
-    sites = layer_sites(gpt2_tiny, "mlp.hook_post")
-    acts = collect(gpt2_tiny, seqs, sites, progress=False)
-    fn = FunctionalNetworks(4, threshold=2.0, random_state=0).fit(acts)
-    units = fn.site_units(fn.union())
-    assert sum(len(u) for u in units.values()) > 0
-    for mode in ("mask", "preserve", "amplify"):
-        store: dict = {}
-        iv = fn.intervention(mode, value=5.0) + capture(sites, store)
-        with iv.applied(gpt2_tiny):
-            gpt2_tiny(seqs[0][None])
-        for s in sites:
-            a, u = store[s][0], units[s]
-            rest = torch.ones(a.shape[-1], dtype=torch.bool)
-            rest[u] = False
-            if mode == "mask":
-                assert a[:, u].abs().sum() == 0 and a[:, rest].abs().sum() > 0
-            elif mode == "preserve":
-                assert a[:, rest].abs().sum() == 0
-    ctrl = fn.control("mask", "per_layer", seed=3)
-    assert sum(len(h.params["units"]) for h in ctrl.hooks) == int(fn.union().sum())
-    assert count_hooks(gpt2_tiny) == 0
+def test_intervention_type(fitted):
+    assert isinstance(fitted.to_intervention(), Intervention)
+    d = fitted.to_intervention().to_dict()
+    assert {h["op"] for h in d["hooks"]} == {"ablate"}

@@ -7,8 +7,8 @@ import torch
 
 from tl_funcnet.errors import FuncnetError
 from tl_funcnet.hooks import capture
-from tl_funcnet.patching import (attribution_patch, correlation, exact_patch, logit_diff, node_grid,
-                                 relp_intervention, units_nodes)
+from tl_funcnet.patching import (attribution_patch, correlation, exact_patch, logit_diff, node_grid, relp_rules,
+                                 units_nodes)
 
 N_POS = 7
 METRIC = logit_diff([1, 2, 3], [4, 5, 6])
@@ -31,6 +31,29 @@ def test_atp_is_exact_where_the_metric_is_linear(tiny_model, pair):
         e = exact_patch(tiny_model, clean, corr, ns, METRIC, direction=direction)
         a = attribution_patch(tiny_model, clean, corr, ns, METRIC, direction=direction)
         torch.testing.assert_close(a.effects, e.effects, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a.per_prompt, e.per_prompt, atol=1e-5, rtol=0)
+        # one meaning for every method: the same baseline, and patched = baseline + effects
+        assert a.baseline == pytest.approx(e.baseline, abs=1e-6)
+        torch.testing.assert_close(a.patched, e.patched, atol=1e-5, rtol=0)
+        r = attribution_patch(tiny_model, clean, corr, ns, METRIC, direction=direction, method="relp")
+        assert r.method == "relp" and r.baseline == pytest.approx(e.baseline, abs=1e-6)
+
+
+def test_nodes_after_the_blocks_see_every_position(tiny_model, pair):
+    # regression: with a last-position metric the sweeps computed ln_final on the last position only, so a
+    # patch there did not fit (exact) or was compared with the wrong position (AtP)
+    clean, corr = pair
+    ns = units_nodes("ln_final.hook_normalized", {"early": [0, 1], "all_pos": list(range(16))}, pos=2)
+    everywhere = units_nodes("ln_final.hook_normalized", [list(range(16))])
+    for method in (exact_patch, attribution_patch):
+        res = method(tiny_model, clean, corr, ns, METRIC)
+        torch.testing.assert_close(res.effects, torch.zeros(2), atol=1e-6, rtol=0)  # the metric reads pos -1
+    e = exact_patch(tiny_model, clean, corr, everywhere, METRIC)
+    a = attribution_patch(tiny_model, clean, corr, everywhere, METRIC)
+    with torch.no_grad():
+        want = METRIC(tiny_model(clean)).mean() - METRIC(tiny_model(corr)).mean()
+    assert e.effects[0].item() == pytest.approx(want.item(), abs=1e-5)
+    assert a.effects[0].item() == pytest.approx(want.item(), abs=1e-5)  # logits are linear in it
 
 
 def test_atp_matches_manual_gradient_formula(llama_tiny, pair):
@@ -44,9 +67,12 @@ def test_atp_matches_manual_gradient_formula(llama_tiny, pair):
     want = ((c_cache[site] - store[site].detach()) * grad).sum(-1)  # (batch, pos, head)
     res = attribution_patch(llama_tiny, clean, corr, node_grid(llama_tiny, "head_pos", N_POS, layers=[1]), METRIC)
     torch.testing.assert_close(res.per_prompt.reshape(N_POS, 4, 3).permute(2, 0, 1), want, atol=1e-6, rtol=0)
-    assert res.grid.shape == (1, N_POS, 4)
+    assert res.grid().shape == (1, N_POS, 4)
+    torch.testing.assert_close(res.grid()[0], want.mean(0), atol=1e-6, rtol=0)
     heads = attribution_patch(llama_tiny, clean, corr, node_grid(llama_tiny, "head", N_POS, by_pos=False), METRIC)
-    torch.testing.assert_close(heads.grid[1], want.sum(1).mean(0), atol=1e-6, rtol=0)
+    torch.testing.assert_close(heads.grid()[1], want.sum(1).mean(0), atol=1e-6, rtol=0)
+    with torch.no_grad():
+        assert heads.baseline == pytest.approx(METRIC(llama_tiny(corr)).mean().item(), abs=1e-5)
 
 
 def test_atp_correlates_with_exact_on_a_tiny_model(tiny_model, pair):
@@ -60,7 +86,7 @@ def _grads(model, tokens, sites, rules):
     store: dict = {}
     iv = capture(sites, store, detach=False)
     if rules is not None:
-        iv = relp_intervention(model, rules) + iv
+        iv = relp_rules(model, rules) + iv
     with iv.applied(model):
         logits = model(tokens)
     g = torch.autograd.grad(METRIC(logits).sum(), [store[s] for s in sites], allow_unused=True)
@@ -132,9 +158,52 @@ def test_relp_identity_and_half_rules_give_the_lrp_local_gradients(llama_tiny, g
 def test_relp_rule_names_are_checked(gpt2_tiny, pair):
     clean, corr = pair
     with pytest.raises(FuncnetError, match="unknown RelP rule"):
-        relp_intervention(gpt2_tiny, ["LN", "Gamma"])
+        relp_rules(gpt2_tiny, ["LN", "Gamma"])
     with pytest.raises(FuncnetError, match="'atp' or 'relp'"):
         attribution_patch(gpt2_tiny, clean, corr, node_grid(gpt2_tiny, "mlp", N_POS), METRIC, method="ig")
     only_ln = attribution_patch(gpt2_tiny, clean, corr, node_grid(gpt2_tiny, "mlp", N_POS), METRIC,
                                 method="relp", rules="LN-rule")
     assert only_ln.info["rules"] == ["LN"]
+
+
+def test_relp_rules_save_load_and_give_identical_gradients(tiny_model, pair, tmp_path):
+    from tl_funcnet.errors import OverwriteError
+    from tl_funcnet.hooks import Intervention
+
+    clean, _ = pair
+    iv = relp_rules(tiny_model)
+    assert iv.serializable and {h.op for h in iv.hooks} >= {"detach", "relp_mlp"}
+    iv.save(tmp_path / "relp")
+    back = Intervention.load(tmp_path / "relp")
+    assert back.to_dict() == iv.to_dict() and back.allclose(iv)
+    with pytest.raises(OverwriteError):
+        iv.save(tmp_path / "relp")
+    sites = ["blocks.0.hook_resid_pre", "blocks.0.mlp.hook_pre", "blocks.1.mlp.hook_post",
+             "blocks.0.attn.hook_q"]
+    grads = []
+    for rules_iv in (iv, back):
+        store: dict = {}
+        with (rules_iv + capture(sites, store, detach=False)).applied(tiny_model):
+            logits = tiny_model(clean)
+        g = torch.autograd.grad(METRIC(logits).sum(), [store[s] for s in sites], allow_unused=True)
+        grads.append((logits.detach(), g))
+    (l0, g0), (l1, g1) = grads
+    assert torch.equal(l0, l1)
+    assert g0[3] is None and g1[3] is None  # AH rule: no gradient reaches the queries
+    assert all(torch.equal(a, b) for a, b in zip(g0[:3], g1[:3]))
+    # the loaded rules differ from plain gradients (they are really applied)
+    _, plain = _grads(tiny_model, clean, sites[:1], None)
+    assert not torch.allclose(plain[sites[0]][1], g1[0])
+    # each rule subset round-trips too
+    for rules in ("LN", "AH", "Identity Half"):
+        one = relp_rules(tiny_model, rules)
+        one.save(tmp_path / rules.replace(" ", "_"))
+        assert Intervention.load(tmp_path / rules.replace(" ", "_")).allclose(one)
+
+
+def test_relp_rules_refuse_a_model_of_another_architecture(llama_tiny, gpt2_tiny):
+    iv = relp_rules(gpt2_tiny, "Identity")  # gelu, not gated: its sites exist on the llama model too
+    with pytest.raises(FuncnetError, match="relp_rules"):
+        iv.validate(llama_tiny)
+    with pytest.raises(FuncnetError):  # the gated model's rules need hook_pre_linear, which gpt2 lacks
+        relp_rules(llama_tiny, "Identity Half").validate(gpt2_tiny)

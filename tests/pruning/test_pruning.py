@@ -1,4 +1,5 @@
-"""Pruning on tiny random models: selection, scores, soft == hard, compensation, save/load, bad input."""
+"""Pruning on tiny random models: selection, scores, soft == hard, compensation, pruned models as
+first-class models (widths, collection, networks, save/load), bad input."""
 
 from __future__ import annotations
 
@@ -10,14 +11,16 @@ import torch.nn.functional as F
 
 from tl_testing import count_hooks, guard, make_gpt2_style, make_llama_style
 from tl_funcnet.errors import FuncnetError
-from tl_funcnet.hooks import Intervention, ablate, capture, custom
+from tl_funcnet.hooks import Intervention, ablate, capture
+from tl_funcnet.hooks.sites import site_shape
+from tl_funcnet.models import mlp_widths
 from tl_funcnet.pruning import (
-    ALLOCATION, METHODS, Calibration, compensate, hard_prune, plan_from_scores, plan_pruning, prune, score,
-    select,
+    ALLOCATION, METHODS, Calibration, PruningPlan, compensate, hard_prune, method_options, plan_from_scores,
+    plan_pruning, prune, score, select,
 )
 
 ICA_OK = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-FN_OPTS = {"n_components": 6, "n_restarts": 2}
+FN_OPTS = {"n_networks": 6, "n_restarts": 2}
 
 
 def _model(kind: str, **kw):
@@ -53,8 +56,8 @@ def _plan(model, calib, method):
     key = (id(model), method)
     if key not in _PLANS:
         opts = FN_OPTS if method == "fn" else {}
-        plan = plan_pruning(model, 0.3, method, calib, protect_first=1, protect_last=1, **opts)
-        _PLANS[key] = compensate(model, plan, calib)
+        _PLANS[key] = plan_pruning(model, 0.3, method, calib, protect_first=1, protect_last=1, **opts)
+        assert _PLANS[key].means is not None  # bias_compensation=True (the default) measures the means
     return _PLANS[key]
 
 
@@ -84,7 +87,7 @@ def test_hard_prune_matches_intervention(setup, method, bias):
 
 def test_param_counts_match_the_hard_pruned_model(setup):
     model, calib = setup
-    plan = plan_pruning(model, 0.25, "wanda", calib, protect_first=1, protect_last=1)
+    plan = plan_pruning(model, 0.25, "wanda", calib, protect_first=1, protect_last=1, bias_compensation=False)
     small = hard_prune(model, plan, bias_compensation=False)
     c = plan.param_counts(model)
     assert c["params_after"] == sum(p.numel() for p in small.parameters())
@@ -99,7 +102,13 @@ def test_param_counts_match_the_hard_pruned_model(setup):
 def test_compensation_means_are_measured_with_earlier_layers_pruned(setup):
     """Oracle: under the compensated soft prune, the pruned units' mean over real tokens equals plan.means."""
     model, calib = setup
-    plan = compensate(model, plan_pruning(model, 0.4, "random", calib, protect_first=0, protect_last=0), calib)
+    bare = plan_pruning(model, 0.4, "random", calib, protect_first=0, protect_last=0, bias_compensation=False)
+    assert bare.means is None
+    plan = compensate(model, bare, calib)
+    # plan_pruning's own compensation (the default) measures the same means
+    direct = plan_pruning(model, 0.4, "random", calib, protect_first=0, protect_last=0)
+    assert all(torch.equal(a, b) for a, b in zip(direct.pruned, plan.pruned))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(direct.means, plan.means))
     store: dict = {}
     iv = Intervention()
     for l in range(6):
@@ -129,7 +138,7 @@ def test_compensation_means_are_measured_with_earlier_layers_pruned(setup):
 def test_bias_compensation_lowers_loss_on_calibration_text():
     model = _model("llama")
     calib = _calib(model, n=60)
-    plan = compensate(model, plan_pruning(model, 0.5, "random", calib, protect_first=0, protect_last=0), calib)
+    plan = plan_pruning(model, 0.5, "random", calib, protect_first=0, protect_last=0)
 
     @torch.no_grad()
     def kl(iv):
@@ -175,7 +184,7 @@ def test_activation_scores_match_run_with_cache_and_ignore_padding(setup):
 @ICA_OK
 def test_fn_scores_are_max_abs_z_over_both_signals(setup):
     """Oracle: CanICA on [up | act(gate)] (gated) or hook_post, then max |z| over components and signals."""
-    from tl_funcnet.funcnet.canica import CanICA
+    from tl_funcnet.funcnet.ica import CanICA
 
     model, calib = setup
     gated = bool(model.cfg.gated_mlp)
@@ -191,11 +200,14 @@ def test_fn_scores_are_max_abs_z_over_both_signals(setup):
             rows.append(cache["blocks.2.mlp.hook_post"][m])
     X = torch.cat(rows)
     assert X.shape == (calib.n_tokens, 64 if gated else 32)
-    maps = CanICA(6, n_restarts=2, standardize=True, fun="cube", random_state=666 + 2).fit(X).maps_
+    # the scorer seeds layer l's (only) run with random_state + l; the default random_state is 0
+    maps = torch.from_numpy(CanICA(6, n_restarts=2, standardize=True, fun="cube", random_state=0 + 2).fit(X).maps_)
     expect = maps.abs().amax(0).view(-1, 32).amax(0).double()
     got = score(model, calib, "fn", layers=[2], **FN_OPTS)
     assert got[0] is None and got[3] is None
     assert torch.allclose(got[2], expect, atol=1e-4)
+    other_seed = score(model, calib, "fn", layers=[2], random_state=5, **FN_OPTS)
+    assert not torch.equal(other_seed[2], got[2])
     # the keep rule: in a global FN plan, kept prunable neurons score above T, pruned ones at or below
     s = score(model, calib, "fn", layers=[1, 2, 3, 4], **FN_OPTS)
     plan = plan_from_scores(model, s, 0.3, "fn", protect_first=1, protect_last=1)
@@ -270,32 +282,145 @@ def test_models_without_prunable_mlps_error(overrides, match):
 
 def test_compensation_needs_means():
     model = _model("gpt2")
-    plan = plan_pruning(model, 0.2, "magnitude", None, protect_first=1, protect_last=1)
-    with pytest.raises(FuncnetError, match="compensate"):
+    plan = plan_pruning(model, 0.2, "magnitude", None, protect_first=1, protect_last=1, bias_compensation=False)
+    assert plan.means is None
+    with pytest.raises(FuncnetError, match="needs the plan.s means"):
         hard_prune(model, plan)
-    with pytest.raises(FuncnetError, match="compensate"):
+    with pytest.raises(FuncnetError, match="needs the plan.s means"):
         plan.to_intervention()
     small, _ = prune(model, 0.2, "magnitude", None, bias_compensation=False, protect_first=1, protect_last=1)
     with pytest.raises(FuncnetError, match="widths"):
         hard_prune(small, plan, bias_compensation=False)
 
 
-# ------------------------------------------------------------------ pruned models keep working
+# ------------------------------------------------------------------ options and return values
 
 
-def test_pruned_model_saves_loads_and_takes_interventions(setup, tmp_path):
-    from tl_funcnet.activations import collect
-    from tl_funcnet.models import load, mlp_widths, save
-
+def test_method_options_are_checked_before_any_text_is_read(setup):
     model, calib = setup
-    small, plan = prune(model, 0.3, "flap", calib, protect_first=1, protect_last=1)
+    state, hooks = _state(model), count_hooks(model)
+    # the tiny models have no tokenizer: reaching the "calibration" texts would fail differently
+    with pytest.raises(FuncnetError, match="options"):
+        plan_pruning(model, 0.2, "wanda", n_networks=8)
+    with pytest.raises(FuncnetError, match="options"):
+        prune(model, 0.2, "fn", calib, n_components=8)  # the old name of n_networks
+    with pytest.raises(FuncnetError, match="options"):
+        prune(model, 0.2, "random", calib, seed=3)  # the old name of random_state
+    with pytest.raises(FuncnetError, match="options"):
+        score(model, None, "magnitude", random_state=1)
+    with pytest.raises(FuncnetError, match="bias_compensation"):
+        plan_pruning(model, 0.2, "magnitude", calib, bias_compensation="yes")
+    assert method_options("fn") == ("n_networks", "n_restarts", "n_runs", "random_state")
+    assert method_options("random") == ("random_state",)
+    assert method_options("wanda") == method_options("magnitude") == ()
+    with pytest.raises(FuncnetError, match="unknown pruning method"):
+        method_options("obs")
+    assert _same_state(model, state) and count_hooks(model) == hooks
+
+
+def test_random_method_is_seeded_by_random_state(setup):
+    model, calib = setup
+    kw = dict(protect_first=1, protect_last=1, bias_compensation=False)
+    a = plan_pruning(model, 0.3, "random", calib, **kw)
+    b = plan_pruning(model, 0.3, "random", calib, random_state=0, **kw)
+    c = plan_pruning(model, 0.3, "random", calib, random_state=1, **kw)
+    assert all(torch.equal(x, y) for x, y in zip(a.pruned, b.pruned))  # the default is 0
+    assert not all(torch.equal(x, y) for x, y in zip(a.pruned, c.pruned))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_prune_returns_model_and_plan_and_soft_equals_hard(setup, bias):
+    model, calib = setup
+    state = _state(model)
+    out = prune(model, 0.3, "flap", calib, bias_compensation=bias, protect_first=0, protect_last=0)
+    assert isinstance(out, tuple) and len(out) == 2
+    small, plan = out
     small = guard(small)
+    assert isinstance(plan, PruningPlan) and (plan.means is not None) == bias
+    assert mlp_widths(small) == plan.widths_after
+    # soft pruning: the plan's intervention on the unpruned model computes the hard-pruned model's logits
+    iv = plan_pruning(model, 0.3, "flap", calib, bias_compensation=bias, protect_first=0,
+                      protect_last=0).to_intervention(bias_compensation=bias)
+    assert isinstance(iv, Intervention)
+    assert sorted(iv.sites) == [f"blocks.{l}.mlp.hook_post" for l in range(6)]
+    assert {h.params["mode"] for h in iv.hooks} == {"mean" if bias else "zero"}
+    toks = torch.randint(0, 50, (3, 11), generator=torch.Generator().manual_seed(7))
+    with iv.applied(model):
+        soft = model(toks)
+    assert torch.allclose(soft, small(toks), atol=1e-5, rtol=1e-5)
+    assert _same_state(model, state)
+
+
+# ------------------------------------------------------------------ pruned models are first-class
+
+
+@pytest.fixture(scope="module")
+def pruned(setup):
+    """A hard-pruned copy with non-uniform widths (global FLAP allocation, every layer prunable)."""
+    model, calib = setup
+    small, plan = prune(model, 0.3, "flap", calib, protect_first=0, protect_last=0)
+    assert plan.allocation == "global"
+    assert len(set(plan.widths_after)) > 1 and max(plan.widths_after) < 32, plan.widths_after
+    return guard(small), plan
+
+
+def test_pruned_model_reports_each_layer_width(setup, pruned):
+    model, _ = setup
+    small, plan = pruned
+    widths = plan.widths_after
+    assert mlp_widths(small) == widths
+    assert small.cfg.d_mlp == max(widths)  # TransformerLens holds one number: the widest layer
+    assert model.cfg.d_mlp == 32 and mlp_widths(model) == [32] * 6  # the input is untouched
+    for l, block in enumerate(small.blocks):
+        mlp = block.mlp
+        assert mlp.W_in.shape[-1] == mlp.b_in.shape[0] == mlp.W_out.shape[0] == widths[l] == mlp.d_mlp
+        if getattr(mlp, "W_gate", None) is not None:
+            assert mlp.W_gate.shape[-1] == widths[l]
+        assert site_shape(small, f"blocks.{l}.mlp.hook_post") == (widths[l],)
+    # the kept neurons keep their weights, in order
+    l = 1
+    kept = (~plan.pruned[l]).nonzero().flatten()
+    assert torch.equal(small.blocks[l].mlp.W_in.detach(), model.blocks[l].mlp.W_in.detach()[:, kept])
+
+
+def test_pruned_model_collects_per_layer_widths_and_fits_networks(pruned):
+    from tl_funcnet.activations import collect
+    from tl_funcnet.funcnet import FunctionalNetworks
+
+    small, plan = pruned
+    g = torch.Generator().manual_seed(2)
+    seqs = [torch.randint(0, 50, (12,), generator=g) for _ in range(30)]
+    acts = collect(small, seqs, "mlp.hook_post", progress=False)
+    sites = [f"blocks.{l}.mlp.hook_post" for l in range(6)]
+    assert list(acts.sites) == sites
+    for l, s in enumerate(sites):
+        assert acts.width(s) == plan.widths_after[l] and acts[s].shape == (360, plan.widths_after[l])
+    # the recorded activations are the pruned model's own
+    _, cache = small.run_with_cache(seqs[0][None], names_filter=sites[2])
+    torch.testing.assert_close(acts[sites[2]][:12], cache[sites[2]][0], atol=1e-6, rtol=0)
+    fn = FunctionalNetworks(4, threshold=2.0).fit(acts)
+    assert fn.widths_ == tuple(plan.widths_after) and fn.maps_.shape == (4, sum(plan.widths_after))
+    assert set(fn.per_site_counts()) == set(sites)
+    assert all(len(u) == 0 or int(u.max()) < plan.widths_after[l]
+               for l, u in enumerate(fn.site_units(fn.union()).values()))
+    iv = fn.to_intervention("mask")
+    iv.validate(small)
+    with iv.applied(small):
+        small(seqs[0][None])
+
+
+def test_pruned_model_saves_loads_and_takes_interventions(pruned, tmp_path):
+    from tl_funcnet.models import load, save
+
+    small, plan = pruned
     save(small, tmp_path / "m")
     back = guard(load(tmp_path / "m"))
-    assert mlp_widths(back) == plan.widths_after
+    assert mlp_widths(back) == plan.widths_after and back.cfg.d_mlp == max(plan.widths_after)
+    now, then = back.state_dict(), small.state_dict()
+    assert set(now) == set(then) and all(torch.equal(now[k], then[k]) for k in then)
     toks = torch.randint(0, 50, (2, 9), generator=torch.Generator().manual_seed(3))
     assert torch.allclose(back(toks), small(toks), atol=1e-6)
-    l = 2
+    l = 1
     iv = ablate(f"blocks.{l}.mlp.hook_post", [0, plan.widths_after[l] - 1])
     with iv.applied(back):
         a = back(toks)
@@ -304,26 +429,24 @@ def test_pruned_model_saves_loads_and_takes_interventions(setup, tmp_path):
     assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, back(toks))
     with pytest.raises(FuncnetError):
         ablate(f"blocks.{l}.mlp.hook_post", [plan.widths_after[l]]).validate(back)
-    acts = collect(back, [t for t in toks], [f"blocks.{l}.mlp.hook_post"], progress=False)
-    assert acts[f"blocks.{l}.mlp.hook_post"].shape == (18, plan.widths_after[l])
+    # saving again needs overwrite=True
+    with pytest.raises(FuncnetError, match="overwrite"):
+        save(small, tmp_path / "m")
+    save(back, tmp_path / "m", overwrite=True)
     # a pruned model can be pruned again (ratio relative to its current widths)
     again, plan2 = prune(back, 0.1, "magnitude", None, bias_compensation=False, protect_first=1, protect_last=1)
+    assert plan2.widths_before == plan.widths_after
     assert sum(plan2.widths_after) == sum(plan.widths_after) - round(0.1 * sum(plan.widths_after))
-
-
-def test_soft_prune_returns_an_intervention(setup):
-    model, calib = setup
-    iv, plan = prune(model, 0.2, "activation", calib, hard=False, protect_first=1, protect_last=1)
-    assert isinstance(iv, Intervention)
-    assert sorted(iv.sites) == [f"blocks.{l}.mlp.hook_post" for l in range(1, 5)]
-    d = iv.to_dict()
-    assert d["hooks"][0]["params"]["mode"] == "mean"
+    assert mlp_widths(again) == plan2.widths_after and again.cfg.d_mlp == max(plan2.widths_after)
 
 
 def test_cli_rejects_a_bad_ratio_before_loading(capsys, tmp_path):
     from tl_funcnet.cli import main
-    import tl_funcnet.pruning.cli  # noqa: F401  (registers the command)
 
     assert main(["prune", "--model", str(tmp_path / "nope"), "--ratio", "1.5", "--out", str(tmp_path / "o")]) == 2
     assert "ratio" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    # a method option that does not exist is refused by argparse, before loading anything
+    assert main(["prune", "--model", str(tmp_path / "nope"), "--ratio", "0.2", "--n-components", "8",
+                 "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()

@@ -28,7 +28,7 @@ def _extract(p: argparse.ArgumentParser) -> Handler:
     def run(args: argparse.Namespace) -> int:
         from ..activations import collect
         from ..funcnet import FunctionalNetworks
-        from ..funcnet.networks import KIND
+        from ..funcnet.storage import KIND
         from ..funcnet.plots import plot_layer_counts, plot_network_map
         from ..hooks import resolve_sites
         from ..models import load

@@ -30,6 +30,7 @@ from scipy.optimize import linear_sum_assignment
 from scipy.stats import rankdata
 from threadpoolctl import threadpool_limits
 
+from .._rng import numpy_generator
 from ..errors import FuncnetError
 from ..hooks.values import finite_number, positive_int
 from .core import Fingerprint
@@ -173,7 +174,7 @@ def _compare(victim: Fingerprint, suspect: Fingerprint, *, top_m: int, n_null: i
     segs = shared_segments(victim, suspect)
     rho = np.mean([np.abs(a.T @ b) for a, b in segs], 0)
     score, pairs, vals = _score(rho, top_m)
-    rng = np.random.default_rng(random_state)
+    rng = numpy_generator(random_state)
     null = np.empty(n_null)
     for k in range(n_null):
         mats = []

@@ -8,7 +8,6 @@ makes one-sided thresholds independent of ICA's arbitrary signs.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,16 +18,13 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from .._io import Kind, atomic_dir, field, read_json, tensor_digest
 from .._rng import generator
 from ..activations import Activations
-from ..errors import FormatError, FuncnetError, NotFittedError
+from ..errors import FuncnetError, NotFittedError
 from ..hooks import Intervention, ablate, add, keep_only, scale
 from ..hooks.sites import site_layer
 from ..hooks.values import finite_number, index_list, positive_int
 
-_FORMAT, _VERSION = "tl_funcnet.functional_networks", 2
-KIND = Kind("functional networks", "networks.json", _FORMAT, ("networks.json", "networks.safetensors", "*.png"))
 SCOPES = ("joint", "per_layer", "window")
 MODES = ("mask", "preserve", "amplify")
 CONTROLS = ("per_layer", "global", "top_variance")
@@ -324,20 +320,9 @@ class FunctionalNetworks:
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write ``networks.json`` + ``networks.safetensors`` into the folder ``path`` atomically (with a
         checksum of the tensors); networks saved there before are replaced only with ``overwrite=True``."""
-        from safetensors.torch import save_file
+        from .storage import save_networks
 
-        self._check()
-        tensors = {"maps": self.maps_.contiguous(), "sources": self.sources_.contiguous(),
-                   "unit_mean": self.unit_mean_.float().contiguous(), "unit_std": self.unit_std_.float().contiguous()}
-        meta = {"format": _FORMAT, "version": _VERSION, "params": self._params(), "sites": list(self.sites_),
-                "widths": list(self.widths_), "converged": self.converged_,
-                "blocks": [{"sites": list(b.sites), "networks": list(b.networks)} for b in self.blocks_],
-                "tensors_sha256": tensor_digest(tensors)}
-        text = json.dumps(meta, indent=2)
-        with atomic_dir(path, KIND, overwrite=overwrite) as tmp:
-            (tmp / "networks.json").write_text(text)
-            save_file(tensors, str(tmp / "networks.safetensors"))
-        return Path(path)
+        return save_networks(self, path, overwrite=overwrite)
 
     def _params(self) -> dict[str, Any]:
         p = {k: getattr(self, k) for k in ("n_networks", "threshold", "sides", "scope", "window", "standardize",
@@ -348,56 +333,13 @@ class FunctionalNetworks:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "FunctionalNetworks":
         """Read networks written by :meth:`save`; every field and the checksum are verified."""
-        from safetensors.torch import load_file
+        from .storage import load_networks
 
-        root = Path(path)
-        meta_f, blob = root / "networks.json", root / "networks.safetensors"
-        what = "a folder written by FunctionalNetworks.save"
-        if not root.is_dir():
-            raise FormatError(f"{root} is {'missing' if not root.exists() else 'not a folder'}; expected {what}")
-        meta = read_json(meta_f, what)
-        if meta.get("format") != _FORMAT or meta.get("version") != _VERSION:
-            raise FormatError(f"{meta_f} holds format {meta.get('format')!r} version {meta.get('version')!r}; "
-                              f"expected {_FORMAT!r} version {_VERSION} (save the networks again with this version)")
-        where = str(meta_f)
-        params, sites = dict(field(meta, "params", dict, where)), field(meta, "sites", list, where)
-        widths, blocks = field(meta, "widths", list, where), field(meta, "blocks", list, where)
-        converged = field(meta, "converged", bool, where)
-        if not all(isinstance(s, str) for s in sites) or len(widths) != len(sites) or not all(
-                isinstance(w, int) and not isinstance(w, bool) and w > 0 for w in widths):
-            raise FormatError(f"{where}: 'sites' and 'widths' should be equally long lists of names and positive ints")
-        try:
-            tensors = load_file(str(blob))
-        except Exception as err:  # safetensors raises its own error types; a missing file is OSError
-            raise FormatError(f"{blob} could not be read ({err}); the file is corrupt or missing") from None
-        if meta.get("tensors_sha256") != tensor_digest(tensors):
-            raise FormatError(f"{blob} does not match the checksum in {meta_f}: the file was changed or is corrupt; "
-                              f"fit and save the networks again")
-        try:
-            fn = cls(**params)
-            fn._check_params(len(sites))
-        except (TypeError, FuncnetError) as err:
-            raise FormatError(f"{where}: 'params' are invalid ({err})") from None
-        fn.sites_, fn.widths_, fn.converged_ = tuple(sites), tuple(widths), converged
-        try:
-            fn.blocks_ = tuple(Block(tuple(b["sites"]), (int(b["networks"][0]), int(b["networks"][1])))
-                               for b in blocks)
-        except (KeyError, TypeError, ValueError, IndexError):
-            raise FormatError(f"{where}: 'blocks' should be a list of {{'sites': [...], 'networks': [start, stop]}}") \
-                from None
-        missing = sorted({"maps", "sources", "unit_mean", "unit_std"} - set(tensors))
-        if missing:
-            raise FormatError(f"{blob} lacks the tensors {missing}; the file is corrupt")
-        fn.maps_, fn.sources_ = tensors["maps"], tensors["sources"]
-        fn.unit_mean_, fn.unit_std_ = tensors["unit_mean"], tensors["unit_std"]
-        if fn.maps_.ndim != 2 or fn.maps_.shape[1] != sum(fn.widths_):
-            raise FormatError(f"{blob}: maps have shape {tuple(fn.maps_.shape)}, the sites add up to {sum(fn.widths_)} units")
-        fn.masks_ = fn._threshold(fn.maps_)
-        return fn
+        return load_networks(path)
 
     def layers(self) -> list[int | None]:
         self._check()
         return [site_layer(s) for s in self.sites_]
 
 
-__all__ = ["FunctionalNetworks", "Block", "SCOPES", "MODES", "CONTROLS", "KIND"]
+__all__ = ["FunctionalNetworks", "Block", "SCOPES", "MODES", "CONTROLS"]

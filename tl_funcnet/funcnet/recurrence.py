@@ -10,6 +10,7 @@ import torch
 from jaxtyping import Float
 
 from ..activations import Activations
+from .._rng import numpy_generator
 from ..errors import FuncnetError
 from .networks import FunctionalNetworks
 
@@ -77,7 +78,7 @@ def recurrence(acts: Activations, n_splits: int = 2, *, similarity: str = "corre
         raise FuncnetError(f"need n_splits >= 2 and at least one sequence per split; got n_splits={n_splits} "
                            f"for {acts.n_sequences} sequences")
     thr = min_similarity if min_similarity is not None else (0.5 if similarity == "correlation" else 0.2)
-    order = np.random.default_rng(random_state).permutation(acts.n_sequences)
+    order = numpy_generator(random_state).permutation(acts.n_sequences)
     parts = [sorted(p.tolist()) for p in np.array_split(order, n_splits)]
     settings = template._params()
     fits = [FunctionalNetworks(**settings).fit(subset(acts, p)) for p in parts]

@@ -49,6 +49,16 @@ def run_capture(model: Any, tokens: Tensor, sites: Sequence[str]) -> dict[str, F
     return store
 
 
+#: sites computed after the blocks, where a last-position-only forward holds just the last position
+_AFTER_BLOCKS = ("ln_final.", "unembed.")
+
+
+def last_position_only(metric: Any, sites: Sequence[str]) -> bool:
+    """Whether a sweep may compute logits at the last position only: the metric reads only that position and
+    no patched site lies after the blocks (there such a forward would hold the last position alone)."""
+    return bool(getattr(metric, "last_position_only", False)) and not any(s.startswith(_AFTER_BLOCKS) for s in sites)
+
+
 def logits_from_resid(model: Any, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_vocab"]:
     """Final norm, unembed and soft cap applied to a final residual stream (any positions)."""
     if model.cfg.normalization_type is not None:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..errors import FuncnetError
 from ..hooks import Intervention, capture
-from ._common import forward_logits, prepare, run_capture
+from ._common import forward_logits, last_position_only, prepare, run_capture
 from .metrics import Metric, check_metric
 from .nodes import NodeSet
 from .relp import normalize_rules, relp_rules
@@ -65,7 +65,7 @@ def attribution_patch(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeS
     iv = (relp_rules(model, chosen) if chosen else Intervention()) + capture(sites, store, detach=False)
     with torch.enable_grad():
         with iv.applied(model):
-            last_only = bool(getattr(metric, "last_position_only", False))
+            last_only = last_position_only(metric, sites)
             values = check_metric(metric, n, metric(forward_logits(model, target, last_only=last_only)))
         acts = [store[s] for s in sites]
         grads = torch.autograd.grad(values.sum(), acts, allow_unused=True)

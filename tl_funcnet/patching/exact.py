@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..errors import FuncnetError
 from ..hooks import Intervention, patch
-from ._common import forward_logits, prepare, run_capture
+from ._common import forward_logits, last_position_only, prepare, run_capture
 from .metrics import Metric, check_metric
 from .nodes import Node, NodeSet
 from .result import PatchResult
@@ -52,11 +52,13 @@ def exact_patch(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeSet, me
     if not isinstance(max_rows, int) or max_rows < n:
         raise FuncnetError(f"max_rows={max_rows!r} is below the number of prompts ({n}); each node needs one row "
                            f"per prompt, so use max_rows >= {n} (or fewer prompts)")
-    last_only = bool(getattr(metric, "last_position_only", False))
+    last_only = last_position_only(metric, nodes.sites)
     t0 = time.perf_counter()
     src_cache = run_capture(model, source, nodes.sites)
     layers = sorted({nd.layer for nd in nodes.nodes if nd.layer is not None})
-    prefix = run_capture(model, target, [f"blocks.{L}.hook_resid_pre" for L in layers]) if reuse_prefix else {}
+    # (no block layers: every node lies outside the blocks, e.g. ln_final, so there is no prefix to reuse)
+    prefix = run_capture(model, target, [f"blocks.{L}.hook_resid_pre" for L in layers]) \
+        if reuse_prefix and layers else {}
     with torch.no_grad():
         base = check_metric(metric, n, metric(forward_logits(model, target, last_only=last_only)))
     order = sorted(range(len(nodes)), key=lambda i: (-1 if nodes.nodes[i].layer is None else nodes.nodes[i].layer, i))

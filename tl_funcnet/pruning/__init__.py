@@ -2,8 +2,8 @@
 
 >>> small, plan = prune(model, 0.2, method="fn")                  # a smaller copy, FLAP bias compensation
 >>> iv = plan_pruning(model, 0.2, method="wanda").to_intervention()  # soft pruning: an Intervention
->>> calib = Calibration.from_texts(model, "calibration")           # reuse scores across ratios:
->>> s = score(model, calib, "fn"); plan = compensate(model, plan_from_scores(model, s, 0.3, "fn"), calib)
+>>> calibration = Calibration.from_texts(model, "calibration")           # reuse scores across ratios:
+>>> s = score(model, calibration, "fn"); plan = compensate(model, plan_from_scores(model, s, 0.3, "fn"), calibration)
 
 Methods: ``fn`` (functional-network key neurons from CanICA), ``flap``, ``wanda``, ``magnitude``,
 ``activation``, ``random``; see :mod:`tl_funcnet.pruning.scores` for definitions and per-layer allocation.

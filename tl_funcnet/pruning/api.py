@@ -73,13 +73,13 @@ def plan_pruning(model: Any, ratio: float, method: str = "fn", texts: Any = "cal
     select([torch.zeros(w) for w in widths], widths, ratio, allocation=allocation or ALLOCATION[method],
            protected=prot, min_keep=min_keep, method=method)
     needs_text = bias_compensation or method in _NEEDS_TEXT
-    calib = calibration_for(model, texts, max_tokens=max_tokens, max_tokens_per_seq=max_tokens_per_seq) \
+    calibration = calibration_for(model, texts, max_tokens=max_tokens, max_tokens_per_seq=max_tokens_per_seq) \
         if needs_text else None
     layers = [l for l in range(len(widths)) if l not in prot]
-    scores = score(model, calib, method, layers=layers, **options)
+    scores = score(model, calibration, method, layers=layers, **options)
     plan = plan_from_scores(model, scores, ratio, method, protect_first=protect_first, protect_last=protect_last,
                             protect=protect, min_keep=min_keep, allocation=allocation)
-    return compensate(model, plan, calib) if bias_compensation else plan  # type: ignore[arg-type]
+    return compensate(model, plan, calibration) if bias_compensation else plan  # type: ignore[arg-type]
 
 
 def prune(model: Any, ratio: float, method: str = "fn", texts: Any = "calibration", *,

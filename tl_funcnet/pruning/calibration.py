@@ -105,21 +105,21 @@ class _RealRows:
         x = self.transform[site](act) if site in self.transform else act
         self.take(site, x[self.mask].detach())
 
-    def batches(self, model: Any, calib: Calibration, iv: Intervention, **kwargs: Any):
-        """Run ``calib`` under ``iv`` with this sink's mask set for each batch; yields each batch."""
+    def batches(self, model: Any, calibration: Calibration, iv: Intervention, **kwargs: Any):
+        """Run ``calibration`` under ``iv`` with this sink's mask set for each batch; yields each batch."""
         dev = model_device(model)
 
         def with_mask(batch: TokenBatch) -> Intervention:
             self.mask = batch.mask.bool().to(dev)
             return iv
 
-        for batch, _ in run_batches(model, calib.seqs, batch_size=calib.batch_size, intervention=with_mask,
+        for batch, _ in run_batches(model, calibration.seqs, batch_size=calibration.batch_size, intervention=with_mask,
                                     **kwargs):
             yield batch
 
 
 @torch.no_grad()
-def neuron_stats(model: Any, calib: Calibration) -> NeuronStats:
+def neuron_stats(model: Any, calibration: Calibration) -> NeuronStats:
     """One pass accumulating sum, sum of squares and sum of |x| of every ``mlp.hook_post`` unit."""
     widths = check_prunable(model)
     sums = {POST.format(l): [torch.zeros(w, dtype=torch.float64) for _ in range(3)] for l, w in enumerate(widths)}
@@ -132,22 +132,22 @@ def neuron_stats(model: Any, calib: Calibration) -> NeuronStats:
         sa += x.abs().sum(0)
 
     sink = _RealRows(take)
-    n = sum(b.n_real for b in sink.batches(model, calib, record(list(sums), sink), return_type=None))
+    n = sum(b.n_real for b in sink.batches(model, calibration, record(list(sums), sink), return_type=None))
     per_layer = [sums[POST.format(l)] for l in range(len(widths))]
     return NeuronStats(n, [s[0] / n for s in per_layer], [s[1] / n for s in per_layer], [s[2] / n for s in per_layer])
 
 
 @torch.no_grad()
-def fn_signals(model: Any, calib: Calibration, layers: Sequence[int]) -> dict[int, Float[Tensor, "n_samples n_feat"]]:
+def fn_signals(model: Any, calibration: Calibration, layers: Sequence[int]) -> dict[int, Float[Tensor, "n_samples n_feat"]]:
     """The FN-pruning signals of each layer as a token matrix, one row per real token.
 
     Gated MLPs: ``[up | act(gate)]`` = ``[mlp.hook_pre_linear | act_fn(mlp.hook_pre)]`` (2·d_mlp columns);
     other MLPs: ``mlp.hook_post`` (d_mlp columns).
     """
     widths = check_prunable(model)
-    calib.check_model(model)
+    calibration.check_model(model)
     gated = bool(model.cfg.gated_mlp)
-    n = calib.n_tokens
+    n = calibration.n_tokens
     columns: dict[str, tuple[int, int]] = {}  # site -> (layer, column block)
     transform = {}
     for l in layers:
@@ -168,13 +168,13 @@ def fn_signals(model: Any, calib: Calibration, layers: Sequence[int]) -> dict[in
     sink = _RealRows(take, transform)
     stop = max(layers) + 1 if layers else 0
     kwargs = {"return_type": None} if stop >= model.cfg.n_layers else {"stop_at_layer": stop}
-    for batch in sink.batches(model, calib, record(list(columns), sink), **kwargs):
+    for batch in sink.batches(model, calibration, record(list(columns), sink), **kwargs):
         row[0] += batch.n_real  # rows in batch order: real tokens row-major, the order of act[mask]
     return bufs
 
 
 @torch.no_grad()
-def compensation_means(model: Any, calib: Calibration, pruned: Sequence[Bool[Tensor, "d_mlp"]]
+def compensation_means(model: Any, calibration: Calibration, pruned: Sequence[Bool[Tensor, "d_mlp"]]
                        ) -> list[Float[Tensor, "d_mlp"]]:
     """Mean ``mlp.hook_post`` of each layer's pruned neurons, measured with the earlier layers already pruned.
 
@@ -184,14 +184,14 @@ def compensation_means(model: Any, calib: Calibration, pruned: Sequence[Bool[Ten
     kept neurons). Cost: about one forward pass.
     """
     widths = check_prunable(model)
-    calib.check_model(model)
+    calibration.check_model(model)
     if getattr(model.cfg, "positional_embedding_type", None) == "shortformer":
         raise FuncnetError("bias compensation does not support shortformer positional embeddings; "
                            "pass bias_compensation=False")
     if len(pruned) != len(widths) or any(int(p.numel()) != w for p, w in zip(pruned, widths)):
         raise FuncnetError("the pruned masks do not match the model's MLP widths (per layer)")
     dev = model_device(model)
-    bs = list(calib.batches(model))
+    bs = list(calibration.batches(model))
     resid = [model(b.tokens.to(dev), stop_at_layer=0) for b in bs]
     masks = [b.mask.bool().to(dev) for b in bs]
     means: list[Tensor] = []
@@ -212,7 +212,7 @@ def compensation_means(model: Any, calib: Calibration, pruned: Sequence[Bool[Ten
                 resid[i] = model(resid[i], start_at_layer=l, stop_at_layer=l + 1)
         full = torch.zeros(widths[l], dtype=torch.float32, device=dev)
         if len(units):
-            mean = (total / calib.n_tokens).to(resid[0].dtype)
+            mean = (total / calibration.n_tokens).to(resid[0].dtype)
             full[p] = mean.float()
             delta = mean @ model.blocks[l].mlp.W_out[p]
             resid = [r + delta for r in resid]

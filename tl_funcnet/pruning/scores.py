@@ -1,6 +1,6 @@
 """Neuron importance scores: FN (functional networks), random, magnitude, Wanda, FLAP and mean |activation|.
 
-Every scorer has the signature ``scorer(model, calib, *, layers, <its own options>) -> list[Tensor | None]``:
+Every scorer has the signature ``scorer(model, calibration, *, layers, <its own options>) -> list[Tensor | None]``:
 one ``(d_mlp_l,)`` float tensor per layer (higher = more important), ``None`` for layers it was not asked to
 score. :func:`score` refuses options a method does not take.
 Activations are ``mlp.hook_post`` (the input of ``W_out``) over the real calibration tokens.
@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from .._rng import check_random_state, generator, numpy_generator
 from ..errors import FuncnetError
 from ..hooks.values import positive_int
 from .calibration import Calibration, fn_signals
@@ -47,9 +48,9 @@ def _w_out_norm(model: Any, l: int) -> Float[Tensor, "d_mlp"]:
 
 
 @_register("random", "uniform")
-def random_scores(model: Any, calib: Calibration | None, *, layers: Sequence[int], random_state: int = 0) -> Scores:
+def random_scores(model: Any, calibration: Calibration | None, *, layers: Sequence[int], random_state: int = 0) -> Scores:
     """Uniform random scores (from ``random_state``): the control."""
-    g = torch.Generator().manual_seed(int(random_state))
+    g = generator(random_state)
     out: Scores = [None] * len(model.blocks)
     for l in range(len(model.blocks)):
         s = torch.rand(int(model.blocks[l].mlp.W_out.shape[0]), generator=g, dtype=torch.float64)
@@ -58,7 +59,7 @@ def random_scores(model: Any, calib: Calibration | None, *, layers: Sequence[int
 
 
 @_register("magnitude", "uniform")
-def magnitude_scores(model: Any, calib: Calibration | None, *, layers: Sequence[int]) -> Scores:
+def magnitude_scores(model: Any, calibration: Calibration | None, *, layers: Sequence[int]) -> Scores:
     """``‖W_out[j]‖₂ · ‖W_in[:, j]‖₂ (· ‖W_gate[:, j]‖₂ for gated MLPs)``: weights only."""
     out: Scores = [None] * len(model.blocks)
     for l in layers:
@@ -71,9 +72,9 @@ def magnitude_scores(model: Any, calib: Calibration | None, *, layers: Sequence[
 
 
 @_register("wanda", "uniform")
-def wanda_scores(model: Any, calib: Calibration, *, layers: Sequence[int]) -> Scores:
+def wanda_scores(model: Any, calibration: Calibration, *, layers: Sequence[int]) -> Scores:
     """Structured Wanda: ``‖W_out[j]‖₂ · ‖x_j‖₂`` over calibration tokens."""
-    st = calib.stats(model)
+    st = calibration.stats(model)
     out: Scores = [None] * len(model.blocks)
     for l in layers:
         out[l] = _w_out_norm(model, l) * st.l2[l]
@@ -81,9 +82,9 @@ def wanda_scores(model: Any, calib: Calibration, *, layers: Sequence[int]) -> Sc
 
 
 @_register("flap", "global", standardize=True)
-def flap_scores(model: Any, calib: Calibration, *, layers: Sequence[int]) -> Scores:
+def flap_scores(model: Any, calibration: Calibration, *, layers: Sequence[int]) -> Scores:
     """FLAP's fluctuation metric ``Var(x_j) · ‖W_out[j]‖₂²`` (selected globally after per-layer z-scoring)."""
-    st = calib.stats(model)
+    st = calibration.stats(model)
     out: Scores = [None] * len(model.blocks)
     for l in layers:
         out[l] = st.var[l] * _w_out_norm(model, l) ** 2
@@ -91,9 +92,9 @@ def flap_scores(model: Any, calib: Calibration, *, layers: Sequence[int]) -> Sco
 
 
 @_register("activation", "uniform")
-def activation_scores(model: Any, calib: Calibration, *, layers: Sequence[int]) -> Scores:
+def activation_scores(model: Any, calibration: Calibration, *, layers: Sequence[int]) -> Scores:
     """Mean |x_j| over calibration tokens."""
-    st = calib.stats(model)
+    st = calibration.stats(model)
     out: Scores = [None] * len(model.blocks)
     for l in layers:
         out[l] = st.abs_mean[l].clone()
@@ -101,7 +102,7 @@ def activation_scores(model: Any, calib: Calibration, *, layers: Sequence[int]) 
 
 
 @_register("fn", "global")
-def fn_scores(model: Any, calib: Calibration, *, layers: Sequence[int], n_networks: int = 128,
+def fn_scores(model: Any, calibration: Calibration, *, layers: Sequence[int], n_networks: int = 128,
               n_restarts: int = 10, n_runs: int = 1, random_state: int = 0) -> Scores:
     """FN-pruning key-neuron score: max |z| over CanICA components, signals and runs.
 
@@ -114,17 +115,20 @@ def fn_scores(model: Any, calib: Calibration, *, layers: Sequence[int], n_networ
     """
     from ..funcnet.ica import CanICA
 
+    base_seed = check_random_state(random_state)
+    if base_seed is None:  # fresh randomness, drawn once so that runs and layers still differ
+        base_seed = int(numpy_generator(None).integers(2**31))
     n_runs = positive_int(n_runs, "n_runs")
     n_networks = positive_int(n_networks, "n_networks")
     n_restarts = positive_int(n_restarts, "n_restarts")
-    n_tok = calib.n_tokens
+    n_tok = calibration.n_tokens
     per_run = n_tok // n_runs
     if per_run < 2 * n_networks:
         raise FuncnetError(f"FN scores need at least 2*n_networks={2 * n_networks} calibration tokens per "
                            f"ICA run, got {per_run} ({n_tok} tokens / {n_runs} runs); add calibration text, "
                            f"lower n_networks or n_runs")
     out: Scores = [None] * len(model.blocks)
-    sigs = fn_signals(model, calib, list(layers))
+    sigs = fn_signals(model, calibration, list(layers))
     for l in layers:
         X = sigs.pop(l)
         w = int(model.blocks[l].mlp.W_out.shape[0])
@@ -132,7 +136,7 @@ def fn_scores(model: Any, calib: Calibration, *, layers: Sequence[int], n_networ
         for r in range(n_runs):
             rows = X[r * per_run:(r + 1) * per_run]
             ica = CanICA(n_networks, n_restarts=n_restarts, standardize=True, fun="cube",
-                         random_state=int(random_state) + 1000 * r + l)
+                         random_state=base_seed + 1000 * r + l)
             maps = ica.fit(rows).maps_  # (k, n_signals * w)
             z = torch.from_numpy(maps).abs().amax(0).double().view(-1, w).amax(0)
             best = torch.maximum(best, z)
@@ -150,7 +154,7 @@ def method_options(method: str) -> tuple[str, ...]:
                  if p.kind is p.KEYWORD_ONLY and n != "layers")
 
 
-def score(model: Any, calib: Calibration | None, method: str, *, layers: Sequence[int] | None = None,
+def score(model: Any, calibration: Calibration | None, method: str, *, layers: Sequence[int] | None = None,
           **options: Any) -> Scores:
     """Scores of ``method`` for ``layers`` (default all); ``options`` are the method's own (see
     :func:`method_options`), anything else is refused."""
@@ -158,12 +162,12 @@ def score(model: Any, calib: Calibration | None, method: str, *, layers: Sequenc
     unknown = sorted(set(options) - set(method_options(method)))
     if unknown:
         raise FuncnetError(f"method {method!r} takes the options {list(method_options(method))}, not {unknown}")
-    if calib is None and method not in ("random", "magnitude"):
-        raise FuncnetError(f"method {method!r} needs calibration text; pass calib=Calibration.from_texts(...)")
-    if calib is not None:
-        calib.check_model(model)
+    if calibration is None and method not in ("random", "magnitude"):
+        raise FuncnetError(f"method {method!r} needs calibration text; pass calibration=Calibration.from_texts(...)")
+    if calibration is not None:
+        calibration.check_model(model)
     layers = list(range(len(model.blocks))) if layers is None else list(layers)
-    return SCORERS[method](model, calib, layers=layers, **options)
+    return SCORERS[method](model, calibration, layers=layers, **options)
 
 
 __all__ = ["SCORERS", "ALLOCATION", "STANDARDIZE", "score", "random_scores", "magnitude_scores",

@@ -19,6 +19,7 @@ from threadpoolctl import threadpool_info
 
 from tl_funcnet.errors import ShapeError
 from tl_funcnet.funcnet import CanICA, FastICA
+from tl_funcnet.funcnet.ica.iteration import one_blas_thread
 
 EXPECTED_FAILED_CHECKS = {
     "FastICA": {},
@@ -107,3 +108,13 @@ def test_fit_leaves_threads_and_warning_filters_alone(monkeypatch):
     assert torch.get_num_threads() == threads
     assert warnings.filters == filters
     assert [lib["num_threads"] for lib in threadpool_info()] == blas
+
+
+def test_the_small_svds_run_on_one_blas_thread_for_their_duration_only():
+    before = {lib["filepath"]: lib["num_threads"] for lib in threadpool_info()}
+    with one_blas_thread():
+        inside = {lib["filepath"]: (lib["user_api"], lib["num_threads"]) for lib in threadpool_info()}
+        assert torch.get_num_threads() == torch.get_num_threads()  # torch's own setting is not involved
+    assert all(n == 1 for api, n in inside.values() if api == "blas")
+    assert all(n == before[path] for path, (api, n) in inside.items() if api != "blas")  # OpenMP untouched
+    assert {lib["filepath"]: lib["num_threads"] for lib in threadpool_info()} == before
