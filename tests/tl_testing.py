@@ -44,3 +44,143 @@ def make_llama_style(seed: int = 0, **overrides):
               gated_mlp=True, final_rms=True, seed=seed)
     kw.update(overrides)
     return HookedTransformer(HookedTransformerConfig(**kw))
+
+
+# --------------------------------------------------------------------------- saving rules (tl_funcnet._io)
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited and been reaped (so no process has it, barring reuse)."""
+    import os
+    import subprocess
+    import sys
+
+    for _ in range(5):
+        child = subprocess.Popen([sys.executable, "-c", ""])
+        child.wait()
+        try:
+            os.kill(child.pid, 0)
+        except ProcessLookupError:
+            return child.pid
+    raise RuntimeError("could not find a pid that is not in use")
+
+
+def _content(file):
+    """A file's content for comparisons: its bytes; for ``.safetensors`` its metadata and tensors (the header's
+    key order varies between identical saves)."""
+    if file.suffix != ".safetensors":
+        return file.read_bytes()
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), "pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            meta = f.metadata()
+    except Exception:  # noqa: BLE001 - a corrupt file compares by its bytes
+        return file.read_bytes()
+    import torch
+
+    return (meta, {k: (str(t.dtype), tuple(t.shape), t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+                   for k, t in sorted(tensors.items())})
+
+
+def snapshot(path) -> dict:
+    """Every file below ``path`` (or ``path`` itself if it is a file) as {relative path: content}."""
+    from pathlib import Path
+
+    root = Path(path)
+    if root.is_file():
+        return {".": _content(root)}
+    return {str(p.relative_to(root)): _content(p) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def check_save_rules(save, other, tmp_path, *, folder: bool = True) -> None:
+    """Check the saving rules every tl_funcnet writer follows (see ``tl_funcnet._io``).
+
+    ``save(path, overwrite)`` and ``other(path, overwrite)`` write two different artefacts of the same kind
+    (the second is used to see that ``overwrite=True`` really replaces). ``folder``: whether the artefact is a
+    folder (else a single file). Creates its cases under ``tmp_path``.
+    """
+    import os
+
+    import pytest
+
+    from tl_funcnet.errors import FuncnetError, OverwriteError
+
+    def refused(path, overwrite):
+        with pytest.raises(OverwriteError) as info:
+            save(path, overwrite)
+        assert isinstance(info.value, FuncnetError) and isinstance(info.value, FileExistsError)
+        assert str(path) in str(info.value)
+
+    def leftovers(parent):
+        return sorted(p.name for p in parent.iterdir() if ".tlfn-" in p.name)
+
+    # a folder of the user's own files is never replaced, not even with overwrite=True
+    user = tmp_path / "user"
+    (user / "sub").mkdir(parents=True)
+    (user / "thesis.txt").write_text("three years of work")
+    (user / "sub" / "data.csv").write_text("a,b\n1,2\n")
+    before = snapshot(user)
+    for overwrite in (False, True):
+        refused(user, overwrite)
+    assert snapshot(user) == before and sorted(os.listdir(user)) == ["sub", "thesis.txt"]
+    assert leftovers(tmp_path) == []
+
+    # nor is a regular file (for folder artefacts), nor a path below a regular file
+    plain = tmp_path / "plain.txt"
+    plain.write_bytes(b"not yours")
+    if folder:
+        for overwrite in (False, True):
+            refused(plain, overwrite)
+    else:
+        for overwrite in (False, True):
+            refused(user, overwrite)  # a folder where a file artefact goes
+    with pytest.raises(OverwriteError, match="is a file"):
+        save(plain / "inside" / "x", True)
+    assert plain.read_bytes() == b"not yours"
+    if not folder:  # a foreign regular file is refused for file artefacts too
+        for overwrite in (False, True):
+            refused(plain, overwrite)
+        assert plain.read_bytes() == b"not yours"
+
+    # a new path and (for folders) an empty existing folder are accepted
+    target = tmp_path / "art"
+    save(target, False)
+    first = snapshot(target)
+    assert first
+    if folder:
+        empty = tmp_path / "empty"
+        empty.mkdir()
+        save(empty, False)
+        assert snapshot(empty) == first
+
+    # saving again needs overwrite=True, which replaces the artefact (and only then)
+    with pytest.raises(OverwriteError, match="overwrite=True"):
+        other(target, False)
+    assert snapshot(target) == first
+    other(target, True)
+    fresh = tmp_path / "fresh"
+    other(fresh, False)
+    assert snapshot(target) == snapshot(fresh) != first
+    assert leftovers(tmp_path) == []
+
+    # temporary leftovers of a killed save are removed by the next save to the same place; those of a live
+    # process (this one, or another running process) and those of other targets are kept
+    again = tmp_path / "again"
+    dead = dead_pid()
+    stale_dir = tmp_path / f".again.tlfn-{dead}-0badf00d.tmp"
+    stale_dir.mkdir()
+    (stale_dir / "half_written.bin").write_bytes(b"\0" * 10)
+    stale_old = tmp_path / f".again.tlfn-{dead}-0badf00e.old"
+    stale_old.write_bytes(b"old")
+    kept = [tmp_path / f".again.tlfn-{os.getpid()}-11111111.tmp",  # our own: a save in progress
+            tmp_path / f".again.tlfn-{os.getppid()}-22222222.tmp",  # a running process
+            tmp_path / f".other.tlfn-{dead}-33333333.tmp",  # another target's
+            tmp_path / ".again.tlfn-notapid-44444444.tmp"]  # not ours to judge
+    for p in kept:
+        p.write_bytes(b"keep")
+    save(again, False)
+    assert not stale_dir.exists() and not stale_old.exists()
+    assert all(p.read_bytes() == b"keep" for p in kept)
+    assert snapshot(again) == first

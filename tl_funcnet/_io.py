@@ -103,6 +103,10 @@ def check_target(path: str | os.PathLike[str], kind: Kind, *, overwrite: bool = 
     if not isinstance(overwrite, bool):
         raise FuncnetError(f"overwrite should be True or False, got {overwrite!r}")
     target = Path(path).expanduser()
+    if target.name in ("", ".", ".."):  # a save replaces its target by a rename, never the current folder or '/'
+        what = "folder" if folder else "file"
+        raise FuncnetError(f"cannot save the {kind.name} to {os.fspath(path)!r}: name the {what} to create, e.g. "
+                           f"{os.fspath(target / 'result')!r}")
     for parent in target.parents:
         if parent.exists() and not parent.is_dir():
             raise OverwriteError(f"cannot save the {kind.name} to {target}: {parent} is a file, not a folder; "

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from tl_testing import count_hooks, guard
-from tl_funcnet.hooks import (ablate, capture, clamp, custom, keep_only, last_token_positions, patch, project_onto,
-                              project_out, scale, steer)
+from tl_funcnet.errors import SiteConflictError
+from tl_funcnet.hooks import (Intervention, ablate, capture, clamp, custom, detach, keep_only, last_token_positions,
+                              patch, project_onto, project_out, record, scale, steer)
 
 POST = "blocks.0.mlp.hook_post"
 RESID = "blocks.0.hook_resid_post"
@@ -197,3 +198,240 @@ def test_works_on_hooked_sae_transformer_and_stacks_with_sae(tokens):
         assert count_hooks(model) == 0
     finally:
         model.reset_saes()
+
+
+# --------------------------------------------------------------------------- detach
+
+
+def _grad_model():
+    from tl_testing import make_gpt2_style
+
+    return guard(make_gpt2_style(seed=2).train())
+
+
+def test_detach_stops_the_gradient_and_keeps_the_forward(tokens):
+    model = _grad_model()
+    base = model(tokens).detach()
+    with detach([RESID]).applied(model):
+        out = model(tokens)
+        loss = model(tokens, return_type="loss")
+    torch.testing.assert_close(out, base, rtol=0, atol=0)
+    loss.backward()
+    # every path from the embedding and block 0 to the output goes through blocks.0.hook_resid_post
+    assert model.W_E.grad is None and model.blocks[0].mlp.W_in.grad is None
+    assert model.blocks[1].mlp.W_in.grad is not None and model.blocks[1].mlp.W_in.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+    model(tokens, return_type="loss").backward()  # without the detach the gradient reaches the embedding
+    assert model.W_E.grad is not None and model.W_E.grad.abs().sum() > 0
+    assert count_hooks(model) == 0
+
+
+def test_detach_is_saveable_and_refuses_no_sites(tmp_path):
+    from tl_funcnet.errors import FuncnetError
+    from tl_funcnet.hooks import Intervention, detach as detach_builder
+
+    iv = detach_builder([RESID, POST])
+    assert [h.op for h in iv] == ["detach", "detach"] and iv.serializable and iv.written_sites == {RESID, POST}
+    iv.save(tmp_path / "d")
+    assert Intervention.load(tmp_path / "d").allclose(iv)
+    for bad in ([], "", None, 3):
+        with pytest.raises(FuncnetError):
+            detach_builder(bad)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- record
+
+
+def test_record_hands_every_activation_to_the_sink(gpt2_tiny, tokens):
+    from tl_funcnet.errors import NotSerializableError
+
+    seen: list = []
+    iv = record([RESID, POST], lambda site, act: seen.append((site, act.detach().clone())))
+    assert not iv.serializable and not iv.written_sites
+    ref = captured(gpt2_tiny, tokens, Intervention(), RESID)
+    with iv.applied(gpt2_tiny):
+        gpt2_tiny(tokens)
+        gpt2_tiny(tokens[:1])
+    assert [s for s, _ in seen] == [POST, RESID, POST, RESID]  # in forward order
+    torch.testing.assert_close(seen[1][1], ref)
+    assert seen[0][1].shape == (3, 10, 32) and seen[3][1].shape == (1, 10, 16)
+    with pytest.raises(NotSerializableError):
+        iv.to_dict()
+    # recording only reads: it joins an edit of another site with `|`, not one of its own sites (order matters)
+    assert len(iv | steer("blocks.1.hook_resid_post", torch.ones(16))) == 3
+    with pytest.raises(SiteConflictError):
+        iv | steer(RESID, torch.ones(16))
+
+
+def test_record_sees_the_edited_activation_when_chained_after_an_edit(gpt2_tiny, tokens):
+    seen: dict = {}
+    iv = scale(RESID, 0.0) + record(RESID, lambda site, act: seen.__setitem__(site, act.clone()))
+    with iv.applied(gpt2_tiny):
+        gpt2_tiny(tokens)
+    assert seen[RESID].abs().sum() == 0
+
+
+# --------------------------------------------------------------------------- stash + ops that read the scratch space
+
+_READ_STASH = "_test_add_stashed"
+
+
+@pytest.fixture
+def add_stashed_op():
+    """A test op: adds ``gain *`` what a ``stash`` op kept earlier in the same forward."""
+    from tl_funcnet.hooks import OPS, register_op
+
+    @register_op(_READ_STASH, uses_scratch=True)
+    def add_stashed(key: str, scratch: dict, gain: float = 1.0):
+        def hook_fn(act, hook=None):
+            return act + gain * scratch[key]
+
+        return hook_fn
+
+    yield add_stashed
+    OPS.pop(_READ_STASH, None)
+
+
+def test_stash_and_an_op_reading_the_scratch_space(gpt2_tiny, tokens, add_stashed_op, tmp_path):
+    from tl_funcnet.hooks import Hook, Intervention
+
+    early, late = "blocks.0.hook_resid_pre", "blocks.1.hook_resid_pre"
+    iv = Intervention((Hook(early, "stash", {"key": "x"}), Hook(late, _READ_STASH, {"key": "x", "gain": 0.5})))
+    stash_hook = iv.hooks[0]
+    assert not stash_hook.writes and stash_hook.spec.uses_scratch
+    box: dict = {}
+
+    def oracle(act, hook):
+        if hook.name == early:
+            box["x"] = act
+            return act
+        return act + 0.5 * box["x"]
+
+    with iv.applied(gpt2_tiny):
+        ours = gpt2_tiny(tokens)
+    with (custom(early, oracle) + custom(late, oracle)).applied(gpt2_tiny):
+        expected = gpt2_tiny(tokens)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+    assert not torch.allclose(ours, gpt2_tiny(tokens))
+    # each application has its own scratch space
+    hooks_a, hooks_b = iv.fwd_hooks(), iv.fwd_hooks()
+    act = torch.ones(1, 2, 16)
+    hooks_a[0][1](act)
+    with pytest.raises(KeyError):
+        hooks_b[1][1](act)
+    torch.testing.assert_close(hooks_a[1][1](act), 1.5 * act)
+    # stash holds no Python object: the pair is saveable (the reading op comes from the registry)
+    iv.save(tmp_path / "iv")
+    back = Intervention.load(tmp_path / "iv")
+    with back.applied(gpt2_tiny):
+        torch.testing.assert_close(gpt2_tiny(tokens), expected, rtol=0, atol=0)
+
+
+def test_stash_needs_a_key():
+    from tl_funcnet.errors import FuncnetError
+    from tl_funcnet.hooks import Hook
+
+    for bad in ({}, {"key": ""}, {"key": 3}):
+        with pytest.raises(FuncnetError, match="stash"):
+            Hook(RESID, "stash", bad)
+
+
+# --------------------------------------------------------------------------- register_op
+
+
+def test_register_op_refuses_a_duplicate_name_unless_replace():
+    from tl_funcnet.errors import FuncnetError
+    from tl_funcnet.hooks import OPS, Hook, register_op
+
+    name = "_test_dup_op"
+    try:
+        @register_op(name)
+        def first(gain: float = 1.0):
+            return lambda act, hook=None: act * gain
+
+        register_op(name)(first)  # registering the same function again (a re-import) is harmless
+        with pytest.raises(FuncnetError, match=r"'_test_dup_op' is already registered.*replace=True"):
+            @register_op(name)
+            def second(gain: float = 1.0):
+                return lambda act, hook=None: act * gain * 2
+        assert OPS[name].factory is first
+        with pytest.raises(FuncnetError, match="already registered"):
+            register_op("ablate")(lambda units=None: None)
+        assert OPS["ablate"].factory.__name__ == "ablate_op"
+
+        @register_op(name, replace=True)
+        def third(gain: float = 1.0):
+            return lambda act, hook=None: act * gain * 3
+
+        assert OPS[name].factory is third
+        fn = Hook(RESID, name, {"gain": 2.0}).build()
+        torch.testing.assert_close(fn(torch.ones(2)), torch.full((2,), 6.0))
+    finally:
+        OPS.pop(name, None)
+
+
+def test_register_op_checks_its_arguments():
+    from tl_funcnet.errors import FuncnetError
+    from tl_funcnet.hooks import register_op
+
+    with pytest.raises(FuncnetError, match="identifiers"):
+        register_op("not an identifier")
+    with pytest.raises(FuncnetError, match="direction"):
+        register_op("_test_bad_direction", direction="sideways")
+
+
+# --------------------------------------------------------------------------- patch(where=...)
+
+
+def test_patch_where_per_row_mask_and_row_tiling(gpt2_tiny):
+    g = torch.Generator().manual_seed(5)
+    toks = torch.randint(0, 50, (4, 6), generator=g)
+    stored = torch.randn(2, 6, 32, generator=g)  # two stored rows tile a batch of four: row r takes r % 2
+    where = torch.rand(4, 6, 32, generator=g) > 0.7
+    where[3] = False  # a row patched nowhere
+    base = captured(gpt2_tiny, toks, Intervention(), POST)
+    got = captured(gpt2_tiny, toks, patch(POST, stored, where=where), POST)
+    expected = torch.where(where, stored[torch.tensor([0, 1, 0, 1])], base)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # with units: only cells marked in `where` AND in units
+    got_u = captured(gpt2_tiny, toks, patch(POST, stored, where=where, units=[0, 1, 2]), POST)
+    sel = torch.zeros(32, dtype=torch.bool)
+    sel[:3] = True
+    torch.testing.assert_close(got_u, torch.where(where & sel, stored[torch.tensor([0, 1, 0, 1])], base))
+
+
+def test_patch_where_on_a_per_head_site(llama_tiny, tokens):
+    site = "blocks.1.attn.hook_z"
+    clean = torch.randn(10, 4, 4)  # one stored (pos, head, d_head) row for every row of the batch
+    where = torch.zeros(3, 10, 4, dtype=torch.bool)
+    where[0, 2, 1] = where[2, 7, 3] = True  # one (position, head) cell in rows 0 and 2
+    base = captured(llama_tiny, tokens, Intervention(), site)
+    got = captured(llama_tiny, tokens, patch(site, clean, where=where), site)
+    expected = torch.where(where[..., None], clean.expand(3, -1, -1, -1), base)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    assert not torch.equal(got, base)
+
+
+def test_patch_rows_that_do_not_tile_or_a_wrong_where_fail_at_run_time_and_leave_no_hooks(gpt2_tiny, tokens):
+    from tl_funcnet.errors import ShapeError
+
+    for iv in (patch(POST, torch.randn(2, 10, 32)),  # 2 rows do not tile a batch of 3
+               patch(POST, torch.randn(10, 32), where=torch.ones(2, 10, 32, dtype=torch.bool)),
+               patch(POST, torch.randn(9, 32))):  # another length
+        with pytest.raises(ShapeError, match="patch at 'blocks.0.mlp.hook_post'"):
+            with iv.applied(gpt2_tiny):
+                gpt2_tiny(tokens)
+        assert count_hooks(gpt2_tiny) == 0
+
+
+def test_patch_checks_its_activation_at_construction_and_against_the_model(gpt2_tiny):
+    from tl_funcnet.errors import FuncnetError, ShapeError
+
+    with pytest.raises(ShapeError, match=r"\(pos, \*units\)"):
+        patch(POST, torch.randn(32))
+    with pytest.raises(FuncnetError, match="where should be a bool tensor"):
+        patch(POST, torch.randn(10, 32), where=torch.ones(10, 32, dtype=torch.bool))
+    with pytest.raises(ShapeError, match="expects"):
+        with patch(POST, torch.randn(10, 16)).applied(gpt2_tiny):
+            pass
+    assert count_hooks(gpt2_tiny) == 0

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-from tl_funcnet.errors import EmbeddedModelMissingError, FormatError, FuncnetError
-from tl_funcnet.models import EMBEDDED, is_installed, load, mlp_widths, save
+from tl_funcnet.errors import EmbeddedModelMissingError, FormatError, FuncnetError, OverwriteError
+from tl_funcnet.models import EMBEDDED, is_installed, load, mlp_widths, resolve, save
 from tl_funcnet.models import _embedded, store
 
 TOKENS = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6], [2, 7, 1, 8, 2, 8, 1, 8]])
@@ -172,6 +172,8 @@ def saved(tmp_path):
 def test_store_missing_config(saved):
     (saved / "config.json").unlink()
     with pytest.raises(FormatError, match=r"config\.json is missing"):
+        store.load(saved)
+    with pytest.raises(FormatError, match=r"is a folder but not a saved model \(no config\.json"):
         load(saved)
 
 
@@ -207,7 +209,13 @@ def _edit_header(folder, fn):
     (lambda h: h.update(format="sae_lens"), r"has format 'sae_lens'; expected 'tl_funcnet\.model'"),
     (lambda h: h.update(version=2), r"has version 2; this tl_funcnet reads version 1"),
     (lambda h: h.update({"class": "MyNet"}), r"names class 'MyNet'"),
-    (lambda h: h.pop("config"), r"lacks a 'config' object"),
+    (lambda h: h.pop("config"), r"config\.json: the key 'config' is missing"),
+    (lambda h: h.update(config=[1]), r"config\.json: 'config' should be dict, got list"),
+    (lambda h: h.pop("class"), r"the key 'class' is missing"),
+    (lambda h: h.update(tokenizer=3), r"'tokenizer' should be a folder name or null"),
+    (lambda h: h.update(d_mlp_per_layer=[24, 0]), r"'d_mlp_per_layer' should be a list of positive integers"),
+    (lambda h: h.update(d_mlp_per_layer=[24, True]), r"'d_mlp_per_layer' should be a list of positive integers"),
+    (lambda h: h["config"].update(dtype="float99"), r"dtype 'float99' is not a torch dtype"),
     (lambda h: h["config"].update(not_a_field=1), r"fields \['not_a_field'\]"),
 ])
 def test_store_foreign_or_bad_header(saved, edit, match):
@@ -218,8 +226,9 @@ def test_store_foreign_or_bad_header(saved, edit, match):
 
 def test_store_json_list_is_foreign(saved):
     (saved / "config.json").write_text("[1, 2]")
-    with pytest.raises(FormatError, match="has format 'list'"):
+    with pytest.raises(FormatError, match=r"config\.json holds a JSON list, expected an object"):
         load(saved)
+
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -238,9 +247,9 @@ def test_store_config_weights_mismatch(saved, edit, match):
 
 def test_store_not_a_directory(tmp_path):
     (tmp_path / "f.txt").write_text("x")
-    with pytest.raises(FormatError, match="is a file; expected a directory"):
+    with pytest.raises(FormatError, match="is a file; expected a folder written by tl_funcnet.models.save"):
         load(tmp_path / "f.txt")
-    with pytest.raises(FormatError, match="not a directory"):
+    with pytest.raises(FormatError, match="is not a folder; expected a folder written by"):
         store.load(tmp_path / "f.txt")
 
 
@@ -259,11 +268,49 @@ def test_store_failed_save_leaves_nothing(tmp_path, monkeypatch):
 def test_store_failed_overwrite_keeps_old(tmp_path, monkeypatch):
     save(gpt2_style(), tmp_path / "m")
     before = (tmp_path / "m" / "model.safetensors").read_bytes()
-    monkeypatch.setattr("safetensors.torch.save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("no")))
-    with pytest.raises(OSError):
-        save(llama_style(), tmp_path / "m")
+    monkeypatch.setattr("safetensors.torch.save_file", lambda *a, **k: (_ for _ in ()).throw(OSError("no space")))
+    with pytest.raises(OSError, match="no space"):
+        save(llama_style(), tmp_path / "m", overwrite=True)
     assert (tmp_path / "m" / "model.safetensors").read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["m"]
+
+
+# ---- saving rules -------------------------------------------------------------------------------------
+
+def test_store_save_follows_the_saving_rules(tmp_path):
+    from tl_testing import check_save_rules
+
+    a, b = gpt2_style(), llama_style()
+    check_save_rules(lambda p, o: save(a, p, overwrite=o), lambda p, o: save(b, p, overwrite=o), tmp_path)
+
+
+def test_store_save_twice_needs_overwrite(tmp_path):
+    save(gpt2_style(), tmp_path / "m")
+    with pytest.raises(OverwriteError, match="already holds a saved model; pass overwrite=True"):
+        save(llama_style(), tmp_path / "m")
+    assert load(tmp_path / "m").cfg.act_fn == "gelu"
+    assert save(llama_style(), tmp_path / "m", overwrite=True) == tmp_path / "m"
+    assert load(tmp_path / "m").cfg.act_fn == "silu"
+
+
+def test_store_keeps_what_prune_writes_beside_the_model(tmp_path):
+    """pruning.json belongs to a saved model folder: overwriting a pruned model is allowed."""
+    save(gpt2_style(), tmp_path / "m")
+    (tmp_path / "m" / "pruning.json").write_text("{}")
+    save(gpt2_style(), tmp_path / "m", overwrite=True)
+    (tmp_path / "m" / "notes.txt").write_text("mine")
+    with pytest.raises(OverwriteError, match=r"notes\.txt"):
+        save(gpt2_style(), tmp_path / "m", overwrite=True)
+    assert (tmp_path / "m" / "notes.txt").read_text() == "mine"
+
+
+def test_store_save_refuses_another_kind(tmp_path):
+    from tl_funcnet.hooks import steer
+
+    steer("blocks.0.hook_resid_post", torch.ones(16)).save(tmp_path / "iv")
+    with pytest.raises(OverwriteError, match="is not a saved model"):
+        save(gpt2_style(), tmp_path / "iv", overwrite=True)
+    assert sorted(os.listdir(tmp_path / "iv")) == ["intervention.json", "tensors.safetensors"]
 
 
 def test_store_save_rejects_other_objects(tmp_path):
@@ -315,3 +362,23 @@ def test_models_bad_kwargs_rejected():
         load("smollm2-135m", fold_layernorm=True)
     with pytest.raises(FuncnetError, match="unexpected keyword"):
         load("minilm-l6", n_ctx=12)
+
+
+def test_models_resolve_names_without_loading(tmp_path, monkeypatch):
+    monkeypatch.setattr(store, "load", lambda *a, **k: pytest.fail("resolve loaded a model"))
+    assert resolve("smollm2") == ("embedded", "smollm2-135m")
+    assert resolve("All-MiniLM-L6-v2") == ("embedded", "minilm-l6")
+    assert resolve("gpt2") == ("hub", "gpt2")
+    assert resolve("gpt2-small") == ("hub", "gpt2")
+    monkeypatch.undo()
+    save(gpt2_style(), tmp_path / "m")
+    assert resolve(tmp_path / "m") == ("saved", str(tmp_path / "m"))
+    assert resolve(str(tmp_path / "m")) == ("saved", str(tmp_path / "m"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FormatError, match="is a folder but not a saved model"):
+        resolve(tmp_path / "empty")
+    for bad in ("", None, 3):
+        with pytest.raises(FuncnetError, match="a model is named by a string or a folder path"):
+            resolve(bad)  # type: ignore[arg-type]
+    with pytest.raises(FuncnetError, match="unknown model 'nosuch'"):
+        resolve("nosuch")

@@ -102,7 +102,7 @@ def start(partial: Path, key: Mapping[str, str | None], *, restart: bool) -> set
                                       f"Python functions, so it cannot be checked against it; pass restart=True")
             differs = [_WHAT.get(k, k) for k in key if stored.get(k) != key[k]]
             if differs:
-                raise CheckpointError(f"{partial} holds an interrupted collection made with another "
+                raise CheckpointError(f"{partial} holds an interrupted collection that differs from this run in its "
                                       f"{', '.join(differs)}; resuming would mix their rows. Pass restart=True to "
                                       f"start over, or choose another store_dir")
             if data.get("boot_id") != boot_id():

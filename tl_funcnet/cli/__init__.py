@@ -49,7 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser, handlers = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # reported by the subcommand, like its other argument errors: `tl-funcnet <cmd>: error: ...`
+            commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            commands.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as stop:
         return int(stop.code or 0)
     where = f"{PROG} {args.command}"
@@ -73,7 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())
+    """The message on one line, in the command line's words (``--overwrite``, not ``overwrite=True``)."""
+    return " ".join(str(err).split()).replace("pass overwrite=True", "pass --overwrite")
 
 
 __all__ = ["main", "build_parser", "COMMANDS"]

@@ -70,6 +70,8 @@ def resolve(spec: Any) -> tuple[str, str]:
         return "embedded", key
     path = Path(text).expanduser()
     if path.is_dir():
+        if (path / store.CONFIG_FILE).exists() and not store.is_saved_model(path):
+            store._read_header(path)  # a corrupt or foreign config.json: say exactly what is wrong with it
         if not store.is_saved_model(path):
             raise FormatError(f"{path} is a folder but not a saved model (no config.json of format "
                               f"{store.FORMAT!r}); expected a folder written by tl_funcnet.models.save")

@@ -10,15 +10,30 @@ import hashlib
 import json
 from typing import Any
 
+import numpy as np
 import torch
 
 _SAMPLES = 4096  # values sampled per parameter, evenly strided
 
 
+def _plain(value: Any) -> Any:
+    """A config value by what it is, not how it is typed: numpy scalars (TransformerLens computes some fields
+    with numpy) equal the Python numbers a saved config is read back as."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)  # dtypes, devices, callables
+
+
 def _config_text(model: Any) -> str:
     cfg = getattr(model, "cfg", None)
     raw = cfg.to_dict() if hasattr(cfg, "to_dict") else {}
-    return json.dumps({str(k): repr(v) for k, v in sorted(raw.items())
+    return json.dumps({str(k): _plain(v) for k, v in sorted(raw.items())
                        if k not in ("device", "n_devices", "init_weights", "seed")})
 
 
