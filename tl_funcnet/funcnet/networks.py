@@ -320,9 +320,15 @@ class FunctionalNetworks:
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write ``networks.json`` + ``networks.safetensors`` into the folder ``path`` atomically (with a
         checksum of the tensors); networks saved there before are replaced only with ``overwrite=True``."""
-        from .storage import save_networks
+        from .storage import write_networks
 
-        return save_networks(self, path, overwrite=overwrite)
+        self._check()
+        meta = {"params": self._params(), "sites": list(self.sites_), "widths": list(self.widths_),
+                "converged": self.converged_,
+                "blocks": [{"sites": list(b.sites), "networks": list(b.networks)} for b in self.blocks_]}
+        tensors = {"maps": self.maps_, "sources": self.sources_, "unit_mean": self.unit_mean_.float(),
+                   "unit_std": self.unit_std_.float()}
+        return write_networks(path, meta, tensors, overwrite=overwrite)
 
     def _params(self) -> dict[str, Any]:
         p = {k: getattr(self, k) for k in ("n_networks", "threshold", "sides", "scope", "window", "standardize",
@@ -333,9 +339,21 @@ class FunctionalNetworks:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "FunctionalNetworks":
         """Read networks written by :meth:`save`; every field and the checksum are verified."""
-        from .storage import load_networks
+        from ..errors import FormatError
+        from .storage import read_networks
 
-        return load_networks(path)
+        saved = read_networks(path)
+        try:
+            fn = cls(**saved.params)
+            fn._check_params(len(saved.sites))
+        except (TypeError, FuncnetError) as err:
+            raise FormatError(f"{saved.where}: 'params' are invalid ({err})") from None
+        fn.sites_, fn.widths_, fn.converged_ = saved.sites, saved.widths, saved.converged
+        fn.blocks_ = tuple(Block(sites, rows) for sites, rows in saved.blocks)
+        t = saved.tensors
+        fn.maps_, fn.sources_, fn.unit_mean_, fn.unit_std_ = t["maps"], t["sources"], t["unit_mean"], t["unit_std"]
+        fn.masks_ = fn._threshold(fn.maps_)
+        return fn
 
     def layers(self) -> list[int | None]:
         self._check()

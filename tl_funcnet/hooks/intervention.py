@@ -23,7 +23,8 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 from torch import Tensor
 
-from ..errors import FuncnetError, SiteConflictError
+from ..errors import FormatError, FuncnetError, SiteConflictError
+from . import serialize
 from .registry import HookFn, OpSpec, get_op
 from .sites import check_sites, require_hooked
 
@@ -240,26 +241,30 @@ class Intervention:
         with model.hooks(fwd_hooks=self.fwd_hooks(), bwd_hooks=self.bwd_hooks()):
             yield model
 
-    # ----------------------------------------------------------------- serialization (see .serialize)
+    # ----------------------------------------------------------------- serialization (format in .serialize)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able dict; tensors become ``{"__tensor__": key}`` references (see :meth:`tensors`)."""
-        from .serialize import to_dict
-
-        return to_dict(self)
+        return serialize.to_dict(self._hooks)
 
     def tensors(self) -> dict[str, Tensor]:
         """The tensors referenced by :meth:`to_dict`, keyed by reference."""
-        from .serialize import tensors
-
-        return tensors(self)
+        return serialize.tensors(self._hooks)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], tensors: Mapping[str, Tensor] | None = None) -> "Intervention":
-        """Rebuild from :meth:`to_dict` output and the tensors it references."""
-        from .serialize import from_dict
-
-        return from_dict(data, tensors or {})
+    def from_dict(cls, data: Mapping[str, Any], tensors: Mapping[str, Tensor] | None = None, *,
+                  where: str = "intervention") -> "Intervention":
+        """Rebuild from :meth:`to_dict` output and the tensors it references (``where`` names the source in
+        errors)."""
+        hooks = []
+        for site, op, params, at in serialize.decode(data, tensors or {}, where):
+            try:
+                hooks.append(Hook(site, op, params))
+            except FormatError:
+                raise
+            except FuncnetError as err:
+                raise FormatError(f"{at}: {err}") from None
+        return cls(tuple(hooks))
 
     def save(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write ``intervention.json`` and ``tensors.safetensors`` into the folder ``path``, atomically.
@@ -267,16 +272,13 @@ class Intervention:
         An existing saved intervention there is replaced only with ``overwrite=True``; anything else there
         is never touched (an :class:`~tl_funcnet.errors.OverwriteError` says so).
         """
-        from .serialize import save
-
-        return save(self, path, overwrite=overwrite)
+        return serialize.write(path, self._hooks, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "Intervention":
         """Read an intervention saved by :meth:`save` (its checksum is verified)."""
-        from .serialize import load
-
-        return load(path)
+        data, saved, where = serialize.read(path)
+        return cls.from_dict(data, saved, where=where)
 
     def allclose(self, other: "Intervention", *, rtol: float = 1e-5, atol: float = 1e-8) -> bool:
         """Same hooks in the same order with numerically close tensors."""

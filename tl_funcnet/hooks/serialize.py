@@ -14,15 +14,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from torch import Tensor
 
 from .._io import Kind, atomic_dir, field, read_json, tensor_digest
-from ..errors import FormatError, FuncnetError, NotSerializableError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .intervention import Intervention
+from ..errors import FormatError, NotSerializableError
 
 SCHEMA_VERSION = 1
 FORMAT = "tl_funcnet.intervention"
@@ -67,10 +64,10 @@ def _decode(value: Any, tensors: Mapping[str, Tensor], where: str) -> Any:
     return value
 
 
-def to_dict(iv: "Intervention") -> dict[str, Any]:
-    """See :meth:`Intervention.to_dict`."""
+def to_dict(hooks: Sequence[Any]) -> dict[str, Any]:
+    """The saved form of a sequence of Hooks (see :meth:`Intervention.to_dict`)."""
     out = []
-    for i, h in enumerate(iv.hooks):
+    for i, h in enumerate(hooks):
         if not h.spec.serializable:
             raise NotSerializableError(
                 f"hook {i} ({h.op!r} at {h.site!r}) holds a Python object that cannot be saved; register the "
@@ -79,18 +76,17 @@ def to_dict(iv: "Intervention") -> dict[str, Any]:
     return {"format": FORMAT, "version": SCHEMA_VERSION, "hooks": out}
 
 
-def tensors(iv: "Intervention") -> dict[str, Tensor]:
-    """See :meth:`Intervention.tensors`."""
+def tensors(hooks: Sequence[Any]) -> dict[str, Tensor]:
+    """The tensors the saved form of ``hooks`` references (see :meth:`Intervention.tensors`)."""
     found: dict[str, Tensor] = {}
-    for i, h in enumerate(iv.hooks):
+    for i, h in enumerate(hooks):
         _collect(h.params, f"hooks.{i}", found)
     return found
 
 
-def from_dict(data: Any, saved: Mapping[str, Tensor], where: str = "intervention") -> "Intervention":
-    """See :meth:`Intervention.from_dict`; ``where`` names the source in errors (a file path)."""
-    from .intervention import Hook, Intervention
-
+def decode(data: Any, saved: Mapping[str, Tensor], where: str = "intervention") -> list[tuple[str, str, Any, str]]:
+    """The hook specs ``(site, op, params, where)`` of a saved form, its structure checked (the params are
+    checked by each op when the Hook is made)."""
     if not isinstance(data, Mapping):
         raise FormatError(f"{where}: expected a JSON object, got {type(data).__name__}")
     fmt = data.get("format", FORMAT)
@@ -100,9 +96,8 @@ def from_dict(data: Any, saved: Mapping[str, Tensor], where: str = "intervention
     if version != SCHEMA_VERSION:
         raise FormatError(f"{where}: intervention schema version {version!r} is not supported; this tl_funcnet reads "
                           f"version {SCHEMA_VERSION}. Re-save it with a matching tl_funcnet release")
-    hooks = field(data, "hooks", list, where)
-    out = []
-    for i, h in enumerate(hooks):
+    specs = []
+    for i, h in enumerate(field(data, "hooks", list, where)):
         at = f"{where}, hook {i}"
         if not isinstance(h, Mapping):
             raise FormatError(f"{at}: expected an object with site, op and params, got {type(h).__name__}")
@@ -110,21 +105,16 @@ def from_dict(data: Any, saved: Mapping[str, Tensor], where: str = "intervention
         params = h.get("params", {})
         if not isinstance(params, Mapping):
             raise FormatError(f"{at}: 'params' should be an object, got {type(params).__name__}")
-        try:
-            out.append(Hook(site, op, _decode(params, saved, at)))
-        except FormatError:
-            raise
-        except FuncnetError as err:
-            raise FormatError(f"{at}: {err}") from None
-    return Intervention(tuple(out))
+        specs.append((site, op, _decode(params, saved, at), at))
+    return specs
 
 
-def save(iv: "Intervention", path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
-    """See :meth:`Intervention.save`."""
+def write(path: str | os.PathLike[str], hooks: Sequence[Any], *, overwrite: bool = False) -> Path:
+    """Write the saved form of ``hooks`` into the folder ``path`` (see :meth:`Intervention.save`)."""
     from safetensors.torch import save_file
 
-    data = to_dict(iv)  # raises before anything is written
-    blobs = {k: v.detach().cpu().contiguous().clone() for k, v in tensors(iv).items()}
+    data = to_dict(hooks)  # raises before anything is written
+    blobs = {k: v.detach().cpu().contiguous().clone() for k, v in tensors(hooks).items()}
     data["tensors_sha256"] = tensor_digest(blobs)
     text = json.dumps(data, indent=2) + "\n"
     with atomic_dir(path, KIND, overwrite=overwrite) as tmp:
@@ -133,8 +123,8 @@ def save(iv: "Intervention", path: str | os.PathLike[str], *, overwrite: bool = 
     return Path(path)
 
 
-def load(path: str | os.PathLike[str]) -> "Intervention":
-    """See :meth:`Intervention.load`."""
+def read(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Tensor], str]:
+    """The JSON description, the tensors (checksum verified) and the description's path, for :func:`decode`."""
     from safetensors.torch import load_file
 
     root = Path(path)
@@ -153,7 +143,7 @@ def load(path: str | os.PathLike[str]) -> "Intervention":
     if digest is not None and digest != tensor_digest(saved):
         raise FormatError(f"{blob} does not match the checksum in {meta}: the file was changed or is corrupt; "
                           f"save the intervention again")
-    return from_dict(data, saved, str(meta))
+    return data, saved, str(meta)
 
 
-__all__ = ["SCHEMA_VERSION", "FORMAT", "KIND", "to_dict", "tensors", "from_dict", "save", "load"]
+__all__ = ["SCHEMA_VERSION", "FORMAT", "KIND", "to_dict", "tensors", "decode", "write", "read"]
