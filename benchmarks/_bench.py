@@ -104,8 +104,8 @@ def timer() -> Iterator[dict[str, float]]:
         out["s"] = time.perf_counter() - start
 
 
-
 def current_rss_mb() -> float:
+    """Current resident memory of this process, in MB."""
     try:
         import psutil
 
@@ -113,7 +113,6 @@ def current_rss_mb() -> float:
     except ImportError:  # pragma: no cover
         with open("/proc/self/statm") as fh:
             return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
 
 
 def run_worker(argv: list[str], timeout: float | None = None) -> dict[str, Any]:
@@ -138,8 +137,9 @@ def run_worker(argv: list[str], timeout: float | None = None) -> dict[str, Any]:
     return out
 
 
-
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """``rows`` as a markdown table of ``columns`` (floats to 3 significant digits, missing cells empty)."""
+
     def fmt(v: Any) -> str:
         if isinstance(v, float):
             return f"{v:.3g}" if abs(v) < 1000 else f"{v:.0f}"

@@ -293,7 +293,7 @@ def main() -> None:
                  "x n_restarts, sparsest kept; ref_canica_nilearn = nilearn CanICA on the matrix as a "
                  "(f,1,1,n) image, all-ones mask, no smoothing/detrend, do_cca=False, threshold=None.",
     }
-    path = write_json("ica", payload)
+    path = write_json("ica_quick" if args.quick else "ica", payload)
     print()
     print(markdown_table(rows, ["implementation", "fit_s", "peak_rss_mb", "rss_after_load_mb", "abs_r_vs",
                                 "mean_abs_r", "min_abs_r", "error"]))

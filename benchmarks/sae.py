@@ -3,7 +3,8 @@
 1. Train a top-k SAE at ``blocks.6.hook_resid_post`` and one at ``blocks.6.hook_mlp_out`` with sae-lens's
    runner on the built-in calibration split (or load them from ``bench_out/sae/<site>/`` if present).
 2. Evaluate on the evaluation split: MSE, explained variance, L0, dead fraction, CE loss recovered
-   (vs zero-ablating the site), AFA ratio, ε_LBO and max decoder |cos| (see ``tl_funcnet.sae.metrics``).
+   (vs zero-ablating the site), and the quasi-orthogonality diagnostics AFA ratio, ε_LBO and max decoder
+   |cos| (see ``tl_funcnet.sae.metrics``).
 3. Ablate the most active residual feature at the last token of a prompt and print the top-5 next
    tokens before and after.
 
@@ -30,7 +31,7 @@ PROMPT = "The capital of France is"
 
 
 def quick_model():
-    """A tiny random HookedTransformer and a token corpus, for --quick runs."""
+    """A tiny random HookedTransformer and token-id texts, for --quick runs."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
     cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=4, d_head=4, d_mlp=32, d_vocab=50, n_ctx=32,
@@ -76,8 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     t_start = time.perf_counter()
     if args.quick:
-        model, corpus = quick_model()
-        sites, eval_texts, prompt = ["blocks.0.hook_resid_post", "blocks.0.hook_mlp_out"], corpus[:8], corpus[:1, :8]
+        model, texts = quick_model()
+        sites, eval_texts, prompt = ["blocks.0.hook_resid_post", "blocks.0.hook_mlp_out"], texts[:8], texts[:1, :8]
         sae_dir = OUT_DIR / "sae_quick"
         train_kw = dict(d_sae=32, k=4, training_tokens=2048, context_size=16, train_batch_size_tokens=128,
                         n_batches_in_buffer=16)
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
         from tl_funcnet.models import load
 
         model = load("smollm2-135m")
-        corpus, sites = "calibration", list(DEFAULT_SITES)
+        texts, sites = "calibration", list(DEFAULT_SITES)
         eval_texts = load_corpus("evaluation", limit=args.eval_texts)
         prompt = model.to_tokens(PROMPT)
         sae_dir = OUT_DIR / "sae"
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> dict:
     todo = [s for s in sites if args.retrain or not (sae_dir / s / "cfg.json").is_file()]
     from tl_funcnet.sae import train_and_save
 
-    train_s = train_and_save(model, sae_dir, todo, corpus, **train_kw) if todo else {}
+    # overwrite=True: the sites in ``todo`` are (re)trained on purpose (--retrain, or no SAE saved there yet)
+    train_s = train_and_save(model, sae_dir, todo, texts, overwrite=True, **train_kw) if todo else {}
     saes = {s: load_sae(sae_dir / s) for s in sites}
     rows = {}
     for s, sae in saes.items():

@@ -6,11 +6,11 @@ Independent: SmolLM2's architecture randomly initialised; small Llama-style mode
 the built-in corpus (calibration split) with SmolLM2's tokenizer and different seeds; MiniLM (loaded by name).
 A second family uses tiny scratch model ``tiny-s0`` as victim, with its own derived copies.
 
-    python benchmarks/zoo.py            # build (or reuse) everything, print the manifest
+    python benchmarks/zoo.py            # build (or reuse) everything, print the manifest as a table
     python benchmarks/zoo.py --quick    # tiny random models only, seconds (CI)
 
 Every entry is saved with ``tl_funcnet.models.save``; ``bench_out/zoo/manifest.json`` records how each was
-made (seeds, steps, losses, seconds). Delete an entry's folder to rebuild it.
+made (seeds, steps, losses, seconds). Delete an entry's folder (or its manifest line) to rebuild it.
 """
 
 from __future__ import annotations
@@ -50,10 +50,11 @@ def token_stream(tokenizer: Any, split: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def train(model: Any, stream: torch.Tensor, *, steps: int, batch: int, length: int, lr: float, seed: int,
+def train(model: Any, stream: torch.Tensor, *, steps: int, batch: int, length: int, lr: float, random_state: int,
           warmup: int = 0) -> list[float]:
-    """AdamW on random windows of ``stream`` (cosine decay after ``warmup``); returns the loss per step."""
-    g = torch.Generator().manual_seed(seed)
+    """AdamW on random windows of ``stream`` (drawn from ``random_state``; cosine decay after ``warmup``);
+    returns the loss per step."""
+    g = torch.Generator().manual_seed(random_state)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     losses = []
@@ -83,20 +84,21 @@ def eval_loss(model: Any, tokenizer: Any, n_texts: int = 8) -> float:
     return float(model(chunks, return_type="loss"))
 
 
-def tiny_model(tokenizer: Any, d_vocab: int, seed: int) -> Any:
+def tiny_model(tokenizer: Any, d_vocab: int, random_state: int) -> Any:
+    """A small Llama-style model with ``tokenizer``, initialised from ``random_state``."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    cfg = HookedTransformerConfig(**TINY_CFG, d_vocab=d_vocab, seed=seed)
+    cfg = HookedTransformerConfig(**TINY_CFG, d_vocab=d_vocab, seed=random_state)
     model = HookedTransformer(cfg, tokenizer=None, move_to_device=False)
     model.set_tokenizer(tokenizer, default_padding_side="right")
     return model
 
 
-def random_like(model: Any, seed: int) -> Any:
+def random_like(model: Any, random_state: int) -> Any:
     """Same architecture and tokenizer as ``model``, freshly initialised."""
     from tl_funcnet.fingerprint.transforms import random_init
 
-    return random_init(model, seed)
+    return random_init(model, random_state=random_state)
 
 
 class Zoo:
@@ -117,7 +119,7 @@ class Zoo:
         log(f"building {name} ...")
         t0 = time.perf_counter()
         model, extra = build()
-        save(model, path)
+        save(model, path, overwrite=True)  # a rebuild replaces the entry's earlier model
         self.manifest[name] = {**meta, **extra, "path": str(path), "build_seconds": round(time.perf_counter() - t0, 1)}
         write_json_atomic(self.file, self.manifest)
         log(f"  {name} done in {self.manifest[name]['build_seconds']} s {extra}")
@@ -141,13 +143,13 @@ def build(quick: bool = False) -> dict[str, Any]:
         model = smol
         before = eval_loss(model, tok)
         losses = train(model, token_stream(tok, "finetune"), steps=FT_STEPS, batch=FT_BATCH, length=FT_LEN,
-                       lr=FT_LR, seed=0)
+                       lr=FT_LR, random_state=0)
         return model, {"steps": FT_STEPS, "batch": f"{FT_BATCH}x{FT_LEN}", "lr": FT_LR, "eval_loss_before": before,
                        "train_loss_first10": sum(losses[:10]) / 10, "train_loss_last10": sum(losses[-10:]) / 10,
                        "eval_loss": eval_loss(model, tok)}
 
-    zoo.entry("smol-perm", lambda: (T.permute_mlp(smol, seed=1), {}), **derived, how="MLP units permuted")
-    zoo.entry("smol-rot", lambda: (T.rotate_residual(smol, seed=1), {}), **derived, how="residual rotated")
+    zoo.entry("smol-perm", lambda: (T.permute_mlp(smol, random_state=1), {}), **derived, how="MLP units permuted")
+    zoo.entry("smol-rot", lambda: (T.rotate_residual(smol, random_state=1), {}), **derived, how="residual rotated")
     def pruned(model: Any, method: str, **kw: Any) -> Callable[[], tuple[Any, dict]]:
         def build() -> tuple[Any, dict]:
             from tl_funcnet.pruning import prune
@@ -162,20 +164,20 @@ def build(quick: bool = False) -> dict[str, Any]:
     zoo.entry("smol-prune20", pruned(smol, "wanda"), **derived,
               how="20% of MLP neurons hard-pruned (tl_funcnet.pruning, wanda, bias compensation, layers 0-2 "
                   "and last 2 kept)")
-    zoo.entry("smol-prune20-mag", pruned(smol, "magnitude", bias_compensation=False, calib=None, protect_first=0,
+    zoo.entry("smol-prune20-mag", pruned(smol, "magnitude", bias_compensation=False, texts=None, protect_first=0,
                                          protect_last=0), **derived,
               how="20% of MLP neurons per layer by weight magnitude, every layer, no compensation")
     zoo.entry("smol-int8", lambda: (T.quantize_int8(smol), {}), **derived, how="per-row int8 quant-dequant")
     zoo.entry("smol-widen", lambda: (T.widen_mlp(smol, 256), {}), **derived, how="+256 zero-output MLP units")
     zoo.entry("smol-drop", lambda: (T.drop_layer(smol, 15), {}), **derived, how="layer 15 of 30 dropped")
-    zoo.entry("smol-random", lambda: (random_like(smol, seed=7), {}), kind="independent", victim="smollm2-135m",
+    zoo.entry("smol-random", lambda: (random_like(smol, random_state=7), {}), kind="independent", victim="smollm2-135m",
               how="same architecture, random init")
     stream = token_stream(tok, "calibration")
     for seed in (0, 1):
-        def scratch(seed=seed):
+        def scratch(seed: int = seed) -> tuple[Any, dict]:
             model = tiny_model(tok, smol.cfg.d_vocab, seed)
             losses = train(model, stream, steps=TINY_STEPS, batch=TINY_BATCH, length=TINY_LEN, lr=TINY_LR,
-                           seed=seed, warmup=20)
+                           random_state=seed, warmup=20)
             return model, {"steps": TINY_STEPS, "batch": f"{TINY_BATCH}x{TINY_LEN}", "lr": TINY_LR,
                            "train_loss_last10": sum(losses[-10:]) / 10, "eval_loss": eval_loss(model, tok)}
 
@@ -186,11 +188,12 @@ def build(quick: bool = False) -> dict[str, Any]:
 
     def tiny_ft():
         model = load(zoo.root / "tiny-s0")
-        losses = train(model, token_stream(tok, "finetune"), steps=100, batch=8, length=64, lr=3e-4, seed=5)
+        losses = train(model, token_stream(tok, "finetune"), steps=100, batch=8, length=64, lr=3e-4, random_state=5)
         return model, {"steps": 100, "lr": 3e-4, "train_loss_last10": sum(losses[-10:]) / 10,
                        "eval_loss": eval_loss(model, tok)}
 
-    zoo.entry("tiny-s0-rot", lambda: (T.rotate_residual(tiny0, seed=3), {}), **tderived, how="residual rotated")
+    zoo.entry("tiny-s0-rot", lambda: (T.rotate_residual(tiny0, random_state=3), {}), **tderived,
+              how="residual rotated")
     zoo.entry("tiny-s0-prune20", pruned(tiny0, "wanda", protect_first=0, protect_last=0), **tderived,
               how="20% of MLP neurons hard-pruned (wanda, bias compensation)")
     zoo.entry("tiny-s0-ft", tiny_ft, **tderived, how="fine-tuned 100 steps on the finetune split")
@@ -211,14 +214,29 @@ def build_quick() -> dict[str, Any]:
         return HookedTransformer(HookedTransformerConfig(**copy.deepcopy(cfg), d_vocab=256, seed=seed)).eval()
 
     v = make(0)
+    derived = {"kind": "derived", "victim": "q-victim"}
+    independent = {"kind": "independent", "victim": "q-victim"}
     return {
-        "q-victim": (v, {"kind": "victim"}),
-        "q-perm": (T.permute_mlp(v, 1), {"kind": "derived", "victim": "q-victim"}),
-        "q-rot": (T.rotate_residual(v, seed=1), {"kind": "derived", "victim": "q-victim"}),
-        "q-int8": (T.quantize_int8(v), {"kind": "derived", "victim": "q-victim"}),
-        "q-s1": (make(1), {"kind": "independent", "victim": "q-victim"}),
-        "q-s2": (make(2), {"kind": "independent", "victim": "q-victim"}),
+        "q-victim": (v, {"kind": "victim", "how": "random init, seed 0"}),
+        "q-perm": (T.permute_mlp(v, random_state=1), {**derived, "how": "MLP units permuted"}),
+        "q-rot": (T.rotate_residual(v, random_state=1), {**derived, "how": "residual rotated"}),
+        "q-int8": (T.quantize_int8(v), {**derived, "how": "per-row int8 quant-dequant"}),
+        "q-s1": (make(1), {**independent, "how": "random init, seed 1"}),
+        "q-s2": (make(2), {**independent, "how": "random init, seed 2"}),
     }
+
+
+def table(manifest: dict[str, Any]) -> str:
+    """The manifest as a markdown table: how each entry was made and its held-out loss before / after."""
+
+    def fmt(x: Any) -> str:
+        return "" if x is None else f"{x:.2f}" if isinstance(x, float) else str(x)
+
+    lines = ["| entry | kind | victim | how | eval loss before | eval loss | build s |", "|---|---|---|---|---|---|---|"]
+    for name, m in manifest.items():
+        lines.append(f"| {name} | {m.get('kind', '')} | {m.get('victim', '')} | {m.get('how', '')} | "
+                     f"{fmt(m.get('eval_loss_before'))} | {fmt(m.get('eval_loss'))} | {fmt(m.get('build_seconds'))} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -231,7 +249,9 @@ def main() -> None:
     manifest = build(quick=args.quick)
     if args.quick:
         manifest = {k: m for k, (_, m) in manifest.items()}
-    print(json.dumps(manifest, indent=2, default=str))
+    print(table(manifest))
+    if not args.quick:
+        print(f"\nmanifest: {ZOO_DIR / 'manifest.json'}")
 
 
 if __name__ == "__main__":

@@ -1,17 +1,123 @@
-"""The benchmark harness in quick mode (tiny models): every benchmark script still runs end to end."""
+"""The benchmark harness in quick mode (tiny models): every benchmark script still runs end to end, and the
+results it writes hold the figures it is there to measure (rows present, numbers finite and sane)."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["hook_overhead", "collect", "funcnet_masking", "steering", "prune"]
+
+
+def finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def check_hook_overhead(data: dict) -> None:
+    rows = {r["config"]: r for r in data["rows"]}
+    assert len(rows) == 2 and "1 hook" in rows and any(c.startswith("1 hook per layer") for c in rows), rows
+    for r in rows.values():
+        for key in ("bare_s", "raw_tl_s", "intervention_s"):
+            assert finite(r[key]) and r[key] > 0, (key, r)
+        assert finite(r["overhead_vs_raw_pct"]), r
+    assert data["max_abs_diff_raw_vs_intervention"] == 0.0  # the same edit gives the same logits
+    micro = data["micro"]
+    rows = {r["config"]: r for r in micro["rows"]}
+    assert len(rows) == 2 and "1 hook" in rows, rows
+    assert sorted(r["n_hooks"] for r in rows.values()) == [1, micro["model_config"]["n_layers"]]
+    for r in rows.values():
+        for key in ("bare_us", "raw_tl_us", "intervention_us"):
+            assert finite(r[key]) and r[key] > 0, (key, r)
+        for key in ("raw_per_hook_us", "intervention_per_hook_us", "intervention_minus_raw_per_hook_us"):
+            assert finite(r[key]), (key, r)
+        assert r["intervention_minus_raw_per_hook_us"] == pytest.approx(
+            (r["intervention_us"] - r["raw_tl_us"]) / r["n_hooks"])
+    assert micro["max_abs_diff_raw_vs_intervention"] == 0.0
+
+
+def check_collect(data: dict) -> None:
+    rows = {r["mode"]: r for r in data["rows"]}
+    assert set(rows) == {"plain", "memory", "stream"}, rows
+    for mode, r in rows.items():
+        assert finite(r["tokens_per_s"]) and r["tokens_per_s"] > 0, r
+        assert len(r["tokens_per_s_rounds"]) == data["rounds"]
+        assert finite(r["throughput_vs_plain_pct"]) and r["throughput_vs_plain_pct"] > 0, r
+        assert finite(r["peak_anon_mb"]) and r["peak_anon_mb"] >= r["anon_before_mb"] > 0, r
+        assert r["tokens"] == rows["plain"]["tokens"] > 0, (mode, r["tokens"])
+    assert rows["plain"]["throughput_vs_plain_pct"] == pytest.approx(100)
+    assert data["activation_data_mb"] == pytest.approx(rows["memory"]["tokens"] * rows["memory"]["units"] * 4 / 2**20)
+    fresh = data["fresh_memory"]
+    assert len(fresh["seconds_rounds"]) == data["rounds"] and all(finite(x) for x in fresh["seconds_rounds"])
+
+
+def check_funcnet_masking(data: dict) -> None:
+    assert finite(data["baseline_loss"]) and data["baseline_loss"] > 0
+    assert data["eval_tokens"] > 0 and data["calib_tokens"] > 0
+    assert set(data["sites"]) == {"mlp.hook_post", "hook_mlp_out"}
+    for site, R in data["sites"].items():
+        assert set(R["mask"]) == {"one", "two"}, site
+        for m in R["mask"].values():
+            assert m["units"] > 0 and sum(m["per_layer_counts"]) == m["units"], m
+            assert finite(m["networks"]) and finite(m["top_variance"]) and finite(m["per_layer_random_mean"])
+            assert len(m["per_layer_random"]) == 2 and len(m["global_random"]) == 1
+            assert all(finite(x) for x in m["per_layer_random"] + m["global_random"])
+            ratio = m["ratio_vs_per_layer_random"]
+            assert ratio is None or finite(ratio)
+        assert set(R["preserve"]) == {"2", "3"}, site
+        for p in R["preserve"].values():
+            assert finite(p["networks"]) and 0 < p["fraction"] <= 1 and isinstance(p["networks_below_every_control"], bool)
+        assert R["networks_below_every_control_count"] == sum(p["networks_below_every_control"]
+                                                              for p in R["preserve"].values())
+        assert all(finite(f["fit_s"]) for f in R["fits"].values())
+
+
+def check_steering(data: dict) -> None:
+    sweep = data["sweep"]
+    kinds = [r["kind"] for r in sweep]
+    assert kinds.count("base") == 1 and kinds[0] == "base"
+    steer = [r for r in sweep if r["kind"] == "steer"]
+    rand = [r for r in sweep if r["kind"] == "random"]
+    assert {(r["layer"], r["scale"]) for r in steer} == {(l, s) for l in (1, 2) for s in (1.0, 4.0)}
+    assert {(r["layer"], r["scale"]) for r in rand} == {(r["layer"], r["scale"]) for r in steer}
+    for r in steer + rand:
+        for key in ("shift", "kl", "delta_loss", "norm"):
+            assert finite(r[key]), (key, r)
+        assert r["kl"] >= -1e-6
+    assert data["best"]["kind"] == "steer" and data["best"]["layer"] in (1, 2)
+    assert data["random_at_best"]["kind"] == "random" and data["random_at_best"]["layer"] == data["best"]["layer"]
+    pca = data["pca_at_best"]
+    assert finite(pca["shift"]) and -1 <= pca["cosine_with_mean_difference"] <= 1
+    assert data["generation_cache_equal"] == [True, True]
+
+
+def check_prune(data: dict) -> None:
+    labels, ratios = data["methods"], data["ratios"]
+    assert {"fn", "flap", "wanda", "magnitude", "activation", "random", "fn-uniform"} <= set(labels)
+    assert data["fn_options"]["random_state"] == 666
+    assert finite(data["ppl_unpruned"]) and data["ppl_unpruned"] > 1
+    for m in labels:
+        for bias in ("nobias", "bias"):
+            for r in ratios:
+                v = data["ppl"][f"{m}|{bias}|{r}"]
+                assert finite(v) and v > 1, (m, bias, r, v)
+    assert set(data["score_seconds"]) == {m.split("-")[0] for m in labels}
+    for r in ratios:
+        s, p = data["speed"][str(r)], data["params"][str(r)]
+        assert s["hard_ppl"] == pytest.approx(s["soft_ppl"], rel=1e-3)  # hard prune = soft prune
+        assert finite(s["speedup"]) and s["speedup"] > 0
+        assert 0 < p["params_after"] < p["params_before"] and 0 < p["mlp_param_ratio"] <= r + 0.05
+
+
+CHECKS = {"hook_overhead": check_hook_overhead, "collect": check_collect, "funcnet_masking": check_funcnet_masking,
+          "steering": check_steering, "prune": check_prune}
 
 
 @pytest.mark.slow
@@ -20,6 +126,7 @@ def test_benchmarks_quick_mode_runs(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--no-write",
                            "--only", *QUICK], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
-    for name in ("hook_overhead_quick", "collect_quick", "funcnet_masking_quick"):
-        data = json.loads((tmp_path / f"{name}.json").read_text())
-        assert data and "machine" in json.dumps(data)
+    for name in QUICK:
+        data = json.loads((tmp_path / f"{name}_quick.json").read_text())
+        assert data["machine"]["cores"] >= 1
+        CHECKS[name](data)
