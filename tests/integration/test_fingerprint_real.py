@@ -30,11 +30,15 @@ def smol_fp(smollm2, texts):
 
 
 def test_cli_with_a_saved_victim_fingerprint(smol_fp, tmp_path, capsys):
-    import tl_funcnet.fingerprint.cli  # noqa: F401  (registers the subcommand)
     from tl_funcnet.cli import main
+    from tl_funcnet.errors import OverwriteError
 
     path = smol_fp.save(tmp_path / "smol.fnf.safetensors")
+    with pytest.raises(OverwriteError, match="overwrite=True"):
+        smol_fp.save(path)
+    assert smol_fp.save(path, overwrite=True) == path
     assert main(["fingerprint", "--victim", str(path), "--suspect", "smollm2-135m", "--n-null", "100",
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["score"] > 0.99 and out["verdict"] == "derived" and out["p_value"] < 0.02
+    assert out["settings"]["n_null"] == 100

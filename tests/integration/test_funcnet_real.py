@@ -7,9 +7,10 @@ import json
 import pytest
 import torch
 
-from tl_funcnet.activations import collect, layer_sites
+from tl_funcnet.activations import collect
 from tl_funcnet.evaluate import evaluate
 from tl_funcnet.funcnet import FunctionalNetworks
+from tl_funcnet.hooks import resolve_sites
 
 pytestmark = pytest.mark.slow
 
@@ -18,9 +19,11 @@ pytestmark = pytest.mark.slow
 def smol_networks(smollm2):
     from tl_funcnet.data import load_corpus
 
-    sites = layer_sites(smollm2, "mlp.hook_post")
-    acts = collect(smollm2, load_corpus("calibration"), sites, max_tokens=768, max_tokens_per_seq=96,
+    sites = resolve_sites(smollm2, "mlp.hook_post")
+    assert sites == [f"blocks.{l}.mlp.hook_post" for l in range(30)]
+    acts = collect(smollm2, load_corpus("calibration"), "mlp.hook_post", max_tokens=768, max_tokens_per_seq=96,
                    progress=False)
+    assert list(acts.sites) == sites
     return acts, FunctionalNetworks(8, threshold=3.6).fit(acts)
 
 
@@ -42,9 +45,9 @@ def test_masking_networks_hurts_more_than_random_on_smollm2(smollm2, smol_networ
     assert 0 < s["fraction"] < 0.05  # a few percent of neurons at most
     texts = load_corpus("evaluation")[:4]
     base = evaluate(smollm2, texts, compare_to_base=False, progress=False).loss
-    masked = evaluate(smollm2, texts, fn.intervention("mask"), compare_to_base=False, progress=False).loss
-    rand = evaluate(smollm2, texts, fn.control("mask", "per_layer", seed=0), compare_to_base=False,
-                    progress=False).loss
+    masked = evaluate(smollm2, texts, fn.to_intervention("mask"), compare_to_base=False, progress=False).loss
+    rand = evaluate(smollm2, texts, fn.to_intervention("mask", control="per_layer", random_state=0),
+                    compare_to_base=False, progress=False).loss
     assert base < 4.5
     assert masked - base > 3 * max(rand - base, 0.01)
 
@@ -59,9 +62,16 @@ def test_cli_extract_and_ablate_on_saved_smollm2(smollm2, tmp_path_factory, caps
                  "--max-tokens", "256", "--out", str(root / "nets"), "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["n_networks"] == 4 and out["sites"] == 30 and out["n_tokens"] == 256
-    assert (root / "nets" / "networks.json").exists() and (root / "nets_map.png").exists()
-    assert main(["ablate", "--model", str(root / "smol"), "--networks", str(root / "nets"), "--mode", "mask",
+    nets = root / "nets"
+    assert {"networks.json", "network_map.png", "layer_counts.png"} <= {p.name for p in nets.iterdir()}
+    assert sorted(p.name for p in root.iterdir()) == ["nets", "smol"]  # the plots are inside the output folder
+    # the output folder is replaced only with --overwrite
+    argv = ["extract", "--model", str(root / "smol"), "--site", "hook_mlp_out", "--n-networks", "4",
+            "--max-tokens", "256", "--out", str(nets)]
+    assert main(argv) == 2 and "overwrite" in capsys.readouterr().err
+    assert main(["ablate", "--model", str(root / "smol"), "--networks", str(nets), "--mode", "mask",
                  "--max-texts", "2", "--json"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert {"baseline_loss", "intervened_loss", "random_control_loss", "n_units"} <= set(res)
+    assert {"baseline_loss", "intervened_loss", "control_loss", "control", "n_units"} <= set(res)
+    assert res["control"] == "per_layer"
     assert res["n_units"] == out["n_units"] and res["intervened_loss"] > res["baseline_loss"]

@@ -77,7 +77,13 @@ def test_smollm2_greedy_paris(smollm2):
 
 
 def test_smollm2_save_load_round_trip(smollm2, tmp_path):
-    save(smollm2, tmp_path / "smol")
+    from tl_funcnet.errors import OverwriteError
+    from tl_funcnet.models import resolve
+
+    assert save(smollm2, tmp_path / "smol") == tmp_path / "smol"
+    with pytest.raises(OverwriteError, match="overwrite=True"):  # refused before anything is written
+        save(smollm2, tmp_path / "smol")
+    assert resolve(tmp_path / "smol")[0] == "saved" and resolve("smollm2-135m")[0] == "embedded"
     back = load(tmp_path / "smol")
     assert back.cfg.to_dict() == smollm2.cfg.to_dict()
     text = SENTENCES[0]

@@ -25,11 +25,19 @@ def test_smollm2_exact_patch_matches_single_patches_and_relp_tracks_it(smollm2):
     layers = [0, 1, 2, 14, 28, 29]
     ns = node_grid(smollm2, "mlp", task.n_pos, layers=layers)
     ex = exact_patch(smollm2, task.clean, task.corrupted, ns, metric, max_rows=64)
+    with torch.no_grad():
+        assert ex.baseline == pytest.approx(metric(smollm2(task.corrupted)).mean().item(), abs=1e-4)
+    grid = ex.grid()
+    assert grid.shape == (len(layers), task.n_pos) and not grid.isnan().any()
     _, cache = smollm2.run_with_cache(task.clean, names_filter=lambda n: n.endswith("hook_mlp_out"))
-    for i, (L, p) in enumerate([(0, 3), (14, 4), (29, 4)]):  # one plain patched forward each, TL-style
+    for L, p in [(0, 3), (14, 4), (29, 4)]:  # one plain patched forward each, TL-style
         site = f"blocks.{L}.hook_mlp_out"
         with patch(site, cache[site], pos=p).applied(smollm2), torch.no_grad():
             want = metric(smollm2(task.corrupted)).mean().item()
-        assert ex.grid[layers.index(L), p].item() == pytest.approx(want, abs=1e-4)
+        # effects are changes of the mean metric: the patched metric is baseline + effect
+        assert ex.baseline + grid[layers.index(L), p].item() == pytest.approx(want, abs=1e-4)
     relp = attribution_patch(smollm2, task.clean, task.corrupted, ns, metric, method="relp")
+    assert relp.effects.shape == ex.effects.shape and relp.baseline == pytest.approx(ex.baseline, abs=1e-4)
     assert correlation(ex, relp)["pearson"] > 0.8
+    frame = ex.to_frame()
+    assert len(frame) == len(layers) * task.n_pos and frame["effect"].tolist() == ex.effects.tolist()

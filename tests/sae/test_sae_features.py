@@ -36,3 +36,21 @@ def test_functional_networks_fit_on_feature_space(gpt2_tiny):
     assert fn.maps_.shape == (4, 40)
     assert fn.sources_.shape == (360, 4)
     assert bool(fn.masks_.any(1).all())  # every network has at least one member feature
+
+
+def test_collect_features_site_override_and_truncation(gpt2_tiny):
+    import pytest
+
+    from tl_funcnet.errors import FuncnetError
+
+    sae = make_sae("standard")  # no hook_name in its config
+    toks = torch.randint(0, 50, (3, 10), generator=torch.Generator().manual_seed(5))
+    with pytest.raises(FuncnetError, match="hook_name"):
+        collect_features(gpt2_tiny, sae, toks)
+    acts = collect_features(gpt2_tiny, sae, toks, site="blocks.0.hook_resid_post", max_tokens_per_seq=4)
+    name = feature_site("blocks.0.hook_resid_post")
+    assert acts.sites == (name,) and acts.offsets.tolist() == [0, 4, 8, 12]
+    store = {}
+    with capture_features(sae, store, site="blocks.0.hook_resid_post", key="f").applied(gpt2_tiny):
+        gpt2_tiny(toks[:, :4])
+    torch.testing.assert_close(acts[name], store["f"].reshape(12, 48), atol=1e-5, rtol=1e-5)

@@ -95,3 +95,48 @@ def test_max_decoder_cos_chunked_matches_dense():
     c = (U @ U.T).abs().fill_diagonal_(0)
     assert max_decoder_cos(W, chunk=64) == pytest.approx(float(c.max()), rel=1e-6)
     assert not math.isnan(max_decoder_cos(W))
+
+
+def _manual_nll(model, seq, iv=None):
+    """Summed next-token loss of one unpadded sequence (and the number of predicted tokens)."""
+    from tl_funcnet.hooks import Intervention
+
+    with torch.no_grad(), (iv or Intervention()).applied(model):
+        logp = model(seq[None])[0, :-1].log_softmax(-1)
+    return float(-logp.gather(-1, seq[1:, None]).sum()), len(seq) - 1
+
+
+def test_padding_is_never_counted(gpt2_tiny):
+    from tl_funcnet.sae import splice
+
+    sae = make_sae("topk", k=5, hook_name=SITE)
+    g = torch.Generator().manual_seed(4)
+    seqs = [torch.randint(0, 50, (n,), generator=g) for n in (3, 12, 7)]
+    m = evaluate_sae(gpt2_tiny, sae, seqs, batch_size=3)  # one right-padded batch
+    assert m.n_tokens == 22
+    xs = []
+    for s in seqs:
+        store = {}
+        with capture(SITE, store).applied(gpt2_tiny):
+            gpt2_tiny(s[None])
+        xs.append(store[SITE][0])
+    x = torch.cat(xs)
+    x_hat = sae.decode(sae.encode(x)).detach()
+    assert m.mse == pytest.approx(float(((x - x_hat) ** 2).mean()), rel=1e-4)
+    assert m.l0 == pytest.approx(5.0)
+    base = [_manual_nll(gpt2_tiny, s) for s in seqs]
+    spliced = [_manual_nll(gpt2_tiny, s, splice(sae)) for s in seqs]
+    n_pred = sum(n for _, n in base)
+    assert n_pred == 19
+    assert m.ce_loss_base == pytest.approx(sum(v for v, _ in base) / n_pred, rel=1e-5)
+    assert m.ce_loss_sae == pytest.approx(sum(v for v, _ in spliced) / n_pred, rel=1e-5)
+    one_by_one = evaluate_sae(gpt2_tiny, sae, seqs, batch_size=1)
+    for key in ("mse", "explained_variance", "l0", "ce_loss_base", "ce_loss_sae", "ce_loss_zero", "afa_ratio_mean"):
+        assert getattr(one_by_one, key) == pytest.approx(getattr(m, key), rel=1e-5, abs=1e-7), key
+
+
+def test_to_dict_has_scalars_only(gpt2_tiny, tokens):
+    m = evaluate_sae(gpt2_tiny, make_sae("standard", hook_name=SITE), tokens, compute_ce=False)
+    d = m.to_dict()
+    assert "zf_x_norm" not in d and d["site"] == SITE and d["n_tokens"] == 30
+    assert m.zf_x_norm.shape == m.zf_f_norm.shape == (30,)

@@ -191,20 +191,70 @@ def test_save_load_round_trip(gpt2_tiny, tokens, tmp_path):
         torch.testing.assert_close(gpt2_tiny(tokens), ref)
 
 
-def test_validation_errors_attach_nothing(gpt2_tiny, tokens):
+def test_attach_time_errors_attach_nothing(gpt2_tiny, llama_tiny, tokens):
     sae = make_sae("standard", hook_name=SITE)
     bad = [
-        (splice(sae, site="blocks.0.mlp.hook_post"), ShapeError, "d_in=16"),  # d_mlp is 32
-        (splice(sae, site="blocks.1.hook_resid_pots"), UnknownSiteError, "Did you mean"),
-        (ablate_features(sae, [48]), ShapeError, "out of range"),
-        (set_features(sae, [1, 2], [1.0, 2.0, 3.0]), ShapeError, "3 values for 2 features"),
-        (edit_features(sae, [{"kind": "boost", "features": [1]}]), FuncnetError, "kind one of"),
-        (steer(SITE, torch.ones(16)) + clamp_features(sae, [1]), FuncnetError, "min"),
+        (gpt2_tiny, splice(sae, site="blocks.0.mlp.hook_post"), ShapeError, "d_in=16"),  # d_mlp is 32
+        (gpt2_tiny, steer(SITE, torch.ones(16)) + ablate_features(sae, [1], site="blocks.0.mlp.hook_post"),
+         ShapeError, "width 32"),
+        (gpt2_tiny, splice(sae, site="blocks.1.hook_resid_pots"), UnknownSiteError, "Did you mean"),
+        (llama_tiny, capture_features(sae, {}, site="blocks.0.attn.hook_k"), ShapeError, "width 8"),  # 2 kv heads
     ]
-    for iv, err, msg in bad:
+    for model, iv, err, msg in bad:
         with pytest.raises(err, match=msg):
-            with iv.applied(gpt2_tiny):
+            with iv.applied(model):
                 pass
-        assert count_hooks(gpt2_tiny) == 0
+        assert count_hooks(model) == 0
     with pytest.raises(FuncnetError, match="hook_name"):
         splice(make_sae("standard"))
+
+
+def test_edits_are_checked_when_built():
+    """Every edit is validated when the Intervention is made, naming the op and site; nothing needs a model."""
+    sae = make_sae("standard", hook_name=SITE)
+    bad = [
+        (lambda: ablate_features(sae, [48]), ShapeError, "index 48 is out of range .* d_sae=48"),
+        (lambda: ablate_features(sae, [1.5]), FuncnetError, "integers only"),
+        (lambda: ablate_features(sae, [2.0]), FuncnetError, "never rounded"),
+        (lambda: ablate_features(sae, torch.tensor([1.0])), FuncnetError, "integers"),
+        (lambda: ablate_features(sae, [-1]), FuncnetError, "negative index -1"),
+        (lambda: ablate_features(sae, True), FuncnetError, "integer indices"),
+        (lambda: scale_features(sae, [0, 1], torch.tensor([1.0, 2.0, 3.0])), ShapeError, "3 values for 2 features"),
+        (lambda: set_features(sae, [1, 2], [1.0, 2.0, 3.0]), ShapeError, "3 values for 2 features"),
+        (lambda: set_features(sae, [1], float("nan")), FuncnetError, "finite"),
+        (lambda: steer_features(sae, [1, 2], [1.0, float("inf")]), FuncnetError, "NaN or infinite"),
+        (lambda: set_features(sae, [1], "2"), FuncnetError, "numbers"),
+        (lambda: clamp_features(sae, [1]), FuncnetError, "needs 'min', 'max' or both"),
+        (lambda: clamp_features(sae, [1], min=2.0, max=1.0), FuncnetError, "min <= max"),
+        (lambda: clamp_features(sae, [1], max=float("nan")), FuncnetError, "finite"),
+        (lambda: edit_features(sae, [{"kind": "boost", "features": [1]}]), FuncnetError, "kind one of"),
+        (lambda: edit_features(sae, [{"kind": "ablate", "features": [1], "values": [2.0]}]), FuncnetError,
+         r"unknown keys \['values'\]"),
+        (lambda: edit_features(sae, [{"kind": "clamp", "features": [1], "max": 1.0, "scale": 2}]), FuncnetError,
+         "unknown keys"),
+        (lambda: edit_features(sae, [{"kind": "set", "features": [1]}]), FuncnetError, "needs 'values'"),
+        (lambda: edit_features(sae, [{"kind": "ablate"}]), FuncnetError, "needs 'features'"),
+        (lambda: edit_features(sae, {"kind": "ablate", "features": [1]}), FuncnetError, "list of dicts"),
+        (lambda: splice(sae, use_error_term="yes"), FuncnetError, "use_error_term"),
+        (lambda: splice(sae, pos="all"), FuncnetError, "all positions are pos=None"),
+    ]
+    for build, err, msg in bad:
+        with pytest.raises(err, match=msg) as info:
+            build()
+        assert f"sae_edit() at {SITE!r}" in str(info.value)
+    # the accepted forms: one int, a list, an int tensor; values as numbers, lists or tensors
+    edits = set_features(sae, torch.tensor([3, 4]), torch.tensor([1.0, 2.0])).hooks[0].params["edits"]
+    assert edits[0]["features"] == (3, 4) and edits[0]["values"] == (1.0, 2.0)
+    assert ablate_features(sae, 7).hooks[0].params["edits"][0]["features"] == (7,)
+    assert clamp_features(sae, [1], min=0, max=2).hooks[0].params["edits"][0]["max"] == 2.0
+
+
+def test_edit_params_are_read_only_copies():
+    sae = make_sae("standard", hook_name=SITE)
+    feats, edits = [1, 2], [{"kind": "ablate", "features": [1, 2]}]
+    iv = edit_features(sae, edits)
+    feats.append(3)
+    edits[0]["features"].append(3)
+    assert iv.hooks[0].params["edits"][0]["features"] == (1, 2)
+    with pytest.raises(TypeError):
+        iv.hooks[0].params["edits"][0]["features"] = (5,)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tl_funcnet.errors import FuncnetError
+from tl_funcnet.errors import FuncnetError, UnknownSiteError
 from tl_funcnet.sae import evaluate_sae, load_sae, sae_params, save_sae, splice, token_dataset, train_sae
 
 SITE = "blocks.0.hook_resid_post"
@@ -28,7 +28,8 @@ def trained(gpt2_tiny):
     try:
         _SIGNALS["before"] = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
         sae = train_sae(gpt2_tiny, SITE, toks, d_sae=32, k=4, training_tokens=2048, context_size=8,
-                        train_batch_size_tokens=64, n_batches_in_buffer=8, store_batch_size_prompts=4, lr=3e-3)
+                        train_batch_size_tokens=64, n_batches_in_buffer=8, store_batch_size_prompts=4, lr=3e-3,
+                        random_state=0)
         _SIGNALS["after"] = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     finally:
         signal.signal(signal.SIGTERM, previous_term)
@@ -81,11 +82,76 @@ def test_token_dataset_rows_and_errors(gpt2_tiny):
 
 
 def test_train_sae_rejects_bad_settings(gpt2_tiny):
+    toks = torch.zeros(4, 12, dtype=torch.long)
     with pytest.raises(FuncnetError, match="n_batches_in_buffer"):
-        train_sae(gpt2_tiny, SITE, torch.zeros(4, 12, dtype=torch.long), context_size=8,
-                  train_batch_size_tokens=4096, n_batches_in_buffer=2)
+        train_sae(gpt2_tiny, SITE, toks, context_size=8, train_batch_size_tokens=4096, n_batches_in_buffer=2)
     with pytest.raises(FuncnetError, match="unknown sae-lens architecture"):
-        train_sae(gpt2_tiny, SITE, torch.zeros(4, 12, dtype=torch.long), architecture="nope")
+        train_sae(gpt2_tiny, SITE, toks, architecture="nope")
+    with pytest.raises(FuncnetError, match="k should be an integer >= 1"):
+        train_sae(gpt2_tiny, SITE, toks, k=0)
+    with pytest.raises(UnknownSiteError):
+        train_sae(gpt2_tiny, "blocks.9.hook_resid_post", toks)
+
+
+def test_train_sae_refuses_unknown_sae_kwargs(gpt2_tiny):
+    toks = torch.zeros(4, 12, dtype=torch.long)
+    with pytest.raises(FuncnetError, match=r"topk SAEs have no options \['bogus'\].*known: .*aux_loss_coefficient"):
+        train_sae(gpt2_tiny, SITE, toks, bogus=1)
+    with pytest.raises(FuncnetError, match=r"no options \['seed'\].*random_state"):
+        train_sae(gpt2_tiny, SITE, toks, seed=1)  # the 1.0 name is random_state
+    with pytest.raises(FuncnetError, match=r"no options \['d_in'\].*d_in comes from the site"):
+        train_sae(gpt2_tiny, SITE, toks, d_in=8)
+    with pytest.raises(FuncnetError, match=r"standard SAEs have no options \['k_sparse'\]"):
+        train_sae(gpt2_tiny, SITE, toks, architecture="standard", k_sparse=3)
+
+
+def test_save_sae_refuses_foreign_folders_and_replaces_only_with_overwrite(tmp_path):
+    from tl_funcnet.errors import OverwriteError
+    from sae_testing import make_sae
+
+    first, second = make_sae("standard", hook_name=SITE, seed=1), make_sae("standard", hook_name=SITE, seed=2)
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine")
+    with pytest.raises(OverwriteError, match="not a saved SAE"):
+        save_sae(first, foreign)
+    with pytest.raises(OverwriteError):
+        save_sae(first, foreign, overwrite=True)  # overwrite never replaces what tl_funcnet did not write
+    assert sorted(p.name for p in foreign.iterdir()) == ["todo.txt"] and (foreign / "todo.txt").read_text() == "mine"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OverwriteError):
+        save_sae(first, tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "x"
+
+    (tmp_path / "empty").mkdir()
+    assert save_sae(first, tmp_path / "empty") == tmp_path / "empty"  # an empty folder is fine
+    path = save_sae(first, tmp_path / "sae")
+    with pytest.raises(OverwriteError, match="overwrite=True"):
+        save_sae(second, path)
+    torch.testing.assert_close(load_sae(path).W_enc, first.W_enc)  # untouched
+    save_sae(second, path, overwrite=True)
+    torch.testing.assert_close(load_sae(path).W_enc, second.W_enc)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+    (path / "extra.txt").write_text("y")
+    with pytest.raises(OverwriteError, match="did not write"):
+        save_sae(first, path, overwrite=True)
+    assert (path / "extra.txt").exists()
+
+
+def test_train_and_save_checks_every_target_before_training(gpt2_tiny, tmp_path, monkeypatch):
+    import tl_funcnet.sae.train as train_mod
+    from tl_funcnet.errors import OverwriteError
+    from tl_funcnet.sae import train_and_save
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("training started before the targets were checked")
+
+    monkeypatch.setattr(train_mod, "train_sae", no_training)
+    (tmp_path / "blocks.1.hook_mlp_out").mkdir()
+    (tmp_path / "blocks.1.hook_mlp_out" / "keep.txt").write_text("mine")
+    with pytest.raises(OverwriteError, match="not a saved SAE"):
+        train_and_save(gpt2_tiny, tmp_path, [SITE, "blocks.1.hook_mlp_out"], torch.zeros(4, 12, dtype=torch.long))
+    assert not (tmp_path / SITE).exists()
 
 
 def test_train_sae_restores_signal_handlers(trained):
@@ -97,6 +163,7 @@ def test_train_sae_restores_signal_handlers(trained):
 
 
 def test_train_and_save_writes_one_loadable_sae_per_site(gpt2_tiny, tmp_path):
+    from tl_funcnet.errors import OverwriteError
     from tl_funcnet.sae import train_and_save
 
     toks = torch.randint(0, 50, (32, 12), generator=torch.Generator().manual_seed(1))
@@ -107,6 +174,8 @@ def test_train_and_save_writes_one_loadable_sae_per_site(gpt2_tiny, tmp_path):
     for site in sites:
         sae = load_sae(tmp_path / site)
         assert sae.cfg.metadata.hook_name == site and sae.cfg.d_sae == 16
+    with pytest.raises(OverwriteError, match="overwrite=True"):  # refused before any training
+        train_and_save(gpt2_tiny, tmp_path, sites, toks, d_sae=16)
 
 
 def test_cli_train_sae_rejects_bad_settings_before_loading(tmp_path, capsys):

@@ -11,7 +11,10 @@ SAE's own ``hook_name``. Nothing touches a model until ``.applied(model)``.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, MutableMapping, Sequence
+
+import numpy as np
 
 from ..errors import FuncnetError
 from ..hooks.intervention import Hook, Intervention
@@ -27,19 +30,17 @@ def _site(p: SAEParams, site: str | None) -> str:
     return site
 
 
-def _features(features: Features) -> list[int]:
-    if isinstance(features, int):
-        return [features]
-    try:
-        return [int(f) for f in (features.tolist() if hasattr(features, "tolist") else features)]
-    except (TypeError, ValueError):
-        raise FuncnetError(f"features should be an int or a list of ints, got {features!r}") from None
+def _features(features: Features) -> Any:
+    """One int as ``[int]``; tensors and arrays as lists. The ``sae_edit`` op checks the indices (integers only,
+    never rounded, in ``0..d_sae-1``) when the Hook is made."""
+    if isinstance(features, numbers.Integral) and not isinstance(features, (bool, np.bool_)):
+        return [int(features)]
+    return features.tolist() if hasattr(features, "tolist") else features
 
 
 def _values(values: Any) -> Any:
-    if hasattr(values, "tolist"):
-        values = values.tolist()
-    return float(values) if isinstance(values, (int, float)) else [float(v) for v in values]
+    """Values as plain numbers (tensors and arrays become lists); the ``sae_edit`` op checks them."""
+    return values.tolist() if hasattr(values, "tolist") else values
 
 
 def edit_features(sae: Any, edits: Sequence[dict[str, Any]], *, site: str | None = None,
@@ -50,7 +51,7 @@ def edit_features(sae: Any, edits: Sequence[dict[str, Any]], *, site: str | None
     changes the activation. ``pos`` restricts the whole op to some positions (as in the core ops).
     """
     p = sae_params(sae)
-    params: dict[str, Any] = {"sae": p, "edits": [dict(e) for e in edits], "use_error_term": bool(use_error_term)}
+    params: dict[str, Any] = {"sae": p, "edits": edits, "use_error_term": use_error_term}  # checked by the op
     if pos is not None:
         params["pos"] = pos
     return Intervention((Hook(_site(p, site), "sae_edit", params),))
@@ -94,9 +95,9 @@ def clamp_features(sae: Any, features: Features, *, min: float | None = None, ma
     """Clamp the given features' activations into ``[min, max]``."""
     edit: dict[str, Any] = {"kind": "clamp", "features": _features(features)}
     if min is not None:
-        edit["min"] = float(min)
+        edit["min"] = _values(min)
     if max is not None:
-        edit["max"] = float(max)
+        edit["max"] = _values(max)
     return edit_features(sae, [edit], site=site, use_error_term=use_error_term, pos=pos)
 
 
@@ -109,7 +110,7 @@ def capture_features(sae: Any, store: MutableMapping[str, Any], *, site: str | N
     it after an edit at the same site with ``+`` to see the edited activation re-encoded. It holds your dict and so cannot be saved.
     """
     p = sae_params(sae)
-    params = {"sae": p, "store": store, "append": bool(append)}
+    params = {"sae": p, "store": store, "append": append}
     if key is not None:
         params["key"] = key
     return Intervention((Hook(_site(p, site), "sae_capture", params),))

@@ -109,7 +109,11 @@ def _prepare_edits(d_sae: int, edits: Any) -> list[dict[str, Any]]:
                 raise FuncnetError(f"edit {i} (clamp) needs 'min', 'max' or both")
             for key in ("min", "max"):
                 if e.get(key) is not None:
-                    edit[key] = float(scalar_or_tensor(e[key], f"edit {i} {key}"))
+                    bound = scalar_or_tensor(e[key], f"edit {i} {key}")
+                    if isinstance(bound, Tensor):
+                        raise FuncnetError(f"edit {i} (clamp) {key} should be one number, got shape "
+                                           f"{tuple(bound.shape)}")
+                    edit[key] = bound
             if "min" in edit and "max" in edit and edit["min"] > edit["max"]:
                 raise FuncnetError(f"edit {i} (clamp) needs min <= max, got {edit['min']} > {edit['max']}")
         out.append(edit)
@@ -166,6 +170,8 @@ def sae_edit_op(sae: Mapping[str, Any], edits: Any = (), use_error_term: bool = 
 def _p_capture(p: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(p.get("store"), MutableMapping):
         raise FuncnetError(f"needs a dict-like store the caller owns; got {type(p.get('store')).__name__}")
+    if not isinstance(p.get("append", False), bool):
+        raise FuncnetError(f"append should be True or False, got {p.get('append')!r}")
     return _p_sae(p)
 
 

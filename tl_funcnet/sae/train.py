@@ -110,9 +110,11 @@ def train_sae(model: Any, site: str, texts: Any = "calibration", *, d_sae: int |
             f"n_batches_in_buffer to at least {-(-train_batch_size_tokens // context_size)}"
         )
     cfg_cls = SAE_TRAINING_CLASS_REGISTRY[architecture][1]
-    unknown = sorted(set(sae_kwargs) - set(cfg_cls.__dataclass_fields__))
+    options = set(cfg_cls.__dataclass_fields__) - {"d_in", "d_sae", "device"}  # set from the site / parameters
+    unknown = sorted(set(sae_kwargs) - options)
     if unknown:
-        raise FuncnetError(f"{architecture} SAEs have no options {unknown}; known: {sorted(cfg_cls.__dataclass_fields__)}")
+        raise FuncnetError(f"{architecture} SAEs have no options {unknown} (d_in comes from the site; d_sae, "
+                           f"random_state and device are train_sae parameters); known: {sorted(options)}")
     for name, value in (("d_sae", d_sae if d_sae is not None else 1), ("k", k), ("training_tokens", training_tokens),
                         ("context_size", context_size), ("train_batch_size_tokens", train_batch_size_tokens)):
         positive_int(value, name)

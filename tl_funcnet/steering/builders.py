@@ -210,7 +210,7 @@ def from_network(networks: Any, network: int, *, site: str | None = None, weight
     """Direction over one functional network's units at one site (adding it amplifies the network).
 
     ``weights="binary"`` puts 1 on every unit of the network (``scale`` then equals the constant the
-    ``amplify`` mode of :meth:`FunctionalNetworks.intervention` adds); ``"map"`` uses the network's
+    ``amplify`` mode of :meth:`FunctionalNetworks.to_intervention` adds); ``"map"`` uses the network's
     z-scored map values on those units. ``site`` defaults to the site holding most of its units.
     """
     if weights not in ("binary", "map"):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from .._rng import check_random_state
 from ..activations.forward import run_batches
 from ..errors import FuncnetError
 from ..evaluate import kl_divergence, next_token_logprobs, next_token_nll, target_mask
@@ -132,18 +133,20 @@ class NeutralReference:
 def sweep(model: Any, vectors: Mapping[Any, SteeringVector] | Sequence[SteeringVector], scales: Sequence[float],
           test_prompts: Sequence[Any], positive_words: Sequence[str | int], negative_words: Sequence[str | int], *,
           neutral: NeutralReference | Any = "evaluation", pos: str | None = None, normalize: bool = False,
-          random_control: bool = True, random_state: int = 0, progress: Callable[[str], None] | None = None):
+          random_control: bool = True, random_state: int | None = 0, progress: Callable[[str], None] | None = None):
     """Site x scale sweep: one row per (kind, vector, scale) with target and side-effect metrics.
 
-    ``vectors`` are steering vectors (e.g. the values of :func:`mean_differences`), each applied at its own
-    site. ``pos`` is ``None`` (every position) or ``"last"`` (the last real token of each test prompt). With
-    ``random_control`` every configuration is repeated with a random vector of the same norm. Returns a pandas
-    DataFrame with columns ``kind, site, layer, scale, norm, log_odds, shift, pos_mass, neg_mass, pos_logprob,
-    entropy, kl, loss, delta_loss, neutral_entropy``.
+    ``vectors`` are steering vectors (a list, or a dict such as :func:`mean_differences` returns), each applied
+    at its own site; the ``vector`` column names each one by its dict key (or list index). ``pos`` is ``None``
+    (every position) or ``"last"`` (the last real token of each test prompt). With ``random_control`` every
+    configuration is repeated with a random vector of the same norm. Returns a pandas DataFrame with columns
+    ``kind, vector, site, layer, scale, norm, log_odds, shift, pos_mass, neg_mass, pos_logprob, entropy, kl,
+    loss, delta_loss, neutral_entropy``.
     """
     import pandas as pd
 
-    vs = list(vectors.values()) if isinstance(vectors, Mapping) else list(vectors)
+    named = list(vectors.items()) if isinstance(vectors, Mapping) else list(enumerate(vectors))
+    vs = [v for _, v in named]
     if not vs or not all(isinstance(v, SteeringVector) for v in vs):
         raise FuncnetError("vectors should be SteeringVectors (a list, or a dict such as mean_differences returns)")
     if not scales:
@@ -153,11 +156,13 @@ def sweep(model: Any, vectors: Mapping[Any, SteeringVector] | Sequence[SteeringV
     pos_ids, neg_ids = word_ids(model, positive_words), word_ids(model, negative_words)
     ref = neutral if isinstance(neutral, NeutralReference) else NeutralReference(model, neutral)
     base = target_metrics(prompt_logprobs(model, test_prompts), pos_ids, neg_ids)
-    rows = [{"kind": "base", "site": "", "layer": -1, "scale": 0.0, "norm": 0.0, **base, "shift": 0.0,
+    rows = [{"kind": "base", "vector": "", "site": "", "layer": -1, "scale": 0.0, "norm": 0.0, **base, "shift": 0.0,
              "kl": 0.0, "loss": ref.base_loss, "delta_loss": 0.0, "neutral_entropy": float("nan")}]
-    for i, sv in enumerate(vs):
+    base_seed = check_random_state(random_state)
+    for i, (name, sv) in enumerate(named):
         layer = -1 if sv.layer is None else sv.layer
-        kinds = [("steer", sv)] + ([("random", random_like(sv, random_state=random_state + i))] if random_control else [])
+        kinds = [("steer", sv)] + ([("random", random_like(sv, random_state=None if base_seed is None
+                                                        else base_seed + i))] if random_control else [])
         for kind, v in kinds:
             for s in scales:
                 def make(last: Tensor, v: SteeringVector = v, s: float = s) -> Intervention:
@@ -165,8 +170,8 @@ def sweep(model: Any, vectors: Mapping[Any, SteeringVector] | Sequence[SteeringV
 
                 m = target_metrics(prompt_logprobs(model, test_prompts, make), pos_ids, neg_ids)
                 side = ref.side_effects(v.to_intervention(s, None, normalize=normalize))
-                rows.append({"kind": kind, "site": v.site, "layer": layer, "scale": float(s), "norm": v.norm, **m,
-                             "shift": m["log_odds"] - base["log_odds"], **side})
+                rows.append({"kind": kind, "vector": str(name), "site": v.site, "layer": layer, "scale": float(s),
+                             "norm": v.norm, **m, "shift": m["log_odds"] - base["log_odds"], **side})
                 if progress:
                     progress(f"{kind:6s} {v.site} scale {s:6.2f}: shift {rows[-1]['shift']:+.3f} "
                              f"kl {side['kl']:.3f}")
@@ -186,21 +191,27 @@ def best_config(df: Any, *, kl_budget: float = 1.0, kind: str = "steer") -> dict
 
 def plot_sweep(df: Any, *, title: str = "steering sweep") -> Any:
     """A matplotlib Figure with three panels: shift (layer x scale), KL on neutral text, and shift against KL
-    (save it with ``fig.savefig(path)``)."""
+    (save it with ``fig.savefig(path)``).
+
+    The grids have one row per layer when each layer holds one swept vector, else one row per vector (the
+    ``vector`` column), so different vectors are never averaged together.
+    """
     from matplotlib.figure import Figure
 
     steer = df[df["kind"] == "steer"]
+    by_layer = "vector" not in steer or steer.groupby("layer")["vector"].nunique().max() <= 1
+    index = "layer" if by_layer else "vector"
     fig = Figure(figsize=(15, 4.2), layout="tight")
     axes = fig.subplots(1, 3)
     for ax, col, cmap in ((axes[0], "shift", "RdBu_r"), (axes[1], "kl", "viridis")):
-        grid = steer.pivot_table(index="layer", columns="scale", values=col)
+        grid = steer.pivot_table(index=index, columns="scale", values=col, sort=by_layer)
         lim = float(abs(grid.values).max()) or 1.0
         im = ax.imshow(grid.values, aspect="auto", origin="lower", cmap=cmap,
                        **({"vmin": -lim, "vmax": lim} if col == "shift" else {}))
         ax.set_xticks(range(grid.shape[1]), [f"{c:g}" for c in grid.columns])
         ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index])
         ax.set_xlabel("scale")
-        ax.set_ylabel("layer")
+        ax.set_ylabel(index)
         ax.set_title("target log-odds shift" if col == "shift" else "KL(base || steered), neutral text")
         fig.colorbar(im, ax=ax)
     for kind, marker in (("steer", "o"), ("random", "x")):

@@ -103,13 +103,14 @@ class SteeringVector:
         hooks = []
         for s in sites:
             if isinstance(pos, str) and pos in GEN_MODES:
-                hooks.append(Hook(s, "steer_gen", {"vector": vec, "scale": scale, "mode": pos,
-                                                   **({"prompt_len": prompt_len} if prompt_len else {})}))
+                extra = {"prompt_len": prompt_len} if prompt_len is not None else {}
+                hooks.append(Hook(s, "steer_gen", {"vector": vec, "scale": scale, "mode": pos, **extra}))
             else:
                 if isinstance(pos, str) and pos != "last":
+                    hint = " (every position is pos=None)" if pos == "all" else ""
                     raise FuncnetError(f"pos should be None (every position), a position spec (an int, a list, "
                                        f"'last', {{'slice': [...]}}, an int tensor) or one of {GEN_MODES}; got "
-                                       f"{pos!r}")
+                                       f"{pos!r}{hint}")
                 hooks.append(Hook(s, "add", {"vector": vec, "scale": scale, **({"pos": pos} if pos is not None else {})}))
         iv = Intervention(tuple(hooks))
         if model is not None:
