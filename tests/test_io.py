@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -341,3 +342,46 @@ def test_save_rules_activations_save(tmp_path):
 
     a, b = acts(0), acts(1)
     check_save_rules(lambda p, o: a.save(p, overwrite=o), lambda p, o: b.save(p, overwrite=o), tmp_path)
+
+
+_KILLED_SAVE = """
+import os, sys, time
+import safetensors.torch as st
+from tl_testing import make_gpt2_style
+from tl_funcnet.models import save
+
+real = st.save_file
+def slow(tensors, path, *args, **kwargs):
+    real(tensors, path, *args, **kwargs)   # the weights are on disk in the temporary folder ...
+    print("written", flush=True)
+    time.sleep(60)                          # ... and the process dies here, before the rename
+st.save_file = slow
+save(make_gpt2_style(), sys.argv[1], overwrite=True)
+"""
+
+
+def test_a_save_killed_with_sigkill_leaves_the_old_artefact_and_its_leftovers_are_cleaned(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from tl_funcnet.models import load, save
+
+    target = tmp_path / "model"
+    save(make_gpt2_style(seed=3), target)
+    before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
+    script = tmp_path / "killed.py"
+    script.write_text(_KILLED_SAVE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    with subprocess.Popen([sys.executable, str(script), str(target)], stdout=subprocess.PIPE, text=True,
+                          env=env) as proc:
+        assert proc.stdout.readline().strip() == "written"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".model.")]
+    assert leftovers, "the killed save should have left its temporary folder"
+    assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before  # the old model is intact
+    load(target)
+    save(make_gpt2_style(seed=4), target, overwrite=True)  # the next save to the same place cleans up
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".model.")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["killed.py", "model"]
