@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml requirements-embedded.txt
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/tl-funcnet demo --out $(OUT)
+	$(VENV)/bin/tl-funcnet demo --out $(OUT) --overwrite
 
 test: setup
 	$(PY) -m pytest -q -p no:cacheprovider --durations=15 --nbmake --nbmake-timeout=900 tests notebooks
