@@ -7,7 +7,9 @@ traceback), no hook left on any model, no file written, and no file of the user'
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import os
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -22,10 +24,22 @@ class Outcome:
     files_written: tuple[str, ...]
     files_lost: tuple[str, ...]
     error: str
+    area: str = field(default_factory=lambda: _area())
 
     @property
     def clean(self) -> bool:
         return self.rejected and not self.hooks_left and not self.files_written and not self.files_lost
+
+
+_AREAS = {"test_kernel_inputs": "kernel", "test_loader_inputs": "files and saves", "test_feature_inputs": "features",
+          "test_cli_inputs": "command line", "test_properties": "random (Hypothesis)"}
+
+
+def _area() -> str:
+    """The reliability test module running now (from pytest's PYTEST_CURRENT_TEST)."""
+    current = os.environ.get("PYTEST_CURRENT_TEST", "")
+    stem = Path(current.split("::", 1)[0]).stem
+    return _AREAS.get(stem, stem or "other")
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -77,7 +91,8 @@ def summary() -> str:
     return (f"reliability: {n} bad inputs tried, {clean} rejected cleanly (FuncnetError or one-line CLI error); "
             f"not rejected {sum(not o.rejected for o in RESULTS)}, hooks left {sum(o.hooks_left for o in RESULTS)}, "
             f"files written {sum(len(o.files_written) for o in RESULTS)}, user files lost or changed "
-            f"{sum(len(o.files_lost) for o in RESULTS)}")
+            f"{sum(len(o.files_lost) for o in RESULTS)}\n"
+            + "  by area: " + ", ".join(f"{area} {n}" for area, n in Counter(o.area for o in RESULTS).items()))
 
 
 __all__ = ["RESULTS", "Outcome", "snapshot", "count_hooks", "try_bad_input", "record_cli", "summary"]
