@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tl_testing import count_hooks, guard
-from tl_funcnet.errors import SiteConflictError
+from tl_funcnet.errors import ShapeError, SiteConflictError
 from tl_funcnet.hooks import (Intervention, ablate, capture, clamp, custom, detach, keep_only, last_token_positions,
                               patch, project_onto, project_out, record, scale, steer)
 
@@ -435,3 +435,35 @@ def test_patch_checks_its_activation_at_construction_and_against_the_model(gpt2_
         with patch(POST, torch.randn(10, 16)).applied(gpt2_tiny):
             pass
     assert count_hooks(gpt2_tiny) == 0
+
+
+def test_applied_turns_on_the_flags_a_site_needs_and_restores_them(llama_tiny, tokens):
+    from tl_funcnet.hooks import capture
+
+    store: dict = {}
+    sites = ["blocks.0.attn.hook_result", "blocks.1.hook_q_input", "blocks.1.hook_k_input", "blocks.0.hook_mlp_in"]
+    iv = capture(sites, store)
+    assert iv.model_flags() == {"use_attn_result", "use_split_qkv_input", "use_hook_mlp_in"}
+    before = {f: getattr(llama_tiny.cfg, f) for f in iv.model_flags()}
+    with iv.applied(llama_tiny):
+        assert all(getattr(llama_tiny.cfg, f) for f in iv.model_flags())
+        llama_tiny(tokens)
+    assert {f: getattr(llama_tiny.cfg, f) for f in before} == before
+    assert store["blocks.0.attn.hook_result"].shape == (3, 10, 4, 16)  # (batch, pos, head, d_model)
+    assert store["blocks.1.hook_k_input"].shape == (3, 10, 2, 16)  # grouped: one k input per KV head
+    # the residual stream is the sum of the head outputs, MLP outputs and embedding (no biases in this model)
+    embed_plus = capture(["hook_embed", "blocks.0.hook_mlp_out"], store)
+    with (iv + embed_plus).applied(llama_tiny):
+        llama_tiny(tokens)
+    resid = store["hook_embed"] + store["blocks.0.attn.hook_result"].sum(2) + store["blocks.0.hook_mlp_out"]
+    torch.testing.assert_close(store["blocks.1.hook_q_input"][:, :, 0], resid, rtol=1e-5, atol=1e-5)
+
+
+def test_applied_restores_flags_when_validation_fails(gpt2_tiny):
+    from tl_funcnet.hooks import steer
+
+    iv = steer("blocks.0.hook_q_input", torch.ones(7))  # wrong width: refused after the flags were set
+    with pytest.raises(ShapeError):
+        with iv.applied(gpt2_tiny):
+            pass
+    assert gpt2_tiny.cfg.use_split_qkv_input is False

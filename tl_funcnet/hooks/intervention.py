@@ -26,7 +26,21 @@ from torch import Tensor
 from ..errors import FormatError, FuncnetError, SiteConflictError
 from . import serialize
 from .registry import HookFn, OpSpec, get_op
-from .sites import check_sites, require_hooked
+from .sites import check_sites, require_hooked, site_flags
+
+
+@contextmanager
+def flags_on(model: Any, flags: set[str]) -> Iterator[None]:
+    """Set the TransformerLens config ``flags`` to True for the block and restore their values after."""
+    cfg = getattr(model, "cfg", None)
+    old = {f: getattr(cfg, f, False) for f in sorted(flags)}
+    try:
+        for f in old:
+            setattr(cfg, f, True)
+        yield
+    finally:
+        for f, value in old.items():
+            setattr(cfg, f, value)
 
 
 def _freeze(value: Any) -> Any:
@@ -230,16 +244,28 @@ class Intervention:
         """Backward hooks as ``(name, fn)`` pairs (pass ``reset_hooks_end=False`` to TL to keep them)."""
         return self._build("bwd")
 
+    def model_flags(self) -> set[str]:
+        """TransformerLens config flags this intervention needs on: hook points that fire only with a flag
+        (``hook_q_input``, ``attn.hook_result``, ``hook_mlp_in``, ...) and flags its ops ask for."""
+        flags: set[str] = set()
+        for h in self._hooks:
+            flags |= site_flags(h.site) | set(h.spec.flags)
+        return flags
+
     @contextmanager
     def applied(self, model: Any) -> Iterator[Any]:
         """Attach to ``model`` for the block, after validating everything; remove exactly these hooks on exit.
 
+        Config flags the sites need (see :meth:`model_flags`) are on for the block and restored after.
         Removal is TransformerLens's own level-scoped ``model.hooks()``, so hooks the user added before,
-        or in an enclosing ``applied`` block, stay in place, exceptions included.
+        or in an enclosing ``applied`` block, stay in place, exceptions included. (With ``run_with_hooks``
+        and :meth:`fwd_hooks`, turn such flags on yourself.)
         """
-        self.validate(model)
-        with model.hooks(fwd_hooks=self.fwd_hooks(), bwd_hooks=self.bwd_hooks()):
-            yield model
+        require_hooked(model)
+        with flags_on(model, self.model_flags()):
+            self.validate(model)
+            with model.hooks(fwd_hooks=self.fwd_hooks(), bwd_hooks=self.bwd_hooks()):
+                yield model
 
     # ----------------------------------------------------------------- serialization (format in .serialize)
 
@@ -293,4 +319,4 @@ class Intervention:
         )
 
 
-__all__ = ["Hook", "Intervention"]
+__all__ = ["Hook", "Intervention", "flags_on"]

@@ -34,7 +34,9 @@ class OpSpec:
     - ``refs`` name parameters held by reference (a caller's dict, a callback); all others are frozen copies;
     - ``serializable`` is False when a parameter is a Python object (then ``refs`` is usually non-empty);
     - ``uses_scratch``: the factory also receives ``scratch``, a dict shared by the hook functions of one
-      application (how an op reads what a ``stash`` op recorded at an earlier site of the same forward).
+      application (how an op reads what a ``stash`` op recorded at an earlier site of the same forward);
+    - ``flags``: TransformerLens config flags the op needs on while applied (besides those its site needs,
+      which ``applied`` turns on anyway), e.g. ``ungroup_grouped_query_attention``.
     """
 
     name: str
@@ -46,6 +48,7 @@ class OpSpec:
     direction: str = "fwd"
     refs: tuple[str, ...] = ()
     uses_scratch: bool = False
+    flags: tuple[str, ...] = ()
 
     @property
     def parameters(self) -> tuple[str, ...]:
@@ -66,6 +69,7 @@ def register_op(
     direction: str = "fwd",
     refs: tuple[str, ...] = (),
     uses_scratch: bool = False,
+    flags: tuple[str, ...] = (),
     replace: bool = False,
 ) -> Callable[[Callable[..., HookFn]], Callable[..., HookFn]]:
     """Decorator that registers a hook-function factory under ``name``.
@@ -83,7 +87,7 @@ def register_op(
             raise FuncnetError(f"an op named {name!r} is already registered (by {old.factory.__module__}); "
                                f"choose another name, or pass replace=True to swap it on purpose")
         OPS[name] = OpSpec(name, factory, prepare, validate, writes, serializable, direction, tuple(refs),
-                           uses_scratch)
+                           uses_scratch, tuple(flags))
         return factory
 
     return deco

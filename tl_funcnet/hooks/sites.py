@@ -24,7 +24,6 @@ _TRAILING_SHAPES: dict[str, str] = {
     "hook_attn_out": "d_model",
     "hook_mlp_out": "d_model",
     "hook_mlp_in": "d_model",
-    "hook_attn_in": "d_model",
     "ln1.hook_normalized": "d_model",
     "ln2.hook_normalized": "d_model",
     "mlp.hook_pre": "d_mlp",
@@ -32,13 +31,35 @@ _TRAILING_SHAPES: dict[str, str] = {
     "mlp.hook_post": "d_mlp",
     "attn.hook_z": "heads",
     "attn.hook_q": "heads",
-    "attn.hook_result": "heads",
+    "attn.hook_result": "heads_model",
+    "hook_attn_in": "heads_model",
+    "hook_q_input": "heads_model",
+    "hook_k_input": "kv_heads_model",
+    "hook_v_input": "kv_heads_model",
     "attn.hook_rot_q": "heads",
     "attn.hook_k": "kv_heads",
     "attn.hook_v": "kv_heads",
     "attn.hook_rot_k": "kv_heads",
 }
 _GLOBAL_SHAPES = {"hook_embed": "d_model", "hook_pos_embed": "d_model", "ln_final.hook_normalized": "d_model"}
+
+
+#: Hook points TransformerLens computes only when a config flag is on, and that flag.
+SITE_FLAGS: dict[str, str] = {
+    "hook_q_input": "use_split_qkv_input",
+    "hook_k_input": "use_split_qkv_input",
+    "hook_v_input": "use_split_qkv_input",
+    "hook_attn_in": "use_attn_in",
+    "attn.hook_result": "use_attn_result",
+    "hook_mlp_in": "use_hook_mlp_in",
+}
+
+
+def site_flags(site: str) -> set[str]:
+    """The config flags ``site`` needs to fire (empty for hook points that always fire)."""
+    m = _LAYER.match(site)
+    flag = SITE_FLAGS.get(m.group(2)) if m else None
+    return {flag} if flag else set()
 
 
 def require_hooked(model: Any) -> None:
@@ -145,9 +166,14 @@ def site_shape(model: Any, site: str) -> tuple[int, ...] | None:
         return (width,) if width else None
     if kind == "heads":
         return (int(cfg.n_heads), int(cfg.d_head))
+    if kind == "heads_model":  # one copy (or one output) of the residual stream per head
+        return (int(cfg.n_heads), int(cfg.d_model))
+    n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
     if kind == "kv_heads":
-        n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
         return (int(n_kv), int(cfg.d_head))
+    if kind == "kv_heads_model":  # grouped-query models have one k/v input per KV head unless ungrouped
+        return (int(cfg.n_heads if getattr(cfg, "ungroup_grouped_query_attention", False) else n_kv),
+                int(cfg.d_model))
     return None
 
 
@@ -159,4 +185,5 @@ def unit_count(model: Any, site: str) -> int | None:
     return shape[0]
 
 
-__all__ = ["check_sites", "require_hooked", "resolve_sites", "site_layer", "site_shape", "unit_count"]
+__all__ = ["check_sites", "require_hooked", "resolve_sites", "site_layer", "site_shape", "unit_count", "site_flags",
+           "SITE_FLAGS"]
