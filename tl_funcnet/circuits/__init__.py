@@ -1,0 +1,33 @@
+"""Circuits on edges: the graph of a transformer, edge scores (exact patching, EAP, EAP-IG, RelP), circuits
+chosen from them, and their evaluation (faithfulness curves, CPR, CMD), all run as interventions.
+
+>>> graph = Graph.from_model(model)
+>>> exact = exact_edge_scores(model, graph, task.clean, task.corrupted, task.metric(), edges=sample)
+>>> circuit = scores.circuit(300)                       # the 300 best edges, pruned
+>>> faithfulness(model, circuit, task.clean, task.metric(), corrupted=task.corrupted)
+
+Importing this package registers the ``edge_source`` and ``edge_sink`` ops.
+"""
+
+from . import ops as ops  # registers the ops
+from .circuit import AblatedValues as AblatedValues
+from .circuit import Circuit as Circuit
+from .circuit import circuits_intervention as circuits_intervention
+from .evaluate import FRACTIONS as FRACTIONS
+from .evaluate import FaithfulnessCurve as FaithfulnessCurve
+from .evaluate import circuit_metrics as circuit_metrics
+from .evaluate import edges_for_faithfulness as edges_for_faithfulness
+from .evaluate import faithfulness as faithfulness
+from .evaluate import faithfulness_curve as faithfulness_curve
+from .exact import exact_edge_scores as exact_edge_scores
+from .graph import Graph as Graph
+from .run import ablated_values as ablated_values
+from .run import edge_hooks as edge_hooks
+from .run import sender_outputs as sender_outputs
+from .scores import EdgeScores as EdgeScores
+from .scores import auroc as auroc
+from .scores import edge_correlation as edge_correlation
+
+__all__ = ["Graph", "Circuit", "AblatedValues", "EdgeScores", "FaithfulnessCurve", "FRACTIONS", "ablated_values",
+           "sender_outputs", "edge_hooks", "circuits_intervention", "circuit_metrics", "faithfulness",
+           "faithfulness_curve", "edges_for_faithfulness", "exact_edge_scores", "edge_correlation", "auroc"]

@@ -1,0 +1,98 @@
+"""Reading a model edge by edge: every sender's output and every receiver's input, as dense tensors.
+
+``sender_outputs`` gives ``(batch, pos, n_senders, d_model)`` in the graph's sender order; ``receiver_inputs``
+the same for receivers. With them, a receiver's input is the sum of its senders' outputs plus constant biases,
+which is what edge patching and edge attribution use.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from ..errors import FuncnetError, ShapeError
+from ..hooks import capture
+from ..hooks.intervention import flags_on
+from .circuit import ABLATIONS, AblatedValues
+from .graph import Graph
+
+#: TransformerLens flags an edge graph needs (hook points per head, MLP inputs, one k/v input per query head)
+EDGE_FLAGS = {"use_split_qkv_input", "use_attn_result", "use_hook_mlp_in", "ungroup_grouped_query_attention"}
+
+
+@contextmanager
+def edge_hooks(model: Any) -> Iterator[Any]:
+    """TransformerLens's per-head input/output hook points (and ungrouped GQA) on for the block, restored after."""
+    flags = set(EDGE_FLAGS)
+    if getattr(model.cfg, "attn_only", False):
+        flags.discard("use_hook_mlp_in")
+    with flags_on(model, flags):
+        yield model
+
+
+def check_tokens(model: Any, tokens: Any, name: str) -> Int[Tensor, "batch pos"]:
+    t = torch.as_tensor(tokens)
+    if t.ndim != 2 or t.is_floating_point() or t.dtype == torch.bool or t.numel() == 0:
+        raise ShapeError(f"{name} should be token ids of shape (batch, pos), got {t.dtype} of shape {tuple(t.shape)}")
+    t = t.long()
+    if int(t.min()) < 0 or int(t.max()) >= model.cfg.d_vocab:
+        raise FuncnetError(f"{name} holds token ids outside the vocabulary 0..{model.cfg.d_vocab - 1}")
+    return t
+
+
+def _stack(graph: Graph, store: dict[str, Tensor], which: str) -> Tensor:
+    parts = []
+    if which == "senders":
+        for u in range(graph.n_senders):
+            site, slot = graph.sender_site(u)
+            act = store[site]
+            parts.append(act if slot is None else act[:, :, slot])
+    else:
+        for v in range(graph.n_receivers):
+            site, slot = graph.receiver_sites_of(v)[0]
+            act = store[site]
+            parts.append(act if slot is None else act[:, :, slot])
+    return torch.stack(parts, dim=2)
+
+
+@torch.no_grad()
+def sender_outputs(model: Any, graph: Graph, tokens: Tensor) -> Float[Tensor, "batch pos n_senders d_model"]:
+    """Every sender's output on ``tokens``. The input node is the token embedding (``hook_embed``); a position
+    embedding is the same for prompts of one length, so it belongs to the constant part of every receiver."""
+    graph.check_model(model)
+    tokens = check_tokens(model, tokens, "tokens")
+    store: dict[str, Tensor] = {}
+    with edge_hooks(model), capture(graph.sender_sites(), store).applied(model):
+        model(tokens.to(model.cfg.device), return_type=None)
+    return _stack(graph, store, "senders")
+
+
+def ablated_values(model: Any, graph: Graph, ablation: str = "patching", *, corrupted: Tensor | None = None,
+                   texts: Any = None, positional: bool = False) -> AblatedValues:
+    """What each sender's output becomes when an edge from it is ablated.
+
+    - ``"patching"``: its output on the ``corrupted`` prompts (the interchange intervention);
+    - ``"mean"``: its mean output over ``texts`` (token ids ``(batch, pos)``; every position pooled, or one mean
+      per position with ``positional=True``, which needs prompts of the circuit's length);
+    - ``"zero"``: zero.
+    """
+    if ablation not in ABLATIONS:
+        raise FuncnetError(f"ablation should be one of {ABLATIONS}, got {ablation!r}")
+    if ablation == "zero":
+        return AblatedValues(graph, ablation, None)
+    if ablation == "patching":
+        if corrupted is None:
+            raise FuncnetError("ablation='patching' needs the corrupted prompts: ablated_values(..., corrupted=tokens)")
+        return AblatedValues(graph, ablation, sender_outputs(model, graph, corrupted).float())
+    if texts is None:
+        raise FuncnetError("ablation='mean' needs texts to average over: ablated_values(..., texts=tokens)")
+    out = sender_outputs(model, graph, texts).float()
+    mean = out.mean(0, keepdim=True) if positional else out.mean((0, 1), keepdim=True)
+    return AblatedValues(graph, ablation, mean)
+
+
+__all__ = ["edge_hooks", "sender_outputs", "ablated_values", "check_tokens", "EDGE_FLAGS"]
