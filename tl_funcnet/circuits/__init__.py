@@ -3,6 +3,7 @@ chosen from them, and their evaluation (faithfulness curves, CPR, CMD), all run 
 
 >>> graph = Graph.from_model(model)
 >>> exact = exact_edge_scores(model, graph, task.clean, task.corrupted, task.metric(), edges=sample)
+>>> scores = edge_scores(model, graph, task.clean, task.corrupted, task.metric(), method="eap-ig-inputs")
 >>> circuit = scores.circuit(300)                       # the 300 best edges, pruned
 >>> faithfulness(model, circuit, task.clean, task.metric(), corrupted=task.corrupted)
 
@@ -10,6 +11,8 @@ Importing this package registers the ``edge_source`` and ``edge_sink`` ops.
 """
 
 from . import ops as ops  # registers the ops
+from .attribution import METHODS as METHODS
+from .attribution import edge_scores as edge_scores
 from .circuit import AblatedValues as AblatedValues
 from .circuit import Circuit as Circuit
 from .circuit import circuits_intervention as circuits_intervention
@@ -21,6 +24,12 @@ from .evaluate import faithfulness as faithfulness
 from .evaluate import faithfulness_curve as faithfulness_curve
 from .exact import exact_edge_scores as exact_edge_scores
 from .graph import Graph as Graph
+from .planted import PLANTED_BLOCKS as PLANTED_BLOCKS
+from .planted import PLANTED_KINDS as PLANTED_KINDS
+from .planted import PlantedCircuit as PlantedCircuit
+from .planted import planted_circuit as planted_circuit
+from .plots import plot_circuit as plot_circuit
+from .plots import plot_faithfulness as plot_faithfulness
 from .run import ablated_values as ablated_values
 from .run import edge_hooks as edge_hooks
 from .run import sender_outputs as sender_outputs
@@ -30,4 +39,6 @@ from .scores import edge_correlation as edge_correlation
 
 __all__ = ["Graph", "Circuit", "AblatedValues", "EdgeScores", "FaithfulnessCurve", "FRACTIONS", "ablated_values",
            "sender_outputs", "edge_hooks", "circuits_intervention", "circuit_metrics", "faithfulness",
-           "faithfulness_curve", "edges_for_faithfulness", "exact_edge_scores", "edge_correlation", "auroc"]
+           "faithfulness_curve", "edges_for_faithfulness", "exact_edge_scores", "edge_scores", "METHODS",
+           "edge_correlation", "auroc", "plot_circuit", "plot_faithfulness", "planted_circuit", "PlantedCircuit",
+           "PLANTED_KINDS", "PLANTED_BLOCKS"]

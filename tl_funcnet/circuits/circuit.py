@@ -19,7 +19,8 @@ from ..hooks import Hook, Intervention
 from .graph import Graph
 
 FORMAT, VERSION = "tl_funcnet.circuit", 1
-KIND = Kind("circuit", "circuit.json", FORMAT, ("circuit.json",))
+#: a saved circuit folder (``tl-funcnet circuit --out`` adds its report and pictures)
+KIND = Kind("circuit", "circuit.json", FORMAT, ("circuit.json", "report.json", "*.png"))
 ABLATIONS = ("patching", "mean", "zero")
 
 
@@ -97,9 +98,11 @@ class Circuit:
         heap = [(-key[i], i) for i in into.get("logits", [])]
         heapq.heapify(heap)
         present = {"logits"}
-        while heap and int(mask.sum()) < n:
+        taken = 0  # (counting mask.sum() each round made this quadratic in n)
+        while heap and taken < n:
             _, i = heapq.heappop(heap)
             mask[i] = True
+            taken += 1
             parent = graph.senders[int(graph.edges[i, 0])]
             if parent not in present:
                 present.add(parent)
@@ -223,11 +226,11 @@ def circuits_intervention(circuits: Sequence[Circuit], ablated: AblatedValues) -
     """One intervention running ``circuits`` on consecutive blocks of batch rows (see :meth:`Circuit.to_intervention`)."""
     if not circuits:
         raise FuncnetError("give at least one circuit")
-    graph = circuits[0].graph
     for c in circuits:
         if not isinstance(c, Circuit):
             raise FuncnetError(f"expected Circuit values, got {type(c).__name__}")
         c._same_graph(circuits[0])
+    graph = circuits[0].graph
     if not isinstance(ablated, AblatedValues) or ablated.graph.to_dict() != graph.to_dict():
         raise FuncnetError("ablated should be the AblatedValues of this graph (see ablated_values)")
     n_prompts = 1 if ablated.values is None else int(ablated.values.shape[0])

@@ -37,7 +37,9 @@ def circuit_metrics(model: Any, circuits: Sequence[Circuit], clean: Tensor, metr
                     max_rows: int = 32) -> list[float]:
     """The mean ``metric`` on ``clean`` for each circuit, every edge outside it ablated (several circuits per
     forward, at most ``max_rows`` rows)."""
-    clean = check_tokens(model, clean, "clean").to(model.cfg.device)
+    if not circuits:
+        raise FuncnetError("give at least one circuit")
+    clean = _checked(model, circuits[0].graph, clean, ablated).to(model.cfg.device)
     n = clean.shape[0]
     per = max(1, max_rows // n)
     out: list[float] = []
@@ -98,30 +100,47 @@ class FaithfulnessCurve:
                              "faithfulness": self.faithfulness})
 
     def plot(self, *, title: str | None = None, log_x: bool = True) -> Any:
-        """Faithfulness against circuit size, as a matplotlib Figure."""
-        from matplotlib.figure import Figure
+        """Faithfulness against circuit size, as a matplotlib Figure (several curves in one Figure:
+        :func:`~tl_funcnet.circuits.plot_faithfulness`)."""
+        from .plots import plot_faithfulness
 
-        fig = Figure(figsize=(6, 4), layout="tight")
-        ax = fig.subplots()
-        ax.plot([100 * x for x in self.fractions], self.faithfulness, marker="o", label=self.method or "circuit")
-        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.axhline(0.8, color="grey", lw=0.8, ls=":")
-        if log_x:
-            ax.set_xscale("log")
-        ax.set_xlabel("circuit size (% of edges)")
-        ax.set_ylabel("faithfulness")
-        ax.set_title(title or f"{self.method} circuits: CPR {self.cpr:.3f}, CMD {self.cmd:.3f}")
-        ax.legend()
-        return fig
+        return plot_faithfulness(self, title=title, log_x=log_x)
+
+
+def _checked(model: Any, graph: Graph, clean: Any, ablated: AblatedValues) -> Tensor:
+    """The clean tokens, checked against the model, the graph and the ablated values (before any forward)."""
+    graph.check_model(model)
+    clean = check_tokens(model, clean, "clean")
+    if not isinstance(ablated, AblatedValues):
+        raise FuncnetError(f"ablated should be AblatedValues (see ablated_values), got {type(ablated).__name__}")
+    values = ablated.values
+    if values is not None and ablated.ablation == "patching" and tuple(values.shape[:2]) != tuple(clean.shape):
+        raise FuncnetError(f"the corrupted prompts have shape {tuple(values.shape[:2])}, the clean ones "
+                           f"{tuple(clean.shape)}: patching needs one corrupted prompt of the same token length per "
+                           f"clean prompt")
+    if values is not None and values.shape[1] not in (1, clean.shape[1]):
+        raise FuncnetError(f"the ablated values cover {values.shape[1]} positions, the prompts have "
+                           f"{clean.shape[1]}; take positional means over prompts of the same length")
+    return clean
+
+
+def _edge_scores(scores: Any) -> Any:
+    from .scores import EdgeScores
+
+    if not isinstance(scores, EdgeScores):
+        raise FuncnetError(f"scores should be EdgeScores (from exact_edge_scores or edge_scores), got "
+                           f"{type(scores).__name__}; wrap a tensor as EdgeScores(graph, tensor, method)")
+    return scores
 
 
 def _baselines(model: Any, graph: Graph, clean: Tensor, metric: Metric, ablated: AblatedValues,
                max_rows: int) -> tuple[float, float]:
+    clean = _checked(model, graph, clean, ablated)
     with torch.no_grad():
         full = float(check_metric(metric, clean.shape[0], metric(model(clean.to(model.cfg.device)))).double().mean())
     empty = circuit_metrics(model, [Circuit(graph, torch.zeros(graph.n_edges, dtype=torch.bool))], clean, metric,
                             ablated, max_rows=max_rows)[0]
-    if not math.isfinite(full - empty) or abs(full - empty) < 1e-9:
+    if not math.isfinite(full - empty) or abs(full - empty) <= 1e-5 * max(1.0, abs(full), abs(empty)):  # float noise
         raise FuncnetError(f"the metric is the same with every edge ablated ({empty:.4g}) as on the model ({full:.4g}); "
                            f"faithfulness is undefined: choose prompts on which the ablation matters")
     return full, empty
@@ -148,7 +167,7 @@ def faithfulness_curve(model: Any, scores: Any, clean: Tensor, metric: Metric, *
                        max_rows: int = 32) -> FaithfulnessCurve:
     """Faithfulness of the circuits of the best ``fractions`` of edges by ``scores`` (an :class:`EdgeScores`)."""
     t0 = time.perf_counter()
-    graph = scores.graph
+    graph = _edge_scores(scores).graph
     fr = tuple(float(x) for x in fractions)
     if not fr or any(not 0 <= x <= 1 for x in fr) or list(fr) != sorted(fr):
         raise FuncnetError(f"fractions should be increasing numbers in [0, 1], got {list(fractions)}")
@@ -169,7 +188,7 @@ def edges_for_faithfulness(model: Any, scores: Any, clean: Tensor, metric: Metri
                            max_rows: int = 32) -> int | None:
     """The smallest number of top edges whose circuit reaches ``target`` faithfulness (bisection over sizes;
     None if even all edges do not)."""
-    graph = scores.graph
+    graph = _edge_scores(scores).graph
     ablated = ablated or ablated_values(model, graph, ablation, corrupted=corrupted, texts=corrupted)
     full, empty = _baselines(model, graph, clean, metric, ablated, max_rows)
 

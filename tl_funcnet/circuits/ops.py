@@ -38,6 +38,17 @@ def _rows(stored: Tensor, batch: int, site: str) -> Tensor:
     return stored.repeat(batch // b, *([1] * (stored.ndim - 1)))
 
 
+def _blocks(stored: Tensor, batch: int, site: str) -> Tensor:
+    """A stored ``(b, ...)`` tensor for a batch of ``batch`` rows in ``b`` consecutive blocks (row ``r`` uses
+    stored row ``r // (batch / b)``): one ablation mask per circuit, each circuit's rows together."""
+    b = stored.shape[0]
+    if batch == b:
+        return stored
+    if batch % b:
+        raise ShapeError(f"{site!r}: {b} circuit rows do not divide a batch of {batch} rows")
+    return stored.repeat_interleave(batch // b, dim=0)
+
+
 def _p_source(p: dict[str, Any]) -> dict[str, Any]:
     p["senders"] = list(index_list(p.get("senders"), "senders"))
     p["slots"] = [None if s is None else int(s) for s in p.get("slots", [])]
@@ -112,7 +123,8 @@ def _v_sink(model: Any, site: str, p: Mapping[str, Any]) -> None:
              flags=("ungroup_grouped_query_attention",))
 def edge_sink_op(receivers: list[int], slots: list[int | None], ablate: Tensor,
                  scratch: dict[str, Any] | None = None) -> HookFn:
-    """Add, per batch row and receiver, the stored deltas of the senders whose edge that row ablates."""
+    """Add, per batch row and receiver, the stored deltas of the senders whose edge that row ablates (the mask's
+    rows cover consecutive blocks of the batch: one row per circuit, or per circuit and prompt)."""
     state = {} if scratch is None else scratch
     cache: dict[Any, Tensor] = {}
 
@@ -125,7 +137,7 @@ def edge_sink_op(receivers: list[int], slots: list[int | None], ablate: Tensor,
         key = (act.device, act.dtype)
         if key not in cache:
             cache[key] = ablate.to(device=act.device, dtype=act.dtype)
-        mask = _rows(cache[key], act.shape[0], site)[:, :, : buf.shape[2]]  # (batch, k, n_senders)
+        mask = _blocks(cache[key], act.shape[0], site)[:, :, : buf.shape[2]]  # (batch, k, n_senders)
         delta = torch.einsum("bpud,bku->bpkd", buf, mask)  # (batch, pos, k, d)
         out = act.clone()
         for j, s in enumerate(slots):

@@ -93,6 +93,9 @@ def auroc(scores: EdgeScores | Tensor, truth: Bool[Tensor, "n_edges"]) -> float:
     t = torch.as_tensor(truth, dtype=torch.bool)
     if s.shape != t.shape or not bool(t.any()) or bool(t.all()):
         raise FuncnetError("auroc needs one truth flag per edge, with both true and false edges")
+    if bool(torch.isnan(s).any()):
+        raise FuncnetError(f"{int(torch.isnan(s).sum())} edges have no score (NaN); score every edge, or pass "
+                           f"scores[evaluated] and truth[evaluated]")
     pos, neg = s[t], s[~t]
     greater = (pos[:, None] > neg[None, :]).double().mean()
     ties = (pos[:, None] == neg[None, :]).double().mean()
