@@ -31,6 +31,7 @@ BENCHMARKS = {
     "zoo": "zoo.py",
     "fingerprint": "fingerprint.py",
     "patching": "patching.py",
+    "circuits": "circuits.py",
     "sae": "sae.py",
     "steering": "steering.py",
 }
