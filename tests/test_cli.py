@@ -15,7 +15,8 @@ import pytest
 from tl_funcnet.cli import build_parser, main
 from tl_funcnet.cli._base import COMMANDS
 
-EXPECTED_COMMANDS = {"info", "demo", "extract", "ablate", "prune", "fingerprint", "patch", "train-sae", "steer"}
+EXPECTED_COMMANDS = {"info", "demo", "extract", "ablate", "prune", "fingerprint", "patch", "circuit", "train-sae",
+                     "steer"}
 HEAVY = ("torch", "transformer_lens", "sae_lens")
 
 
@@ -121,6 +122,38 @@ BAD_ARGS = [
     ("patch-unknown-task", ["patch", "--task", "nosuch"], None, "unknown task 'nosuch'"),
     ("patch-missing-task-file", ["patch", "--task", "nosuch.json"], None, "nosuch.json"),
     ("patch-bad-method", ["patch", "--method", "fast"], None, "argument --method: invalid choice"),
+    ("circuit-no-edges", ["circuit"], None, "the following arguments are required: --edges"),
+    ("circuit-edges-0", ["circuit", "--edges", "0"], None, "argument --edges: expected an integer >= 1"),
+    ("circuit-bad-method", ["circuit", "--edges", "9", "--method", "acdc"], None, "argument --method: invalid choice"),
+    ("circuit-bad-ablation", ["circuit", "--edges", "9", "--ablation", "resample"], None, "argument --ablation"),
+    ("circuit-n-pairs-0", ["circuit", "--edges", "9", "--n-pairs", "0"], None, "argument --n-pairs"),
+    ("circuit-unknown-task", ["circuit", "--edges", "9", "--task", "nosuch"], None, "unknown task 'nosuch'"),
+    ("circuit-missing-task-file", ["circuit", "--edges", "9", "--task", "t.json"], None, "t.json does not exist"),
+    ("circuit-unknown-model", ["circuit", "--edges", "9", "--model", "nosuch", "--out", "C"], "C",
+     "unknown model 'nosuch'"),
+    ("circuit-encoder", ["circuit", "--edges", "9", "--model", "minilm-l6"], None, "causal decoders"),
+    ("circuit-exact-without-sample", ["circuit", "--edges", "9", "--method", "exact", "--out", "C"], "C",
+     "give --sample K"),
+    ("circuit-exact-sample-curve", ["circuit", "--edges", "9", "--method", "exact", "--sample", "5", "--curve"], None,
+     "--curve needs a score for every edge"),
+    ("circuit-sample-abc", ["circuit", "--edges", "9", "--method", "exact", "--sample", "abc"], None,
+     "argument --sample"),
+    ("circuit-sample-without-exact", ["circuit", "--edges", "9", "--sample", "5"], None,
+     "--sample applies to --method exact"),
+    ("circuit-steps-without-ig", ["circuit", "--edges", "9", "--method", "eap", "--steps", "3"], None,
+     "--steps applies to eap-ig-inputs and eap-ig-activations"),
+    ("circuit-steps-0", ["circuit", "--edges", "9", "--steps", "0"], None, "argument --steps"),
+    ("circuit-plot-not-a-picture", ["circuit", "--edges", "9", "--plot", "plain.txt", "--overwrite"], None,
+     "name a picture file ending in one of .png"),
+    ("circuit-plot-missing-folder", ["circuit", "--edges", "9", "--plot", "missing/c.png"], None,
+     "the folder missing does not exist"),
+    ("circuit-plot-below-file", ["circuit", "--edges", "9", "--plot", "plain.txt/c.png"], None,
+     "plain.txt is a file, not a folder"),
+    ("circuit-plot-inside-out", ["circuit", "--edges", "9", "--out", "user", "--plot", "user/c.png"], None,
+     "is inside --out user"),
+    ("circuit-out-user-folder", ["circuit", "--edges", "9", "--out", "user", "--overwrite"], None,
+     "is not a saved circuit"),
+    ("circuit-out-file", ["circuit", "--edges", "9", "--out", "plain.txt"], None, "plain.txt"),
     ("extract-n-networks-0", ["extract", "--n-networks", "0", "--out", "X"], "X", "argument --n-networks"),
     ("extract-no-out", ["extract"], None, "the following arguments are required: --out"),
     ("extract-missing-texts", ["extract", "--texts", "missing/texts.txt", "--out", "X"], "X",

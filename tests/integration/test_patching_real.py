@@ -17,6 +17,22 @@ def test_smollm2_solves_the_shipped_tasks(smollm2):
         assert rep["logit_diff_clean"] > 2.0 and rep["logit_diff_corrupted"] < rep["logit_diff_clean"], rep
 
 
+def test_smollm2_solves_ioi_in_both_name_orders_and_sva_above_chance(smollm2):
+    ioi = load_task("ioi", smollm2)
+    assert len(ioi) >= 48 and ioi.n_pos == 14  # several templates, one token length
+    with torch.no_grad():
+        logits = smollm2(ioi.clean)[:, -1]
+    d = ioi.metric()(logits[:, None])
+    # ABBA: the indirect object is named first ("When Mary and John ..., John gave ... to" -> Mary)
+    abba = torch.tensor([c.split(" and ")[0].split()[-1] == smollm2.to_string(int(a)).strip()
+                         for (c, _), a in zip(ioi.prompts, ioi.answer)])
+    assert 0 < int(abba.sum()) < len(ioi)
+    for order in (abba, ~abba):
+        assert (d[order] > 0).float().mean() >= 0.9 and d[order].mean() > 3.0
+    sva = task_report(smollm2, load_task("sva", smollm2))
+    assert sva["answer_over_distractor"] >= 0.9 and sva["logit_diff_clean"] > 2.0, sva
+
+
 def test_smollm2_exact_patch_matches_single_patches_and_relp_tracks_it(smollm2):
     from tl_funcnet.hooks import patch
 

@@ -47,6 +47,43 @@ def test_builtin_task_files_are_well_formed():
             assert all(set(p) == {"clean", "corrupted", "answer", "distractor"} for p in data["pairs"])
 
 
+def _pairs(name):
+    return json.loads(resources.files("tl_funcnet.data").joinpath(f"tasks/{name}.json").read_text())["pairs"]
+
+
+def test_builtin_task_names():
+    assert TASKS == ("ioi", "greater_than", "capital", "induction", "sva")
+
+
+def test_ioi_mixes_templates_and_both_name_orders():
+    pairs = _pairs("ioi")
+    orders, templates = [], []
+    for p in pairs:
+        io, s = p["answer"].strip(), p["distractor"].strip()
+        intro = p["clean"].split(",")[0].split(".")[0].split()
+        first, second = intro[intro.index("and") - 1], intro[intro.index("and") + 1]
+        assert {first, second} == {io, s} and p["clean"].count(f" {s} ") == 2  # the subject is repeated
+        before, _, after = p["clean"].rpartition(f" {s} ")
+        assert p["corrupted"] == f"{before} {io} {after}"  # the corrupted prompt repeats the other name
+        orders.append("ABBA" if first == io else "BABA")
+        templates.append(" ".join("_" if w.strip(",.") in (io, s) else w for w in p["clean"].split()[:5]))
+    assert len(set(templates)) >= 4 and orders.count("ABBA") == orders.count("BABA")
+    # the first pairs already mix templates and orders (tasks are often loaded with n_pairs=4 or 8)
+    assert set(orders[:4]) == {"ABBA", "BABA"} and len(set(templates[:8])) >= 4
+
+
+def test_sva_pairs_differ_only_in_the_subjects_number():
+    pairs = _pairs("sva")
+    for p in pairs:
+        c, k = p["clean"].split(), p["corrupted"].split()
+        diff = [i for i, (a, b) in enumerate(zip(c, k)) if a != b]
+        assert len(c) == len(k) and diff == [1], p  # "The <subject> <prep> the <attractor>"
+        plural = p["answer"] == " are"
+        assert {p["answer"], p["distractor"]} == {" is", " are"}
+        assert (c[1], k[1]) in {(k[1] + "s", k[1]) if plural else (c[1], c[1] + "s")}, p
+    assert sum(p["answer"] == " are" for p in pairs) == len(pairs) // 2
+
+
 def test_load_task_tokenizes_and_validates():
     m = CharTokenizerModel()
     t = load_task({"name": "t", "pairs": [_pair(), _pair(clean="q b c", answer=" f")]}, m)
@@ -70,6 +107,15 @@ def test_induction_task_is_generated(gpt2_tiny):
     assert torch.equal(t.answer, t.clean[:, 4])
     rep = task_report(gpt2_tiny, t)
     assert rep["n_pairs"] == 4 and 0.0 <= rep["top1_accuracy"] <= 1.0
+
+
+def test_tasks_fit_the_model(gpt2_tiny):
+    with pytest.raises(ShapeError, match="19 tokens, longer than the model's context of 12"):
+        load_task("induction", gpt2_tiny)  # 2 x 10 - 1 tokens
+    # a vocabulary smaller than the generator's range: tokens come from all of it
+    t = load_task({"generator": {"kind": "induction", "n_pairs": 2, "seq_len": 5, "vocab_range": [1000, 10000]}},
+                  gpt2_tiny)
+    assert t.clean.shape == (2, 9) and int(t.clean.max()) < gpt2_tiny.cfg.d_vocab
 
 
 def _induction(model, n_pairs=3, seq_len=4):

@@ -138,7 +138,9 @@ def edge_sink_op(receivers: list[int], slots: list[int | None], ablate: Tensor,
         if key not in cache:
             cache[key] = ablate.to(device=act.device, dtype=act.dtype)
         mask = _blocks(cache[key], act.shape[0], site)[:, :, : buf.shape[2]]  # (batch, k, n_senders)
-        delta = torch.einsum("bpud,bku->bpkd", buf, mask)  # (batch, pos, k, d)
+        # (batch, pos, k, d) = sum_u mask[b, k, u] * buf[b, p, u, d]; a broadcast matmul, which (unlike einsum)
+        # does not copy the whole buffer into another layout first (5x faster on SmolLM2)
+        delta = torch.matmul(mask[:, None], buf)
         out = act.clone()
         for j, s in enumerate(slots):
             if s is None:

@@ -20,6 +20,7 @@ from . import funcnet  # noqa: F401
 from . import pruning  # noqa: F401
 from . import fingerprint  # noqa: F401
 from . import patching  # noqa: F401
+from . import circuits  # noqa: F401
 from . import sae  # noqa: F401
 from . import steering  # noqa: F401
 from ._base import COMMANDS, Handler, traceback_wanted

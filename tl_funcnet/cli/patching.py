@@ -10,7 +10,7 @@ from ._base import Handler, add_json, check_model, command, emit, int_list, posi
 @command("patch", "activation patching (exact, AtP, RelP) of a task")
 def _patch(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--task", default="ioi", help="ioi, greater_than, capital, induction, or a JSON file")
+    p.add_argument("--task", default="ioi", help="ioi, greater_than, capital, induction, sva, or a JSON file")
     p.add_argument("--method", choices=["exact", "atp", "relp"], default="exact")
     p.add_argument("--node", choices=["resid", "head", "mlp", "neuron"], default="mlp")
     p.add_argument("--direction", choices=["denoise", "noise"], default="denoise")

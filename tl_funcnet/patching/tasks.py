@@ -21,7 +21,7 @@ from ..errors import FormatError, FuncnetError, ShapeError
 from ..hooks.values import positive_int
 from .metrics import LogitDiff
 
-TASKS = ("ioi", "greater_than", "capital", "induction")
+TASKS = ("ioi", "greater_than", "capital", "induction", "sva")
 
 
 @dataclass(frozen=True)
@@ -118,6 +118,7 @@ def _generated(model: Any, name: str, gen: Mapping[str, Any], n_pairs: int | Non
     seq = int(gen.get("seq_len", 10))
     lo, hi = gen.get("vocab_range", [0, model.cfg.d_vocab])
     hi = min(int(hi), model.cfg.d_vocab)
+    lo = int(lo) if int(lo) < hi else 0  # a vocabulary smaller than the range: draw from all of it
     g = torch.Generator().manual_seed(int(gen.get("seed", 0)))
     r1 = torch.randint(int(lo), hi, (n, seq), generator=g)
     r2 = torch.randint(int(lo), hi, (n, seq), generator=g)
@@ -129,15 +130,15 @@ def _generated(model: Any, name: str, gen: Mapping[str, Any], n_pairs: int | Non
 def load_task(spec: str | Path | Mapping[str, Any], model: Any, *, n_pairs: int | None = None) -> Task:
     """Load and tokenize a task; every pair must have clean and corrupted prompts of one common token length.
 
-    ``spec`` is a built-in name (``"ioi"``, ``"greater_than"``, ``"capital"``, ``"induction"``), a JSON
-    path, or a dict ``{"name", "pairs": [{"clean", "corrupted", "answer", "distractor"}, ...]}``.
+    ``spec`` is a built-in name (``"ioi"``, ``"greater_than"``, ``"capital"``, ``"induction"``, ``"sva"``), a
+    JSON path, or a dict ``{"name", "pairs": [{"clean", "corrupted", "answer", "distractor"}, ...]}``.
     """
     data = _read(spec)
     if n_pairs is not None:
         positive_int(n_pairs, "n_pairs")
     name = str(data.get("name", spec if isinstance(spec, str) else "task"))
     if "generator" in data:
-        return _generated(model, name, data["generator"], n_pairs)
+        return _fits(model, _generated(model, name, data["generator"], n_pairs))
     pairs = _check_pairs(name, data.get("pairs"))
     pairs = pairs[:n_pairs] if n_pairs else pairs
     if getattr(model, "tokenizer", None) is None:
@@ -157,8 +158,16 @@ def load_task(spec: str | Path | Mapping[str, Any], model: Any, *, n_pairs: int 
         corr.append(k)
         ans.append(_one_token(model, p["answer"], "answer", i))
         dis.append(_one_token(model, p["distractor"], "distractor", i))
-    return Task(name, torch.stack(clean), torch.stack(corr), torch.tensor(ans), torch.tensor(dis),
-                tuple((p["clean"], p["corrupted"]) for p in pairs))
+    return _fits(model, Task(name, torch.stack(clean), torch.stack(corr), torch.tensor(ans), torch.tensor(dis),
+                             tuple((p["clean"], p["corrupted"]) for p in pairs)))
+
+
+def _fits(model: Any, task: Task) -> Task:
+    n_ctx = getattr(getattr(model, "cfg", None), "n_ctx", None)
+    if isinstance(n_ctx, int) and task.n_pos > n_ctx:
+        raise ShapeError(f"task {task.name!r} prompts are {task.n_pos} tokens, longer than the model's context of "
+                         f"{n_ctx} tokens")
+    return task
 
 
 def task_report(model: Any, task: Task) -> dict[str, Any]:
