@@ -150,6 +150,8 @@ def test_bad_inputs_are_refused_and_nothing_is_left_behind(gpt2_tiny, pair):
         ({"edges": [-3]}, FuncnetError, "negative"),
         ({"ablated": AblatedValues(Graph(3, 4), "zero", None)}, FuncnetError, "another graph"),
         ({"graph": Graph(3, 4)}, FuncnetError, "Graph.from_model"),
+        ({"ablated": ablated_values(gpt2_tiny, graph, "mean", texts=torch.randint(0, 50, (2, 9)), positional=True)},
+         FuncnetError, "positions"),
         ({"metric": lambda logits: logits[:, -1, :2]}, ShapeError, "one value per"),
     ]
     for change, error, match in cases:

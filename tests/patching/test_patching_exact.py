@@ -52,6 +52,9 @@ def test_exact_patch_matches_transformer_lens(tiny_model, pair, kind, direction)
     torch.testing.assert_close(res.patched, ref.float().flatten(), atol=1e-5, rtol=0)
     torch.testing.assert_close(res.per_prompt.mean(1), res.effects, atol=1e-6, rtol=0)
     assert res.per_prompt.shape == (len(res.nodes), 3)
+    # positions before the first changed token hold the same values in both runs: not run, effect exactly 0
+    assert res.info["n_run"] < len(res.nodes)
+    assert (res.per_prompt[[nd.pos in (0, 1) for nd in res.nodes.nodes]] == 0).all()
 
 
 def test_exact_patch_heads_all_positions_match_transformer_lens(tiny_model, pair):

@@ -47,6 +47,11 @@ def _targets(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, directi
         raise FuncnetError("the ablated values belong to another graph")
     if ablated.values is None:
         return target, torch.zeros(1, 1, graph.n_senders, model.cfg.d_model)
+    rows, pos = ablated.values.shape[:2]
+    if rows not in (1, target.shape[0]) or pos not in (1, target.shape[1]):
+        raise FuncnetError(f"the ablated values cover {rows} prompts x {pos} positions; these prompts are "
+                           f"{target.shape[0]} x {target.shape[1]}. Make them with ablated_values(...) on prompts of "
+                           f"this shape, or pool the mean over positions (positional=False)")
     return target, ablated.values
 
 

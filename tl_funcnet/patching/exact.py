@@ -4,7 +4,9 @@ Each batch row patches one node for one prompt: rows are node-major (``row = nod
 and a chunk holds as many whole nodes as fit under ``max_rows``. Two exact shortcuts make it fast:
 nodes are sorted by layer and a chunk starts at its first patched layer from the cached unpatched residual
 stream (everything before is identical to the unpatched run), and built-in metrics only unembed the last
-position. Results equal ``transformer_lens.patching`` on the same grid.
+position. A node whose source activations equal the target's bit for bit (e.g. positions before the first token
+where clean and corrupted prompts differ, in a causal model) leaves the run unchanged, so its effect is exactly 0
+and it is not run. Results equal ``transformer_lens.patching`` on the same grid.
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ def _mask(chunk: list[Node], parts: list[tuple[int, Any]], act_shape: tuple[int,
     return m
 
 
+def _changes_nothing(node: Node, src: dict[str, Tensor], tgt: dict[str, Tensor]) -> bool:
+    """Whether patching ``node`` writes, for every prompt, exactly the values the target run already holds."""
+    for site, units in node.parts:
+        cells = _mask([node], [(0, units)], src[site].shape)[0]  # (pos, units or heads)
+        if not torch.equal(src[site][:, cells], tgt[site][:, cells]):
+            return False
+    return True
+
+
 def exact_patch(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeSet, metric: Metric, *,
                 direction: str = "denoise", max_rows: int = 256, reuse_prefix: bool = True) -> PatchResult:
     """Patch every node of ``nodes`` in turn and measure ``metric`` (mean over prompts).
@@ -57,12 +68,13 @@ def exact_patch(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeSet, me
     src_cache = run_capture(model, source, nodes.sites)
     layers = sorted({nd.layer for nd in nodes.nodes if nd.layer is not None})
     # (no block layers: every node lies outside the blocks, e.g. ln_final, so there is no prefix to reuse)
-    prefix = run_capture(model, target, [f"blocks.{L}.hook_resid_pre" for L in layers]) \
-        if reuse_prefix and layers else {}
+    prefix_sites = [f"blocks.{L}.hook_resid_pre" for L in layers] if reuse_prefix else []
+    tgt_cache = run_capture(model, target, sorted(set(nodes.sites) | set(prefix_sites)))
     with torch.no_grad():
         base = check_metric(metric, n, metric(forward_logits(model, target, last_only=last_only)))
-    order = sorted(range(len(nodes)), key=lambda i: (-1 if nodes.nodes[i].layer is None else nodes.nodes[i].layer, i))
-    per_prompt = torch.empty(len(nodes), n)
+    per_prompt = torch.zeros(len(nodes), n)
+    live = [i for i, nd in enumerate(nodes.nodes) if not _changes_nothing(nd, src_cache, tgt_cache)]
+    order = sorted(live, key=lambda i: (-1 if nodes.nodes[i].layer is None else nodes.nodes[i].layer, i))
     k_max = max(1, max_rows // n)
     with torch.no_grad():
         for start in range(0, len(order), k_max):
@@ -81,16 +93,19 @@ def exact_patch(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeSet, me
             rows_tokens = target.repeat(len(chunk), 1)
             with iv.applied(model):
                 if reuse_prefix and layer0 is not None:
-                    resid = prefix[f"blocks.{layer0}.hook_resid_pre"].repeat(len(chunk), 1, 1)
+                    resid = tgt_cache[f"blocks.{layer0}.hook_resid_pre"].repeat(len(chunk), 1, 1)
                     logits = forward_logits(model, rows_tokens, last_only=last_only, resid=resid, start_layer=layer0)
                 else:
                     logits = forward_logits(model, rows_tokens, last_only=last_only)
             vals = [check_metric(metric, n, metric(logits[j * n:(j + 1) * n])) for j in range(len(chunk))]
             per_prompt[idx] = torch.stack(vals).detach().float().cpu()
     effects = per_prompt - base.detach().float().cpu()[None]
+    skipped = torch.ones(len(nodes), dtype=torch.bool)
+    skipped[live] = False
+    effects[skipped] = 0.0  # exactly: these patches change nothing
     return PatchResult(effects=effects.mean(1), nodes=nodes, method="exact", direction=direction,
                        baseline=float(base.mean()), per_prompt=effects, seconds=time.perf_counter() - t0,
-                       info={"max_rows": max_rows, "n_prompts": n})
+                       info={"max_rows": max_rows, "n_prompts": n, "n_run": len(live)})
 
 
 __all__ = ["exact_patch"]
