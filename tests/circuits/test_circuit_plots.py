@@ -49,7 +49,8 @@ def _legend(fig):
 
 
 def test_node_labels():
-    assert [node_label(n) for n in ("input", "a5.h3", "m12", "logits")] == ["input", "L5.H3", "MLP12", "logits"]
+    assert [node_label(n) for n in ("input", "a5.h3", "m12", "FN4.m12", "logits")] == \
+        ["input", "L5.H3", "MLP12", "FN4 (L12)", "logits"]
 
 
 def test_circuit_drawing_has_the_nodes_by_layer_and_the_edges(small, tmp_path):
@@ -205,3 +206,13 @@ def test_curve_plot_method_and_bad_input():
             plot_faithfulness(bad)
     with pytest.raises(FuncnetError, match="target"):
         plot_faithfulness(a, target=float("nan"))
+
+
+def test_unit_group_nodes_are_drawn_with_their_network_name(gpt2_tiny):
+    graph = Graph.from_model(gpt2_tiny, groups={"FN4": {0: [1, 2], 1: [3]}})
+    keep = torch.zeros(graph.n_edges, dtype=torch.bool)
+    keep[graph.edge_indices(["input->m0", "FN4.m0->a1.h1<q>", "a1.h1->m1", "FN4.m1->logits"])] = True
+    circuit = Circuit(graph, keep)
+    fig = plot_circuit(circuit)
+    labels = {t.get_text() for t in _nodes(fig).values()}
+    assert {"FN4 (L0)", "FN4 (L1)"} <= labels and set(_arrows(fig)) == set(circuit.edge_names())

@@ -146,3 +146,31 @@ def test_help_names_every_option():
     for option in ("--task", "--method", "--edges", "--model", "--n-pairs", "--steps", "--ablation", "--curve",
                    "--plot", "--out", "--overwrite", "--json", "--sample"):
         assert option in text
+
+
+def test_functional_networks_as_senders(tiny_folder, tmp_path, capsys):
+    import torch
+
+    from tl_funcnet.activations import collect
+    from tl_funcnet.circuits import Circuit, network_groups
+    from tl_funcnet.funcnet import FunctionalNetworks
+    from tl_funcnet.models import load
+
+    model = load(tiny_folder)
+    g = torch.Generator().manual_seed(0)
+    acts = collect(model, [torch.randint(0, 50, (12,), generator=g) for _ in range(12)], "mlp.hook_post",
+                   progress=False)
+    nets = FunctionalNetworks(3, threshold=1.5, max_iter=50).fit(acts)
+    nets.save(tmp_path / "nets")
+    groups = network_groups(nets, [0, 2])
+    code, stdout, err = _run(capsys, *_args(tiny_folder, "--method", "eap", "--edges", "40", "--json",
+                                            "--networks", str(tmp_path / "nets"), "--network-ids", "0,2",
+                                            "--out", str(tmp_path / "c")))
+    assert code == 0, err
+    data = json.loads(stdout)
+    assert set(data["networks"]) == set(groups) and data["graph"]["groups"]
+    for name, row in data["networks"].items():
+        assert row["layers"] == sorted(groups[name]) and row["edges"] > 0 and row["abs_score"] >= abs(row["score"])
+    assert Circuit.load(tmp_path / "c").graph.to_dict() == data["graph"]
+    code, stdout, _ = _run(capsys, *_args(tiny_folder, "--edges", "20", "--networks", str(tmp_path / "nets")))
+    assert code == 0 and "networks (summed score" in stdout and "FN1: layers" in stdout

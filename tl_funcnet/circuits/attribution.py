@@ -38,7 +38,7 @@ from ..patching.metrics import Metric, check_metric
 from ..patching.relp import normalize_rules, relp_rules
 from .exact import DIRECTIONS
 from .graph import Graph
-from .run import check_tokens, edge_hooks
+from .run import check_tokens, edge_hooks, group_weights, sender_values
 from .scores import EdgeScores
 
 #: edge attribution methods of :func:`edge_scores`
@@ -81,8 +81,8 @@ class _Buffers:
     """Where one batch's sums live: the sender deltas ``(n_senders, batch, pos, d)`` and the receiver gradients
     ``(n_receivers, batch, pos, d)``, both in the accumulation dtype; :meth:`contract` adds their product."""
 
-    def __init__(self, graph: Graph, acc: torch.dtype):
-        self.graph, self.acc = graph, acc
+    def __init__(self, graph: Graph, acc: torch.dtype, weights: dict[int, Tensor]):
+        self.graph, self.acc, self.weights = graph, acc, weights
         self.recv_sites = graph.receiver_sites()
         self.send_sites = graph.sender_sites()
         self._recv: dict[str, tuple[Tensor, Tensor | None]] = {}
@@ -91,24 +91,19 @@ class _Buffers:
             cols = torch.tensor([v for v, _ in pairs], dtype=torch.long)
             slots = None if pairs[0][1] is None else torch.tensor([s for _, s in pairs], dtype=torch.long)
             self._recv[site] = (cols, slots)
-        self._send: dict[str, tuple[Tensor, Tensor | None]] = {}
-        for site in self.send_sites:
-            us = [u for u in range(graph.n_senders) if graph.sender_site(u)[0] == site]
-            slots = [graph.sender_site(u)[1] for u in us]
-            self._send[site] = (torch.tensor(us, dtype=torch.long),
-                                None if slots[0] is None else torch.tensor(slots, dtype=torch.long))
         self.grads: Tensor | None = None
+
+    @property
+    def group_sites(self) -> list[str]:
+        """The sites integrated gradients over activations interpolate: the input, each layer's attention, each
+        MLP's output (unit groups are parts of it)."""
+        return [s for s in self.send_sites if not s.endswith("mlp.hook_post")]
 
     def delta(self, source: dict[str, Tensor], target: dict[str, Tensor]) -> Tensor:
         """``z(source) - z(target)`` of every sender, ``(n_senders, batch, pos, d)``."""
-        ref = target[self.send_sites[0]]
-        out = torch.empty(self.graph.n_senders, *ref.shape[:2], ref.shape[-1], dtype=self.acc, device=ref.device)
-        for site in self.send_sites:
-            us, slots = self._send[site]
-            d = source[site].to(self.acc) - target[site].to(self.acc)
-            d = d.unsqueeze(0) if slots is None else d[:, :, slots.to(d.device)].permute(2, 0, 1, 3)
-            out.index_copy_(0, us.to(out.device), d)
-        return out
+        d = sender_values(self.graph, source, self.weights, self.acc) - \
+            sender_values(self.graph, target, self.weights, self.acc)
+        return d.permute(2, 0, 1, 3)
 
     def add_grads(self, grads: dict[str, Tensor | None]) -> None:
         """Add one backward's receiver gradients (a head's q, k, v land in one column if they are not split)."""
@@ -223,7 +218,7 @@ def _ig_activations(model: Any, bufs: _Buffers, matrix: Tensor, target: Tensor, 
                     rows: slice, n: int, last_only: bool, steps: int, rules: Intervention) -> Tensor:
     src, _ = _outputs(model, bufs, source)
     tgt, values = _outputs(model, bufs, target, metric, rows, n, last_only)
-    groups = bufs.send_sites  # the input, each layer's attention (all heads), each MLP
+    groups = bufs.group_sites  # the input, each layer's attention (all heads), each MLP
     for site in groups:
         for k in range(1, steps + 1):
             alpha = k / steps
@@ -240,7 +235,7 @@ _RUN: dict[str, Callable[..., Tensor]] = {"eap": _eap, "relp": _eap, "clean-corr
 
 def passes(method: str, graph: Graph, steps: int = 5) -> tuple[int, int]:
     """``(forwards, backwards)`` one batch of prompts costs with ``method`` (see :func:`edge_scores`)."""
-    groups = len(graph.sender_sites())
+    groups = len([s for s in graph.sender_sites() if not s.endswith("mlp.hook_post")])
     return {"eap": (2, 1), "relp": (2, 1), "clean-corrupted": (2, 2), "eap-ig-inputs": (1 + steps, steps),
             "eap-ig-activations": (2 + groups * steps, groups * steps)}[method]
 
@@ -317,7 +312,7 @@ def edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metr
     n = int(target.shape[0])
     bs = n if batch_size is None else min(batch_size, n)
     acc = torch.float64 if model.cfg.dtype == torch.float64 else torch.float32
-    bufs = _Buffers(graph, acc)
+    bufs = _Buffers(graph, acc, group_weights(model, graph))
     last_only = last_position_only(metric, bufs.recv_sites)
     matrix: Float[Tensor, "n_senders n_receivers"] = torch.zeros(graph.n_senders, graph.n_receivers, dtype=acc,
                                                                   device=dev)

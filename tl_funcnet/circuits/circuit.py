@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -103,7 +103,7 @@ class Circuit:
             _, i = heapq.heappop(heap)
             mask[i] = True
             taken += 1
-            parent = graph.senders[int(graph.edges[i, 0])]
+            parent = graph.reading_node(int(graph.edges[i, 0]))
             if parent not in present:
                 present.add(parent)
                 for j in into.get(parent, []):
@@ -115,7 +115,8 @@ class Circuit:
         g = self.graph
         order = _node_order(g)
         chosen = self.edges.nonzero().flatten().tolist()
-        arcs = [(g.senders[int(g.edges[i, 0])], g.node_of_receiver(int(g.edges[i, 1])), i) for i in chosen]
+        # (the node a sender reads, the node its edge enters, edge): a unit group reads its MLP's input
+        arcs = [(g.reading_node(int(g.edges[i, 0])), g.node_of_receiver(int(g.edges[i, 1])), i) for i in chosen]
         reach = {"input"}
         for u, v, _ in sorted(arcs, key=lambda a: order[a[1]]):
             if u in reach:
@@ -215,11 +216,13 @@ def _count(n: Any, graph: Graph) -> int:
 @dataclass(frozen=True, eq=False)
 class AblatedValues:
     """What each sender's output becomes when its edge is ablated: ``values`` ``(prompts or 1, pos or 1,
-    n_senders, d_model)`` (``None``: zero), made by :func:`ablated_values`."""
+    n_senders, d_model)`` (``None``: zero), made by :func:`ablated_values`; ``weights`` holds, per unit-group
+    sender, the ``W_out`` rows that compute its output in a run."""
 
     graph: Graph
     ablation: str
     values: Float[Tensor, "rows pos n_senders d_model"] | None
+    weights: dict[int, Tensor] = field(default_factory=dict)
 
 
 def circuits_intervention(circuits: Sequence[Circuit], ablated: AblatedValues) -> Intervention:
@@ -234,6 +237,10 @@ def circuits_intervention(circuits: Sequence[Circuit], ablated: AblatedValues) -
     if not isinstance(ablated, AblatedValues) or ablated.graph.to_dict() != graph.to_dict():
         raise FuncnetError("ablated should be the AblatedValues of this graph (see ablated_values)")
     n_prompts = 1 if ablated.values is None else int(ablated.values.shape[0])
+    missing = [graph.senders[u] for u in range(graph.n_senders) if graph.group_of(u) and u not in ablated.weights]
+    if missing:
+        raise FuncnetError(f"the ablated values lack the output weights of the unit-group senders {missing[:3]}; make "
+                           f"them with ablated_values(model, graph, ...)")
     hooks = []
     for site in graph.sender_sites():
         senders = [u for u in range(graph.n_senders) if graph.sender_site(u)[0] == site]
@@ -241,6 +248,12 @@ def circuits_intervention(circuits: Sequence[Circuit], ablated: AblatedValues) -
                                   "n_senders": graph.n_senders}
         if ablated.values is not None:
             params["ablated"] = ablated.values[:, :, senders]
+        layer = graph.sender_layer(senders[0])
+        if site.endswith("mlp.hook_post"):  # unit groups: their share of the MLP, kept for the MLP's rest
+            params.update(units=[list(graph.group_of(u)[2]) for u in senders],  # type: ignore[index]
+                          weights=[ablated.weights[u] for u in senders], share=f"edges.groups.{layer}")
+        elif site.endswith("hook_mlp_out") and any(g[1] == layer for g in graph.groups):
+            params["minus"] = f"edges.groups.{layer}"
         hooks.append(Hook(site, "edge_source", params))
     # rows: circuit-major, each circuit's rows repeated for every prompt
     ablate_edges = torch.stack([~c.edges for c in circuits]).repeat_interleave(n_prompts, dim=0)  # (rows, n_edges)

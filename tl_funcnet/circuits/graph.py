@@ -11,6 +11,11 @@ upstream of it (plus biases that no patch changes), patching one edge means chan
 Grouped-query attention is ungrouped for edges (TransformerLens's ``ungroup_grouped_query_attention``): each
 query head has its own key and value receiver. With ``split_qkv=False`` a head has one receiver and its q, k
 and v inputs are patched together.
+
+**Unit groups** (functional networks, or any named sets of MLP neurons) split MLP senders: group ``FN4``'s
+neurons in layer ``l`` form the sender ``FN4.m5`` whose output is their share of the MLP's output
+(``hook_post[..., units] @ W_out[units]``), and ``m5`` is then the rest of the MLP. A group spanning several
+layers is one node per layer, so a circuit can be read in network terms (:meth:`Graph.group_of`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from jaxtyping import Bool, Int
@@ -28,11 +33,16 @@ from torch import Tensor
 
 from .._io import Kind, atomic_file, read_json
 from ..errors import FormatError, FuncnetError
+from ..hooks.values import index_list
 
 FORMAT, VERSION = "tl_funcnet.graph", 1
 KIND = Kind("graph", recognize=lambda p: _is_graph_file(p))
 QKV = ("q", "k", "v")
 _RECEIVER = re.compile(r"^a(\d+)\.h(\d+)<([qkv])>$|^a(\d+)\.h(\d+)$|^m(\d+)$|^logits$")
+_GROUP_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED = re.compile(r"^(a\d+|m\d+|input|logits)$")
+#: one group's neurons in one layer: ``(group name, layer, neuron indices)``
+GroupPart = tuple[str, int, tuple[int, ...]]
 
 
 def _is_graph_file(path: Path) -> bool:
@@ -55,6 +65,7 @@ class Graph:
     has_mlp: bool = True
     split_qkv: bool = True
     parallel_attn_mlp: bool = False
+    groups: tuple[GroupPart, ...] = ()
     senders: tuple[str, ...] = field(init=False)
     receivers: tuple[str, ...] = field(init=False)
     edges: Int[Tensor, "n_edges 2"] = field(init=False, repr=False)
@@ -63,6 +74,8 @@ class Graph:
         L, H = self.n_layers, self.n_heads
         if L < 1 or H < 1:
             raise FuncnetError(f"a graph needs at least one layer and one head, got n_layers={L}, n_heads={H}")
+        groups = _check_groups(self.groups, L, self.has_mlp)
+        object.__setattr__(self, "groups", groups)
         senders = ["input"]
         receivers: list[str] = []
         upstream: list[int] = []  # number of senders upstream of each receiver, as an index bound
@@ -76,6 +89,7 @@ class Graph:
             if self.has_mlp:
                 receivers.append(f"m{l}")
                 upstream.append(n_before if self.parallel_attn_mlp else len(senders))
+                senders += [f"{name}.m{l}" for name, layer, _ in groups if layer == l]
                 senders.append(f"m{l}")
         receivers.append("logits")
         upstream.append(len(senders))
@@ -91,8 +105,13 @@ class Graph:
     # ------------------------------------------------------------------ building
 
     @classmethod
-    def from_model(cls, model: Any, *, split_qkv: bool = True) -> "Graph":
-        """The graph of a TransformerLens ``HookedTransformer`` (pre-norm, with or without MLPs)."""
+    def from_model(cls, model: Any, *, split_qkv: bool = True, groups: Any = None) -> "Graph":
+        """The graph of a TransformerLens ``HookedTransformer`` (pre-norm, with or without MLPs).
+
+        ``groups`` splits MLP senders into unit groups: a fitted ``FunctionalNetworks`` (at ``mlp.hook_post``
+        sites; see :func:`network_groups`), or ``{name: {layer: [neuron, ...]}}``. Within a layer the groups must
+        not share neurons.
+        """
         cfg = getattr(model, "cfg", None)
         if cfg is None or not hasattr(model, "blocks"):
             raise FuncnetError(f"a circuit graph needs a TransformerLens HookedTransformer, got {type(model).__name__}")
@@ -104,8 +123,20 @@ class Graph:
                                "stream is not the sum of the senders' outputs")
         if not isinstance(split_qkv, bool):
             raise FuncnetError(f"split_qkv should be True or False, got {split_qkv!r}")
-        return cls(int(cfg.n_layers), int(cfg.n_heads), not getattr(cfg, "attn_only", False), split_qkv,
-                   bool(getattr(cfg, "parallel_attn_mlp", False)))
+        parts: tuple[GroupPart, ...] = ()
+        if isinstance(groups, (tuple, list)) and all(isinstance(g, tuple) and len(g) == 3 for g in groups):
+            parts = tuple(groups)  # already in the graph's own form
+        elif groups is not None:
+            parts = _parts_of(network_groups(groups) if hasattr(groups, "maps_") else groups)
+        graph = cls(int(cfg.n_layers), int(cfg.n_heads), not getattr(cfg, "attn_only", False), split_qkv,
+                    bool(getattr(cfg, "parallel_attn_mlp", False)), parts)
+        d_mlp = getattr(cfg, "d_mlp", None)
+        for name, layer, units in graph.groups:
+            width = int(model.blocks[layer].mlp.W_out.shape[0]) if d_mlp else 0
+            if max(units) >= width:
+                raise FuncnetError(f"unit group {name!r} names neuron {max(units)} of layer {layer}, whose MLP has "
+                                   f"{width} neurons (0..{width - 1})")
+        return graph
 
     # ------------------------------------------------------------------ sizes and names
 
@@ -173,6 +204,29 @@ class Graph:
     def edge_indices(self, edges: Sequence[str | tuple[str, str]]) -> list[int]:
         return [self.edge_index(e) for e in edges]
 
+    def group_of(self, u: int) -> tuple[str, int, tuple[int, ...]] | None:
+        """``(group name, layer, neurons)`` if sender ``u`` is a unit group's part of an MLP, else None."""
+        name = self.senders[u]
+        head, _, tail = name.rpartition(".")
+        if not head or not tail.startswith("m"):
+            return None
+        layer = int(tail[1:])
+        for g, l, units in self.groups:
+            if g == head and l == layer:
+                return g, l, units
+        return None  # pragma: no cover - every such sender comes from a group
+
+    @property
+    def group_names(self) -> tuple[str, ...]:
+        """The unit groups' names, in order of first appearance."""
+        return tuple(dict.fromkeys(g for g, _, _ in self.groups))
+
+    def reading_node(self, u: int) -> str:
+        """The node whose input sender ``u`` computes its output from: itself, or for a unit group its MLP
+        (``FN4.m5`` reads ``m5``'s input)."""
+        part = self.group_of(u)
+        return self.senders[u] if part is None else f"m{part[1]}"
+
     def node_of_receiver(self, v: int) -> str:
         """The node a receiver belongs to (``a3.h1<q>`` -> ``a3.h1``)."""
         return self.receivers[v].split("<", 1)[0]
@@ -184,6 +238,9 @@ class Graph:
         name = self.senders[u]
         if name == "input":
             return "hook_embed", None
+        part = self.group_of(u)
+        if part is not None:
+            return f"blocks.{part[1]}.mlp.hook_post", None
         if name.startswith("m"):
             return f"blocks.{name[1:]}.hook_mlp_out", None
         layer, head = name[1:].split(".h")
@@ -259,6 +316,8 @@ class Graph:
         g = nx.MultiDiGraph()
         for n in self.nodes:
             g.add_node(n, layer=_layer_of(n, self.n_layers), kind=_kind_of(n))
+            if _kind_of(n) == "group":
+                g.nodes[n]["group"] = n.rpartition(".")[0]
         for i in chosen:
             u, v = (int(x) for x in self.edges[i])
             recv = self.receivers[v]
@@ -270,7 +329,8 @@ class Graph:
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "n_layers": self.n_layers, "n_heads": self.n_heads,
                 "has_mlp": self.has_mlp, "split_qkv": self.split_qkv, "parallel_attn_mlp": self.parallel_attn_mlp,
-                "n_edges": self.n_edges}
+                "n_edges": self.n_edges, **({"groups": [[g, l, list(u)] for g, l, u in self.groups]}
+                                            if self.groups else {})}
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "graph") -> "Graph":
@@ -283,7 +343,14 @@ class Graph:
         if not all(isinstance(kw[k], int) and not isinstance(kw[k], bool) for k in ("n_layers", "n_heads")) or \
                 not all(isinstance(kw[k], bool) for k in ("has_mlp", "split_qkv", "parallel_attn_mlp")):
             raise FormatError(f"{where}: n_layers/n_heads should be ints and the flags booleans")
-        graph = cls(**kw)
+        groups = data.get("groups", [])
+        if not isinstance(groups, list) or not all(isinstance(g, list) and len(g) == 3 and isinstance(g[0], str)
+                                                   and isinstance(g[2], list) for g in groups):
+            raise FormatError(f"{where}: 'groups' should be a list of [name, layer, [neuron, ...]]")
+        try:
+            graph = cls(**kw, groups=tuple((g, l, tuple(u)) for g, l, u in groups))
+        except FuncnetError as err:
+            raise FormatError(f"{where}: {err}") from None
         if data.get("n_edges") not in (None, graph.n_edges):
             raise FormatError(f"{where}: says {data.get('n_edges')} edges, the settings give {graph.n_edges}")
         return graph
@@ -300,7 +367,7 @@ class Graph:
 
     def check_model(self, model: Any) -> None:
         """Raise unless this graph describes ``model``."""
-        other = Graph.from_model(model, split_qkv=self.split_qkv)
+        other = Graph.from_model(model, split_qkv=self.split_qkv, groups=self.groups)
         if other.to_dict() != self.to_dict():
             raise FuncnetError(f"the graph describes {self.n_layers} layers x {self.n_heads} heads, the model has "
                                f"{other.n_layers} x {other.n_heads}; build it with Graph.from_model(model)")
@@ -311,11 +378,98 @@ def _layer_of(node: str, n_layers: int) -> int:
         return -1
     if node == "logits":
         return n_layers
+    if _kind_of(node) == "group":
+        return int(node.rpartition(".m")[2])
     return int(node[1:].split(".")[0])
 
 
 def _kind_of(node: str) -> str:
-    return {"i": "input", "l": "logits", "m": "mlp", "a": "head"}[node[0]]
+    if node in ("input", "logits"):
+        return node
+    if re.match(r"^a\d+\.h\d+$", node):
+        return "head"
+    return "mlp" if re.match(r"^m\d+$", node) else "group"
 
 
-__all__ = ["Graph", "FORMAT", "VERSION", "KIND", "QKV"]
+def _check_groups(groups: Any, n_layers: int, has_mlp: bool) -> tuple[GroupPart, ...]:
+    """The unit-group parts validated: names, layers, neurons, and no neuron in two groups of one layer."""
+    out: list[GroupPart] = []
+    seen: dict[tuple[str, int], None] = {}
+    owner: dict[tuple[int, int], str] = {}
+    for item in groups:
+        try:
+            name, layer, units = item
+        except (TypeError, ValueError):
+            raise FuncnetError(f"a unit group part is (name, layer, neurons), got {item!r:.80}") from None
+        if not isinstance(name, str) or not _GROUP_NAME.match(name) or _RESERVED.match(name):
+            raise FuncnetError(f"unit group names are identifiers like 'FN4' or 'syntax' (not 'input', 'logits', "
+                               f"'a<n>' or 'm<n>'), got {name!r}")
+        if not has_mlp:
+            raise FuncnetError("this model has no MLPs, so unit groups (MLP neurons) cannot split its senders")
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
+            raise FuncnetError(f"unit group {name!r}: layer {layer!r} is not one of 0..{n_layers - 1}")
+        units = tuple(sorted(index_list(units, f"unit group {name!r} layer {layer}")))
+        if not units:
+            raise FuncnetError(f"unit group {name!r} has no neurons in layer {layer}; leave that layer out")
+        if len(set(units)) != len(units):
+            raise FuncnetError(f"unit group {name!r} lists a neuron of layer {layer} twice")
+        if (name, layer) in seen:
+            raise FuncnetError(f"unit group {name!r} is given twice for layer {layer}")
+        seen[(name, layer)] = None
+        for unit in units:
+            other = owner.setdefault((layer, unit), name)
+            if other != name:
+                raise FuncnetError(f"neuron {unit} of layer {layer} is in both {other!r} and {name!r}; a neuron can "
+                                   f"belong to one group per layer (network_groups gives shared neurons to the "
+                                   f"network that loads on them most)")
+        out.append((name, layer, units))
+    return tuple(sorted(out, key=lambda g: g[1]))
+
+
+def _parts_of(groups: Any) -> tuple[GroupPart, ...]:
+    """``{name: {layer: neurons}}`` as the graph's ``(name, layer, neurons)`` parts."""
+    if not isinstance(groups, Mapping):
+        raise FuncnetError(f"groups should be a fitted FunctionalNetworks or {{name: {{layer: [neuron, ...]}}}}, got "
+                           f"{type(groups).__name__}")
+    parts = []
+    for name, by_layer in groups.items():
+        if not isinstance(by_layer, Mapping) or not by_layer:
+            raise FuncnetError(f"unit group {name!r} should map layers to neuron lists, e.g. {{3: [17, 40]}}")
+        parts += [(name, layer, units) for layer, units in by_layer.items()]
+    return tuple(parts)
+
+
+def network_groups(networks: Any, ids: Sequence[int] | None = None, *, prefix: str = "FN"
+                   ) -> dict[str, dict[int, list[int]]]:
+    """Functional networks (fitted at ``blocks.<l>.mlp.hook_post`` sites) as unit groups ``{"FN<i>": {layer:
+    neurons}}``. A neuron key to several networks goes to the one whose map loads on it most (largest |z|), so
+    the groups split each MLP without overlap."""
+    if not hasattr(networks, "maps_"):
+        raise FuncnetError(f"expected a fitted FunctionalNetworks, got {type(networks).__name__}")
+    ids = networks.network_ids(ids)
+    sites = list(networks.sites_)
+    layers = []
+    for site in sites:
+        m = re.match(r"^blocks\.(\d+)\.mlp\.hook_post$", site)
+        if m is None:
+            raise FuncnetError(f"graph unit groups are MLP neurons; these networks were fitted at {site!r}. Fit them "
+                               f"at 'blocks.<l>.mlp.hook_post' sites")
+        layers.append(int(m.group(1)))
+    masks = networks.masks_[ids]
+    strength = networks.maps_[ids].abs().masked_fill(~masks, float("-inf"))
+    owner = strength.argmax(0)
+    out: dict[str, dict[int, list[int]]] = {}
+    start = 0
+    for layer, width in zip(layers, networks.widths_):
+        cols = slice(start, start + int(width))
+        for j, i in enumerate(ids):
+            units = (masks[j, cols] & (owner[cols] == j)).nonzero().flatten().tolist()
+            if units:
+                out.setdefault(f"{prefix}{i}", {})[layer] = units
+        start += int(width)
+    if not out:
+        raise FuncnetError("the chosen networks have no neurons at their threshold; lower it (with_threshold)")
+    return out
+
+
+__all__ = ["Graph", "network_groups", "GroupPart", "FORMAT", "VERSION", "KIND", "QKV"]

@@ -5,8 +5,10 @@ Running a circuit ``C`` on a model means: every receiver ``v`` reads
 and ``a_u`` its ablated value (its output on the corrupted prompts, its mean, or zero). Two ops do it, sharing
 the application's scratch space:
 
-- ``edge_source`` at each sender site (``hook_embed``, ``attn.hook_result``, ``hook_mlp_out``) stores
-  ``a_u - z_u`` of its senders into one buffer ``(batch, pos, n_senders, d_model)``;
+- ``edge_source`` at each sender site (``hook_embed``, ``attn.hook_result``, ``hook_mlp_out``, and
+  ``mlp.hook_post`` for unit groups) stores ``a_u - z_u`` of its senders into one buffer ``(batch, pos,
+  n_senders, d_model)``; a unit group's ``z_u`` is ``hook_post[..., units] @ W_out[units]``, and the MLP's
+  rest is its output minus its groups' (kept in the scratch space between the two hooks);
 - ``edge_sink`` at each receiver site (``hook_{q,k,v}_input``, ``hook_mlp_in``, the last ``hook_resid_post``)
   adds, for each of its receivers and each batch row, the buffer's senders weighted by that row's ablation mask.
 
@@ -62,22 +64,67 @@ def _p_source(p: dict[str, Any]) -> dict[str, Any]:
             raise ShapeError(f"ablated should be (rows or 1, pos or 1, {len(p['senders'])} senders, d_model), got "
                              f"{tuple(a.shape)}")
         p["ablated"] = a
+    units, weights = p.get("units"), p.get("weights")
+    if (units is None) != (weights is None) or (units is not None and p.get("share") is None):
+        raise FuncnetError("unit-group senders need 'units', 'weights' and 'share' together")
+    if units is not None:
+        if not isinstance(units, (list, tuple)) or len(units) != len(p["senders"]) or \
+                not isinstance(weights, (list, tuple)) or len(weights) != len(units):
+            raise FuncnetError("edge_source needs one neuron list and one weight matrix per unit-group sender")
+        p["units"] = [list(index_list(u, "units")) for u in units]
+        p["weights"] = [real_tensor(w, "weights") for w in weights]
+        for u, w in zip(p["units"], p["weights"]):
+            if w.ndim != 2 or w.shape[0] != len(u):
+                raise ShapeError(f"a unit group's weights should be (its {len(u)} neurons, d_model), got "
+                                 f"{tuple(w.shape)}")
+    for key in ("share", "minus"):
+        if p.get(key) is not None and not isinstance(p[key], str):
+            raise FuncnetError(f"{key} should be a scratch key (a string), got {p[key]!r}")
     return p
 
 
-@register_op("edge_source", prepare=_p_source, writes=False, uses_scratch=True,
+def _v_source(model: Any, site: str, p: Mapping[str, Any]) -> None:
+    if p.get("units") is None:
+        return
+    width = int(model.cfg.d_mlp or 0)
+    top = max(max(u) for u in p["units"])
+    if top >= width:
+        raise ShapeError(f"{site!r}: unit group neuron {top} is out of range for d_mlp={width}")
+
+
+@register_op("edge_source", prepare=_p_source, validate=_v_source, writes=False, uses_scratch=True,
              flags=("ungroup_grouped_query_attention",))
 def edge_source_op(senders: list[int], slots: list[int | None], n_senders: int, ablated: Tensor | None = None,
+                   units: list[list[int]] | None = None, weights: list[Tensor] | None = None,
+                   share: str | None = None, minus: str | None = None,
                    scratch: dict[str, Any] | None = None) -> HookFn:
-    """Store ``ablated - output`` of each sender at this site (``ablated=None``: zero ablation)."""
+    """Store ``ablated - output`` of each sender at this site (``ablated=None``: zero ablation). With ``units``
+    and ``weights`` the senders are unit groups of ``hook_post`` (their summed output goes to ``scratch[share]``);
+    with ``minus`` the MLP sender is its output less ``scratch[minus]``."""
     state = {} if scratch is None else scratch
     index = torch.tensor(senders, dtype=torch.long)
     first = 0 in senders
     cache: dict[Any, Tensor] = {}
 
+    def outputs(act: Tensor, site: str) -> Tensor:
+        if units is not None:
+            key = ("w", act.device, act.dtype)
+            if key not in cache:
+                cache[key] = [w.to(device=act.device, dtype=act.dtype) for w in weights]  # type: ignore[assignment, union-attr]
+            z = torch.stack([act[..., u] @ w for u, w in zip(units, cache[key])], dim=2)  # type: ignore[arg-type]
+            state[share] = z.sum(2)  # type: ignore[index]
+            return z
+        if minus is not None:
+            rest = state.get(minus)
+            if rest is None or rest.shape != act.shape:
+                raise FuncnetError(f"edge_source at {site!r} ran before its MLP's unit groups: apply the whole "
+                                   f"circuit intervention, not part of it")
+            return (act - rest)[:, :, None]
+        return torch.stack([act if s is None else act[:, :, s] for s in slots], dim=2)  # (batch, pos, k, d)
+
     def hook_fn(act: Tensor, hook: Any = None) -> None:
         site = getattr(hook, "name", "?")
-        z = torch.stack([act if s is None else act[:, :, s] for s in slots], dim=2)  # (batch, pos, k, d)
+        z = outputs(act, site)
         buf = state.get(_BUFFER)
         if first or buf is None or buf.shape[:2] != z.shape[:2]:  # the input fires first: a new forward
             buf = state[_BUFFER] = z.new_zeros(z.shape[0], z.shape[1], n_senders, z.shape[-1])
@@ -115,7 +162,8 @@ def _p_sink(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _v_sink(model: Any, site: str, p: Mapping[str, Any]) -> None:
-    if p["ablate"].shape[2] > 1 + model.cfg.n_layers * (model.cfg.n_heads + 1):
+    # at most the input, every head, and every MLP split into one group per neuron plus its rest
+    if p["ablate"].shape[2] > 1 + model.cfg.n_layers * (model.cfg.n_heads + 1 + int(model.cfg.d_mlp or 0)):
         raise ShapeError(f"the ablation mask names {p['ablate'].shape[2]} senders, more than the model has")
 
 

@@ -26,15 +26,19 @@ from .graph import Graph
 QKV_STYLE = {"q": "-", "k": "--", "v": ":"}
 _QKV_NAME = {"q": "query", "k": "key", "v": "value"}
 _QKV_RAD = {"q": -0.12, "k": 0.0, "v": 0.12, "": 0.06}
-_KIND_COLOR = {"input": "#cfe8cf", "head": "#d6e4f5", "mlp": "#fbe3c8", "logits": "#e6d7f0"}
+_KIND_COLOR = {"input": "#cfe8cf", "head": "#d6e4f5", "mlp": "#fbe3c8", "group": "#f7d4d4", "logits": "#e6d7f0"}
 _POSITIVE, _NEGATIVE, _UNSCORED = "tab:red", "tab:blue", "0.45"
 _LABEL_EDGES = 60  # circuits up to this many edges get a q/k/v letter at each arrowhead
 
 
 def node_label(node: str) -> str:
-    """The drawn name of a graph node: ``input``, ``L5.H3`` (layer 5, head 3), ``MLP12``, ``logits``."""
+    """The drawn name of a graph node: ``input``, ``L5.H3`` (layer 5, head 3), ``MLP12``, ``FN4 (L12)`` (unit group
+    FN4's neurons in MLP 12), ``logits``."""
     if node in ("input", "logits"):
         return node
+    group, _, layer = node.rpartition(".m")
+    if group and layer.isdigit():
+        return f"{group} (L{layer})"
     if node.startswith("m"):
         return f"MLP{node[1:]}"
     layer, head = node[1:].split(".h")
@@ -47,6 +51,9 @@ def _level(graph: Graph, node: str) -> int:
         return 0
     if node == "logits":
         return 2 * graph.n_layers + 1
+    group, _, tail = node.rpartition(".m")
+    if group and tail.isdigit():  # a unit group's part of MLP ``tail``
+        return 2 * int(tail) + 2
     layer = int(node[1:].split(".")[0])
     return 2 * layer + (2 if node.startswith("m") else 1)
 

@@ -1,8 +1,7 @@
 """Reading a model edge by edge: every sender's output and every receiver's input, as dense tensors.
 
-``sender_outputs`` gives ``(batch, pos, n_senders, d_model)`` in the graph's sender order; ``receiver_inputs``
-the same for receivers. With them, a receiver's input is the sum of its senders' outputs plus constant biases,
-which is what edge patching and edge attribution use.
+``sender_outputs`` gives ``(batch, pos, n_senders, d_model)`` in the graph's sender order. A receiver's input is
+the sum of its senders' outputs plus constant biases, which is what edge patching and edge attribution use.
 """
 
 from __future__ import annotations
@@ -44,18 +43,42 @@ def check_tokens(model: Any, tokens: Any, name: str) -> Int[Tensor, "batch pos"]
     return t
 
 
-def _stack(graph: Graph, store: dict[str, Tensor], which: str) -> Tensor:
-    parts = []
-    if which == "senders":
-        for u in range(graph.n_senders):
-            site, slot = graph.sender_site(u)
-            act = store[site]
-            parts.append(act if slot is None else act[:, :, slot])
-    else:
-        for v in range(graph.n_receivers):
-            site, slot = graph.receiver_sites_of(v)[0]
-            act = store[site]
-            parts.append(act if slot is None else act[:, :, slot])
+def group_weights(model: Any, graph: Graph) -> dict[int, Float[Tensor, "units d_model"]]:
+    """For each unit-group sender, the rows of its MLP's ``W_out`` that write its neurons' share of the output."""
+    out = {}
+    for u in range(graph.n_senders):
+        part = graph.group_of(u)
+        if part is not None:
+            _, layer, units = part
+            out[u] = model.blocks[layer].mlp.W_out.detach()[list(units)]
+    return out
+
+
+def group_output(act: Tensor, units: Any, weight: Tensor) -> Float[Tensor, "batch pos d_model"]:
+    """A unit group's share of its MLP's output: ``hook_post[..., units] @ W_out[units]``."""
+    return act[..., units] @ weight.to(act.dtype)
+
+
+def sender_values(graph: Graph, store: dict[str, Tensor], weights: dict[int, Tensor], dtype: torch.dtype | None = None
+                  ) -> Float[Tensor, "batch pos n_senders d_model"]:
+    """Every sender's output from the captured ``graph.sender_sites()`` (``weights`` from :func:`group_weights`).
+    An MLP sender whose layer has unit groups is what the groups leave of the MLP's output."""
+    parts: list[Tensor] = []
+    shares: dict[int, Tensor] = {}  # layer -> the unit groups' summed output
+    for u in range(graph.n_senders):
+        site, slot = graph.sender_site(u)
+        act = store[site] if dtype is None else store[site].to(dtype)
+        group = graph.group_of(u)
+        if group is not None:
+            z = group_output(act, list(group[2]), weights[u])
+            shares[group[1]] = shares[group[1]] + z if group[1] in shares else z
+        elif slot is not None:
+            z = act[:, :, slot]
+        elif site.endswith("hook_mlp_out") and graph.sender_layer(u) in shares:
+            z = act - shares[graph.sender_layer(u)]
+        else:
+            z = act
+        parts.append(z)
     return torch.stack(parts, dim=2)
 
 
@@ -68,7 +91,7 @@ def sender_outputs(model: Any, graph: Graph, tokens: Tensor) -> Float[Tensor, "b
     store: dict[str, Tensor] = {}
     with edge_hooks(model), capture(graph.sender_sites(), store).applied(model):
         model(tokens.to(model.cfg.device), return_type=None)
-    return _stack(graph, store, "senders")
+    return sender_values(graph, store, group_weights(model, graph))
 
 
 def ablated_values(model: Any, graph: Graph, ablation: str = "patching", *, corrupted: Tensor | None = None,
@@ -82,17 +105,20 @@ def ablated_values(model: Any, graph: Graph, ablation: str = "patching", *, corr
     """
     if ablation not in ABLATIONS:
         raise FuncnetError(f"ablation should be one of {ABLATIONS}, got {ablation!r}")
+    graph.check_model(model)
+    weights = group_weights(model, graph)
     if ablation == "zero":
-        return AblatedValues(graph, ablation, None)
+        return AblatedValues(graph, ablation, None, weights)
     if ablation == "patching":
         if corrupted is None:
             raise FuncnetError("ablation='patching' needs the corrupted prompts: ablated_values(..., corrupted=tokens)")
-        return AblatedValues(graph, ablation, sender_outputs(model, graph, corrupted).float())
+        return AblatedValues(graph, ablation, sender_outputs(model, graph, corrupted).float(), weights)
     if texts is None:
         raise FuncnetError("ablation='mean' needs texts to average over: ablated_values(..., texts=tokens)")
     out = sender_outputs(model, graph, texts).float()
     mean = out.mean(0, keepdim=True) if positional else out.mean((0, 1), keepdim=True)
-    return AblatedValues(graph, ablation, mean)
+    return AblatedValues(graph, ablation, mean, weights)
 
 
-__all__ = ["edge_hooks", "sender_outputs", "ablated_values", "check_tokens", "EDGE_FLAGS"]
+__all__ = ["edge_hooks", "sender_outputs", "sender_values", "group_weights", "group_output", "ablated_values",
+           "check_tokens", "EDGE_FLAGS"]

@@ -63,6 +63,33 @@ class EdgeScores:
                 "n_edges": self.graph.n_edges, "n_scored": int(self.evaluated.sum()), "seconds": self.seconds,
                 "top": [{"edge": e, "score": s} for e, s in self.top(top)], **self.info}
 
+    def by_group(self, circuit: Any = None) -> dict[str, dict[str, Any]]:
+        """The graph's unit groups (functional networks) read as nodes: per group, its layers, the summed score
+        and |score| of its scored outgoing edges over all its layers, and with ``circuit`` how many of the
+        circuit's edges leave it."""
+        g = self.graph
+        out: dict[str, dict[str, Any]] = {name: {"layers": [], "edges": 0, "score": 0.0, "abs_score": 0.0}
+                                          for name in g.group_names}
+        if circuit is not None:
+            if circuit.graph.to_dict() != g.to_dict():
+                raise FuncnetError("the circuit belongs to another graph than these scores")
+            for row in out.values():
+                row["circuit_edges"] = 0
+        for name, layer, _ in g.groups:
+            out[name]["layers"].append(layer)
+        for i, u, _ in g.iter_edges():
+            part = g.group_of(u)
+            if part is None:
+                continue
+            row = out[part[0]]
+            if bool(self.evaluated[i]):
+                row["edges"] += 1
+                row["score"] += float(self.scores[i])
+                row["abs_score"] += abs(float(self.scores[i]))
+            if circuit is not None and bool(circuit.edges[i]):
+                row["circuit_edges"] += 1
+        return out
+
     def circuit(self, n: int, *, absolute: bool = True, greedy: bool = False) -> Any:
         """The circuit of the ``n`` best edges (see :class:`~tl_funcnet.circuits.Circuit`)."""
         from .circuit import Circuit

@@ -55,6 +55,26 @@ def _save_figure(fig: Any, path: Any, dpi: int = 110) -> None:
         fig.savefig(tmp, dpi=dpi, format=suffix)
 
 
+def load_groups(path: str, ids: list[int] | None) -> dict[str, dict[int, list[int]]]:
+    """``--networks``: saved functional networks (fitted at ``mlp.hook_post``) as the graph's unit groups."""
+    from ..circuits import network_groups
+    from ..funcnet import FunctionalNetworks
+
+    return network_groups(FunctionalNetworks.load(path), ids)
+
+
+def _ids(text: str) -> list[int]:
+    """``--network-ids 0,3,5``."""
+    try:
+        ids = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected network numbers separated by commas, e.g. 0,3,5; got {text!r}") \
+            from None
+    if not ids or min(ids) < 0:
+        raise argparse.ArgumentTypeError(f"expected network numbers >= 0 separated by commas, got {text!r}")
+    return ids
+
+
 def _check(args: argparse.Namespace) -> None:
     """Every check that needs no model."""
     from ..errors import FuncnetError
@@ -78,6 +98,10 @@ def _check(args: argparse.Namespace) -> None:
     if args.steps is not None and args.method not in IG_METHODS:
         raise FuncnetError(f"--steps applies to {' and '.join(IG_METHODS)} (integrated gradients), not to "
                            f"{args.method}")
+    if args.network_ids is not None and args.networks is None:
+        raise FuncnetError("--network-ids picks networks of --networks; give --networks FOLDER too")
+    if args.networks is not None:
+        load_groups(args.networks, args.network_ids)
     if args.plot is not None:
         check_plot_file(args.plot, args.overwrite, args.out)
     if args.out is not None:
@@ -106,6 +130,10 @@ def _circuit(p: argparse.ArgumentParser) -> Handler:
                         "corrupted prompt (patching), its mean over the corrupted prompts, or zero")
     p.add_argument("--curve", action="store_true", help="also the faithfulness curve over the MIB circuit sizes "
                    "(0.1%% ... 100%% of edges) with CPR, CMD and the edges needed for 80%% faithfulness")
+    p.add_argument("--networks", default=None, help="a folder saved by FunctionalNetworks.save (fitted at "
+                   "mlp.hook_post): each MLP is split into these networks' neurons and the rest, so the circuit is "
+                   "read in network terms (senders FN<i>.m<layer>)")
+    p.add_argument("--network-ids", type=_ids, default=None, help="only these networks of --networks (e.g. 0,3,5)")
     p.add_argument("--top", type=positive_int, default=20, help="edges listed in the text output")
     p.add_argument("--plot", default=None, help="draw the circuit into this picture file (.png, .pdf, .svg; an "
                    "existing file is replaced only with --overwrite)")
@@ -132,7 +160,8 @@ def _circuit(p: argparse.ArgumentParser) -> Handler:
         log(f"loading {args.model}")
         model = load(args.model)
         task = load_task(args.task, model, n_pairs=args.n_pairs)
-        graph = Graph.from_model(model)
+        groups = None if args.networks is None else load_groups(args.networks, args.network_ids)
+        graph = Graph.from_model(model, groups=groups)
         seconds["load"] = time.perf_counter() - t0
         if args.edges > graph.n_edges:
             raise FuncnetError(f"--edges {args.edges} is more than the {graph.n_edges} edges of {args.model}'s graph")
@@ -190,6 +219,8 @@ def _circuit(p: argparse.ArgumentParser) -> Handler:
         }
         if args.method in IG_METHODS:
             payload["steps"] = args.steps or 5
+        if groups is not None:
+            payload["networks"] = scores.by_group(circuit)
         if curve is not None:
             payload["curve"] = {**curve.to_dict(), "edges_for_80_bisection": n80}
 
@@ -228,6 +259,11 @@ def _circuit(p: argparse.ArgumentParser) -> Handler:
                             else "no grid size"))
             lines += [f"  {100 * x:6.1f}%  {n:>7} edges  f = {f:.3f}"
                       for x, n, f in zip(curve.fractions, curve.n_edges, curve.faithfulness)]
+        if groups is not None:
+            lines.append("networks (summed score of their edges over all layers; edges in the circuit):")
+            lines += [f"  {name}: layers {','.join(map(str, row['layers']))}; score {row['score']:+.4f}, "
+                      f"|score| {row['abs_score']:.4f}; {row['circuit_edges']} circuit edges"
+                      for name, row in sorted(payload["networks"].items(), key=lambda kv: -kv[1]["abs_score"])]
         lines.append(f"top {min(args.top, len(edges))} circuit edges (score = change of the mean logit difference "
                      f"when the edge is patched):")
         lines += [f"  {v:+.4f}  {e}" for e, v in edges[: args.top]]
