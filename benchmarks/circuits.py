@@ -30,6 +30,11 @@ from tl_funcnet.circuits import (PLANTED_BLOCKS, PLANTED_KINDS, Graph, ablated_v
 GRADIENT_METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "relp")
 
 
+def _progress(line: str) -> None:
+    """A progress line on stderr (the tables go to stdout)."""
+    print(line, file=sys.stderr, flush=True)
+
+
 def score_all(model, graph, clean, corrupted, metric, methods, steps):
     """Every method's scores on every edge, with wall time."""
     out = {}
@@ -37,6 +42,7 @@ def score_all(model, graph, clean, corrupted, metric, methods, steps):
         t0 = time.perf_counter()
         out[m] = edge_scores(model, graph, clean, corrupted, metric, method=m, steps=steps)
         out[m].info["wall_s"] = time.perf_counter() - t0
+        _progress(f"  {m}: {out[m].info['wall_s']:.0f} s")
     return out
 
 
@@ -67,6 +73,7 @@ def run_task(model, task, methods, steps, sample, max_rows, seed=0) -> dict:
     t0 = time.perf_counter()
     exact = exact_edge_scores(model, graph, clean, corrupted, metric, edges=picked, max_rows=max_rows)
     exact_s = time.perf_counter() - t0
+    _progress(f"{task.name}: exact patching of {len(picked)} edges, {exact_s:.0f} s")
     scores = score_all(model, graph, clean, corrupted, metric, methods, steps)
     ablated = ablated_values(model, graph, "patching", corrupted=corrupted)
     rows = [{"method": "exact (sample)", "edges scored": len(picked), "seconds": exact_s}]
@@ -82,6 +89,8 @@ def run_task(model, task, methods, steps, sample, max_rows, seed=0) -> dict:
                      "CMD": curve.cmd, "edges for 80%": n80, "% edges for 80%":
                      None if n80 is None else 100 * n80 / graph.n_edges, "f at 5%": at5,
                      "seconds": s.info["wall_s"], "eval seconds": time.perf_counter() - t0})
+        _progress(f"{task.name}: {m} scored in {s.info['wall_s']:.0f} s, Pearson {corr['pearson']:.3f}, "
+                  f"curve in {time.perf_counter() - t0:.0f} s")
     return {"task": task.name, "n_pairs": len(task), "n_pos": task.n_pos, "n_edges": graph.n_edges,
             "sample": len(picked), "rows": rows, "curves": curves}
 
@@ -112,15 +121,17 @@ def main() -> None:
     ap.add_argument("--sample", type=int, default=500, help="edges scored by exact patching (common sample)")
     ap.add_argument("--steps", type=int, default=5, help="integrated-gradient steps")
     ap.add_argument("--max-rows", type=int, default=256)
+    ap.add_argument("--no-planted", action="store_true", help="skip the planted models (e.g. to add tasks to a run)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     result: dict = {"machine": machine_info(), "quick": args.quick, "methods": methods, "steps": args.steps}
 
-    planted = run_planted(methods, args.steps)
-    result["planted"] = planted
-    print("### Planted circuits: AUROC at recovering the true edges (minimum over 3 seeds)\n")
-    print(markdown_table(planted, ["model", "edges", "true edges", "exact", *methods]))
+    if not args.no_planted:
+        planted = run_planted(methods, args.steps)
+        result["planted"] = planted
+        print("### Planted circuits: AUROC at recovering the true edges (minimum over 3 seeds)\n")
+        print(markdown_table(planted, ["model", "edges", "true edges", "exact", *methods]), flush=True)
 
     tasks = []
     if args.quick:
@@ -141,7 +152,7 @@ def main() -> None:
                   f"exact on {tasks[-1]['sample']} sampled edges)\n")
             print(markdown_table(tasks[-1]["rows"], ["method", "pearson", "spearman", "CPR", "CMD", "edges for 80%",
                                                      "% edges for 80%", "f at 5%", "seconds", "eval seconds",
-                                                     "edges scored"]))
+                                                     "edges scored"]), flush=True)
     result["tasks"] = tasks
     path = write_result(args.out or ("circuits_quick" if args.quick else "circuits"), result)
     print(f"\nwritten {path}")

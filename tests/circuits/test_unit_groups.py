@@ -241,3 +241,131 @@ def test_network_groups_need_mlp_neuron_sites():
     nets.sites_ = ["blocks.0.hook_resid_post", "blocks.1.mlp.hook_post"]
     with pytest.raises(FuncnetError, match="hook_post"):
         network_groups(nets)
+
+
+# --------------------------------------------------------------------------- SAE features as senders
+
+SAE_CASES = {"standard": {}, "jumprelu": {}, "topk": {"k": 6}, "topk-rescaled": {"k": 6,
+                                                                                  "rescale_acts_by_decoder_norm": True}}
+
+
+def _sae(model, layer=0, kind="standard", seed=0, **kw):
+    from sae_testing import make_sae
+
+    arch = kind.split("-")[0]
+    return make_sae(arch, d_in=model.cfg.d_model, d_sae=40, hook_name=f"blocks.{layer}.hook_mlp_out", seed=seed,
+                    **{**SAE_CASES.get(kind, {}), **kw})
+
+
+@pytest.mark.parametrize("kind", list(SAE_CASES))
+def test_sae_features_split_the_mlp_output(tiny_model, pair, kind):
+    from tl_funcnet.circuits import feature_groups
+
+    sae = _sae(tiny_model, 1, kind)
+    groups = {**feature_groups({1: [3, 17]}), "rest_of_sae": {1: [i for i in range(40) if i not in (3, 17)]}}
+    graph = Graph.from_model(tiny_model, groups=groups, saes={1: sae})
+    assert [s for s in graph.senders if s.endswith(".m1")] == ["L1F3.m1", "L1F17.m1", "rest_of_sae.m1"]
+    assert graph.sender_site(graph.sender_index("L1F3.m1")) == ("blocks.1.hook_mlp_out", None)
+    assert graph.to_dict()["saes"] == {"1": {"architecture": kind.split("-")[0], "d_sae": 40,
+                                             "hook_name": "blocks.1.hook_mlp_out"}}
+    z = sender_outputs(tiny_model, graph, pair[0])
+    with edge_hooks(tiny_model), torch.no_grad():
+        _, cache = tiny_model.run_with_cache(pair[0])
+        x = cache["blocks.1.hook_mlp_out"]
+        f = sae.encode(x)
+        recon = sae.decode(f)
+    names = ["L1F3.m1", "L1F17.m1", "rest_of_sae.m1"]
+    idx = [graph.sender_index(n) for n in names]
+    # all features together are the reconstruction without its bias; the MLP's rest is the bias plus the error
+    torch.testing.assert_close(z[:, :, idx].sum(2), recon - sae.b_dec, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(z[:, :, graph.sender_index("m1")], x - recon + sae.b_dec, atol=1e-5, rtol=1e-5)
+    if kind != "topk-rescaled":
+        torch.testing.assert_close(z[:, :, idx[0]], f[..., 3:4] * sae.W_dec[3], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ablation", ["patching", "mean"])
+def test_sae_feature_circuits_run_and_match_exact_patching(gpt2_tiny, pair, ablation, tmp_path):
+    from tl_funcnet.circuits import feature_groups
+
+    clean, corr = pair
+    # SAE features in layer 1, a neuron group in layer 0
+    groups = {**feature_groups({1: [0, 9]}), "FN0": {0: [7, 8, 11]}}
+    graph = Graph.from_model(gpt2_tiny, groups=groups, saes={1: _sae(gpt2_tiny, 1, "topk", seed=2)})
+    ablated = ablated_values(gpt2_tiny, graph, ablation, corrupted=corr, texts=corr)
+    full = Circuit(graph, torch.ones(graph.n_edges, dtype=torch.bool))
+    empty = Circuit(graph, torch.zeros(graph.n_edges, dtype=torch.bool))
+    with torch.no_grad():
+        with circuits_intervention([full, empty], ablated).applied(gpt2_tiny):
+            got = gpt2_tiny(clean.repeat(2, 1))
+        torch.testing.assert_close(got[:3], gpt2_tiny(clean), atol=1e-4, rtol=0)
+        if ablation == "patching":
+            torch.testing.assert_close(got[3:], gpt2_tiny(corr), atol=1e-4, rtol=0)
+    edges = graph.edge_indices(["FN0.m0->a1.h2<q>", "FN0.m0->m1", "m0->logits", "L1F9.m1->logits", "m1->logits"])
+    exact = exact_edge_scores(gpt2_tiny, graph, clean, corr, METRIC, edges=edges,
+                              ablated=None if ablation == "patching" else ablated)
+    circuits = []
+    for i in edges:
+        keep = torch.ones(graph.n_edges, dtype=torch.bool)
+        keep[i] = False
+        circuits.append(Circuit(graph, keep))
+    base, *others = circuit_metrics(gpt2_tiny, [full, *circuits], clean, METRIC, ablated)
+    torch.testing.assert_close(exact.scores[edges], torch.tensor(others, dtype=torch.float64) - base, atol=2e-5,
+                               rtol=0)
+    # attribution: features plus the rest give the plain MLP edge
+    plain = Graph.from_model(gpt2_tiny)
+    s0 = edge_scores(gpt2_tiny, plain, clean, corr, METRIC, method="eap")
+    s = edge_scores(gpt2_tiny, graph, clean, corr, METRIC, method="eap")
+    got = sum(float(s.scores[graph.edge_index(f"{u}->logits")]) for u in ("L1F0.m1", "L1F9.m1", "m1"))
+    assert got == pytest.approx(float(s0.scores[plain.edge_index("m1->logits")]), abs=1e-5)
+    # the intervention saves with its SAEs and runs the same after loading
+    from tl_funcnet.hooks import Intervention
+
+    iv = Circuit.top_n(graph, s.scores, 30).to_intervention(ablated)
+    back = Intervention.load(iv.save(tmp_path / "iv"))
+    with torch.no_grad():
+        with iv.applied(gpt2_tiny):
+            a = gpt2_tiny(clean)
+        with back.applied(gpt2_tiny):
+            b = gpt2_tiny(clean)
+    torch.testing.assert_close(a, b)
+
+
+def test_a_loaded_sae_graph_asks_for_its_saes(gpt2_tiny, pair, tmp_path):
+    from tl_funcnet.circuits import feature_groups
+
+    sae = _sae(gpt2_tiny, 1)
+    graph = Graph.from_model(gpt2_tiny, groups=feature_groups({1: [4, 6]}), saes={1: sae})
+    circuit = Circuit.top_n(graph, torch.randn(graph.n_edges, generator=torch.Generator().manual_seed(1)), 25)
+    circuit.save(tmp_path / "c")
+    loaded = Circuit.load(tmp_path / "c")
+    assert loaded.edge_names() == circuit.edge_names()
+    with pytest.raises(FuncnetError, match="does not hold their weights"):
+        ablated_values(gpt2_tiny, loaded.graph, "zero")
+    again = Circuit.load(tmp_path / "c", graph=Graph.from_model(gpt2_tiny, groups=feature_groups({1: [4, 6]}),
+                                                                 saes={1: sae}))
+    ablated = ablated_values(gpt2_tiny, again.graph, "patching", corrupted=pair[1])
+    assert circuit_metrics(gpt2_tiny, [again], pair[0], METRIC, ablated)
+    with pytest.raises(FuncnetError, match="another graph"):
+        Circuit.load(tmp_path / "c", graph=Graph.from_model(gpt2_tiny))
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda m: dict(groups={"L1F3": {1: [3]}}, saes={1: _sae(m, 0)}), "blocks.1.hook_mlp_out"),
+    (lambda m: dict(groups={"L1F3": {1: [40]}}, saes={1: _sae(m, 1)}), "feature 40"),
+    (lambda m: dict(groups={"L0F3": {0: [3]}}, saes={0: _sae(m, 0), 1: _sae(m, 1)}), "no group names features"),
+    (lambda m: dict(groups={"L0F3": {0: [3]}}, saes={0: _sae(m, 0, normalize_activations="layer_norm")}),
+     "normalizes"),
+    (lambda m: dict(groups={"L0F3": {0: [3]}}, saes={5: _sae(m, 0)}), "blocks.5|layer 5"),
+    (lambda m: dict(groups={"L0F3": {0: [3]}}, saes=[_sae(m, 0)]), "saes should map"),
+    (lambda m: dict(groups={"L0F3": {0: [3]}}, saes={0: "sae"}), "sae-lens SAE"),
+])
+def test_bad_saes_are_refused(gpt2_tiny, make, match):
+    with pytest.raises(FuncnetError, match=match):
+        Graph.from_model(gpt2_tiny, **make(gpt2_tiny))
+
+
+def test_an_sae_of_another_width_is_refused(gpt2_tiny):
+    from sae_testing import make_sae
+
+    with pytest.raises(FuncnetError, match="d_model"):
+        Graph.from_model(gpt2_tiny, groups={"L0F3": {0: [3]}}, saes={0: make_sae(d_in=8)})

@@ -24,6 +24,7 @@ from .evaluate import faithfulness as faithfulness
 from .evaluate import faithfulness_curve as faithfulness_curve
 from .exact import exact_edge_scores as exact_edge_scores
 from .graph import Graph as Graph
+from .graph import feature_groups as feature_groups
 from .graph import network_groups as network_groups
 from .planted import PLANTED_BLOCKS as PLANTED_BLOCKS
 from .planted import PLANTED_KINDS as PLANTED_KINDS
@@ -38,7 +39,7 @@ from .scores import EdgeScores as EdgeScores
 from .scores import auroc as auroc
 from .scores import edge_correlation as edge_correlation
 
-__all__ = ["Graph", "network_groups", "Circuit", "AblatedValues", "EdgeScores", "FaithfulnessCurve", "FRACTIONS", "ablated_values",
+__all__ = ["Graph", "network_groups", "feature_groups", "Circuit", "AblatedValues", "EdgeScores", "FaithfulnessCurve", "FRACTIONS", "ablated_values",
            "sender_outputs", "edge_hooks", "circuits_intervention", "circuit_metrics", "faithfulness",
            "faithfulness_curve", "edges_for_faithfulness", "exact_edge_scores", "edge_scores", "METHODS",
            "edge_correlation", "auroc", "plot_circuit", "plot_faithfulness", "planted_circuit", "PlantedCircuit",

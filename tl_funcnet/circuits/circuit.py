@@ -192,12 +192,18 @@ class Circuit:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "Circuit":
+    def load(cls, path: str | os.PathLike[str], *, graph: Graph | None = None) -> "Circuit":
+        """A saved circuit. A graph with SAE feature senders keeps its SAEs in memory only: pass ``graph``
+        (rebuilt with ``Graph.from_model(model, groups=..., saes=...)``) to run the loaded circuit."""
         file = Path(path) / "circuit.json"
         data = read_json(file, "a folder written by Circuit.save")
         if data.get("format") != FORMAT or data.get("version") != VERSION:
             raise FormatError(f"{file}: not a version-{VERSION} tl_funcnet circuit")
-        graph = Graph.from_dict(data.get("graph"), str(file))
+        saved = Graph.from_dict(data.get("graph"), str(file))
+        if graph is not None and (not isinstance(graph, Graph) or graph.to_dict() != saved.to_dict()):
+            raise FuncnetError(f"{file}: the circuit was saved with another graph than the one given "
+                               f"({saved!r} vs {graph!r})")
+        graph = graph or saved
         edges = data.get("edges")
         if not isinstance(edges, list) or not all(isinstance(e, str) for e in edges):
             raise FormatError(f"{file}: 'edges' should be a list of 'sender->receiver' names")
@@ -249,9 +255,14 @@ def circuits_intervention(circuits: Sequence[Circuit], ablated: AblatedValues) -
         if ablated.values is not None:
             params["ablated"] = ablated.values[:, :, senders]
         layer = graph.sender_layer(senders[0])
-        if site.endswith("mlp.hook_post"):  # unit groups: their share of the MLP, kept for the MLP's rest
-            params.update(units=[list(graph.group_of(u)[2]) for u in senders],  # type: ignore[index]
-                          weights=[ablated.weights[u] for u in senders], share=f"edges.groups.{layer}")
+        groups = [u for u in senders if graph.group_of(u) is not None]
+        if groups:  # unit groups: their share of the MLP (neurons; or SAE features, then the MLP's rest too)
+            params.update(units=[list(graph.group_of(u)[2]) for u in groups],  # type: ignore[index]
+                          weights=[ablated.weights[u] for u in groups])
+            if layer in graph.saes:
+                params.update(sae=graph.saes[layer], rest=True)
+            else:
+                params["share"] = f"edges.groups.{layer}"
         elif site.endswith("hook_mlp_out") and any(g[1] == layer for g in graph.groups):
             params["minus"] = f"edges.groups.{layer}"
         hooks.append(Hook(site, "edge_source", params))

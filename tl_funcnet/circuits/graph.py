@@ -13,9 +13,11 @@ query head has its own key and value receiver. With ``split_qkv=False`` a head h
 and v inputs are patched together.
 
 **Unit groups** (functional networks, or any named sets of MLP neurons) split MLP senders: group ``FN4``'s
-neurons in layer ``l`` form the sender ``FN4.m5`` whose output is their share of the MLP's output
+neurons in layer 5 form the sender ``FN4.m5`` whose output is their share of the MLP's output
 (``hook_post[..., units] @ W_out[units]``), and ``m5`` is then the rest of the MLP. A group spanning several
-layers is one node per layer, so a circuit can be read in network terms (:meth:`Graph.group_of`).
+layers is one node per layer, so a circuit can be read in network terms (:meth:`Graph.group_of`). In a layer
+given an SAE trained on its ``hook_mlp_out`` (``saes={layer: sae}``), groups are SAE features instead: their
+output is ``features[..., units] @ W_dec[units]`` and the MLP's rest includes the SAE's reconstruction error.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Graph:
     split_qkv: bool = True
     parallel_attn_mlp: bool = False
     groups: tuple[GroupPart, ...] = ()
+    saes: dict[int, Any] = field(default_factory=dict, repr=False)
     senders: tuple[str, ...] = field(init=False)
     receivers: tuple[str, ...] = field(init=False)
     edges: Int[Tensor, "n_edges 2"] = field(init=False, repr=False)
@@ -76,6 +79,7 @@ class Graph:
             raise FuncnetError(f"a graph needs at least one layer and one head, got n_layers={L}, n_heads={H}")
         groups = _check_groups(self.groups, L, self.has_mlp)
         object.__setattr__(self, "groups", groups)
+        object.__setattr__(self, "saes", _check_saes(self.saes, groups, L))
         senders = ["input"]
         receivers: list[str] = []
         upstream: list[int] = []  # number of senders upstream of each receiver, as an index bound
@@ -105,12 +109,14 @@ class Graph:
     # ------------------------------------------------------------------ building
 
     @classmethod
-    def from_model(cls, model: Any, *, split_qkv: bool = True, groups: Any = None) -> "Graph":
+    def from_model(cls, model: Any, *, split_qkv: bool = True, groups: Any = None, saes: Any = None) -> "Graph":
         """The graph of a TransformerLens ``HookedTransformer`` (pre-norm, with or without MLPs).
 
         ``groups`` splits MLP senders into unit groups: a fitted ``FunctionalNetworks`` (at ``mlp.hook_post``
-        sites; see :func:`network_groups`), or ``{name: {layer: [neuron, ...]}}``. Within a layer the groups must
-        not share neurons.
+        sites; see :func:`network_groups`), or ``{name: {layer: [unit, ...]}}``. Within a layer the groups must
+        not share units. ``saes`` maps layers to sae-lens SAEs (or :func:`~tl_funcnet.sae.sae_params` dicts)
+        trained on ``blocks.<layer>.hook_mlp_out``; a group's units in those layers are SAE features (see
+        :func:`feature_groups`). The SAEs stay in memory with the graph; its JSON form names them only.
         """
         cfg = getattr(model, "cfg", None)
         if cfg is None or not hasattr(model, "blocks"):
@@ -128,14 +134,20 @@ class Graph:
             parts = tuple(groups)  # already in the graph's own form
         elif groups is not None:
             parts = _parts_of(network_groups(groups) if hasattr(groups, "maps_") else groups)
+        if saes is not None and not isinstance(saes, Mapping):
+            raise FuncnetError(f"saes should map layers to SAEs trained on blocks.<layer>.hook_mlp_out, e.g. "
+                               f"{{6: sae}}, got {type(saes).__name__}")
         graph = cls(int(cfg.n_layers), int(cfg.n_heads), not getattr(cfg, "attn_only", False), split_qkv,
-                    bool(getattr(cfg, "parallel_attn_mlp", False)), parts)
+                    bool(getattr(cfg, "parallel_attn_mlp", False)), parts, _sae_params(saes or {}, cfg))
         d_mlp = getattr(cfg, "d_mlp", None)
         for name, layer, units in graph.groups:
-            width = int(model.blocks[layer].mlp.W_out.shape[0]) if d_mlp else 0
+            if layer in graph.saes:
+                width, unit, owner = int(graph.saes[layer]["d_sae"]), "feature", "SAE has"
+            else:
+                width, unit, owner = (int(model.blocks[layer].mlp.W_out.shape[0]) if d_mlp else 0), "neuron", "MLP has"
             if max(units) >= width:
-                raise FuncnetError(f"unit group {name!r} names neuron {max(units)} of layer {layer}, whose MLP has "
-                                   f"{width} neurons (0..{width - 1})")
+                raise FuncnetError(f"unit group {name!r} names {unit} {max(units)} of layer {layer}, whose {owner} "
+                                   f"{width} {unit}s (0..{width - 1})")
         return graph
 
     # ------------------------------------------------------------------ sizes and names
@@ -240,7 +252,7 @@ class Graph:
             return "hook_embed", None
         part = self.group_of(u)
         if part is not None:
-            return f"blocks.{part[1]}.mlp.hook_post", None
+            return (f"blocks.{part[1]}.hook_mlp_out" if part[1] in self.saes else f"blocks.{part[1]}.mlp.hook_post"), None
         if name.startswith("m"):
             return f"blocks.{name[1:]}.hook_mlp_out", None
         layer, head = name[1:].split(".h")
@@ -330,7 +342,8 @@ class Graph:
         return {"format": FORMAT, "version": VERSION, "n_layers": self.n_layers, "n_heads": self.n_heads,
                 "has_mlp": self.has_mlp, "split_qkv": self.split_qkv, "parallel_attn_mlp": self.parallel_attn_mlp,
                 "n_edges": self.n_edges, **({"groups": [[g, l, list(u)] for g, l, u in self.groups]}
-                                            if self.groups else {})}
+                                            if self.groups else {}),
+                **({"saes": {str(l): _sae_identity(p) for l, p in sorted(self.saes.items())}} if self.saes else {})}
 
     @classmethod
     def from_dict(cls, data: Any, where: str = "graph") -> "Graph":
@@ -347,9 +360,14 @@ class Graph:
         if not isinstance(groups, list) or not all(isinstance(g, list) and len(g) == 3 and isinstance(g[0], str)
                                                    and isinstance(g[2], list) for g in groups):
             raise FormatError(f"{where}: 'groups' should be a list of [name, layer, [neuron, ...]]")
+        saes = data.get("saes", {})
+        if not isinstance(saes, dict) or not all(isinstance(v, dict) for v in saes.values()):
+            raise FormatError(f"{where}: 'saes' should map layers to SAE descriptions")
         try:
-            graph = cls(**kw, groups=tuple((g, l, tuple(u)) for g, l, u in groups))
-        except FuncnetError as err:
+            # the SAEs' weights are not in the file: a stand-in keeps the structure, and running it asks for them
+            graph = cls(**kw, groups=tuple((g, l, tuple(u)) for g, l, u in groups),
+                        saes={int(l): {"missing": True, **v} for l, v in saes.items()})
+        except (FuncnetError, ValueError) as err:
             raise FormatError(f"{where}: {err}") from None
         if data.get("n_edges") not in (None, graph.n_edges):
             raise FormatError(f"{where}: says {data.get('n_edges')} edges, the settings give {graph.n_edges}")
@@ -367,7 +385,12 @@ class Graph:
 
     def check_model(self, model: Any) -> None:
         """Raise unless this graph describes ``model``."""
-        other = Graph.from_model(model, split_qkv=self.split_qkv, groups=self.groups)
+        missing = [l for l, p in self.saes.items() if p.get("missing")]
+        if missing:
+            raise FuncnetError(f"this graph was loaded from a file, which names the SAEs of layers {missing} but does "
+                               f"not hold their weights; rebuild it with Graph.from_model(model, groups=..., "
+                               f"saes={{layer: sae}}) and load circuits with Circuit.load(path, graph=graph)")
+        other = Graph.from_model(model, split_qkv=self.split_qkv, groups=self.groups, saes=self.saes)
         if other.to_dict() != self.to_dict():
             raise FuncnetError(f"the graph describes {self.n_layers} layers x {self.n_heads} heads, the model has "
                                f"{other.n_layers} x {other.n_heads}; build it with Graph.from_model(model)")
@@ -426,6 +449,61 @@ def _check_groups(groups: Any, n_layers: int, has_mlp: bool) -> tuple[GroupPart,
     return tuple(sorted(out, key=lambda g: g[1]))
 
 
+def _check_saes(saes: Any, groups: tuple[GroupPart, ...], n_layers: int) -> dict[int, Any]:
+    if not isinstance(saes, Mapping):
+        raise FuncnetError(f"saes should map layers to SAEs, got {type(saes).__name__}")
+    out = {}
+    for layer, p in saes.items():
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
+            raise FuncnetError(f"saes: layer {layer!r} is not one of 0..{n_layers - 1}")
+        out[layer] = p
+    unused = sorted(set(out) - {l for _, l, _ in groups})
+    if unused:
+        raise FuncnetError(f"saes are given for layers {unused}, but no group names features there; add groups "
+                           f"(e.g. feature_groups({{{unused[0]}: [17, 40]}})) or leave those SAEs out")
+    return out
+
+
+def _sae_params(saes: Mapping[Any, Any], cfg: Any) -> dict[int, Any]:
+    """Each SAE as checked parameter tensors: on ``hook_mlp_out`` (width d_model), with a linear decoder."""
+    from ..sae.params import sae_params
+
+    out = {}
+    for layer, sae in saes.items():
+        p = sae_params(sae)
+        hook = p.get("hook_name") or ""
+        if isinstance(layer, int) and hook and hook != f"blocks.{layer}.hook_mlp_out":
+            raise FuncnetError(f"saes[{layer}] was trained on {hook!r}; feature senders need an SAE on "
+                               f"'blocks.{layer}.hook_mlp_out'")
+        if int(p["d_in"]) != int(cfg.d_model) or p.get("reshape_activations", "none") != "none":
+            raise FuncnetError(f"saes[{layer}] reads {p['d_in']} values; an SAE on hook_mlp_out reads d_model = "
+                               f"{cfg.d_model}")
+        if p.get("normalize_activations", "none") not in ("none", "expected_average_only_in"):
+            raise FuncnetError(f"saes[{layer}] normalizes its input ({p['normalize_activations']}), so a feature's "
+                               f"share of the output depends on the whole token; feature senders need an SAE "
+                               f"without run-time normalization")
+        out[layer] = p
+    return out
+
+
+def _sae_identity(p: Mapping[str, Any]) -> dict[str, Any]:
+    """What a graph file records of an SAE (its weights stay out of the JSON)."""
+    return {k: p.get(k) for k in ("architecture", "d_sae", "hook_name")}
+
+
+def feature_groups(features: Mapping[int, Sequence[int]], *, prefix: str = "F") -> dict[str, dict[int, list[int]]]:
+    """SAE features as unit groups, one per feature: ``{layer: [feature, ...]}`` -> ``{"L6F17": {6: [17]}, ...}``
+    (with ``prefix="F"``), for :meth:`Graph.from_model` with ``saes={layer: sae}``."""
+    if not isinstance(features, Mapping):
+        raise FuncnetError(f"features should map layers to SAE feature indices, e.g. {{6: [17, 40]}}, got "
+                           f"{type(features).__name__}")
+    out: dict[str, dict[int, list[int]]] = {}
+    for layer, ids in features.items():
+        for i in index_list(ids, f"features of layer {layer}"):
+            out[f"L{layer}{prefix}{i}"] = {layer: [i]}
+    return out
+
+
 def _parts_of(groups: Any) -> tuple[GroupPart, ...]:
     """``{name: {layer: neurons}}`` as the graph's ``(name, layer, neurons)`` parts."""
     if not isinstance(groups, Mapping):
@@ -472,4 +550,4 @@ def network_groups(networks: Any, ids: Sequence[int] | None = None, *, prefix: s
     return out
 
 
-__all__ = ["Graph", "network_groups", "GroupPart", "FORMAT", "VERSION", "KIND", "QKV"]
+__all__ = ["Graph", "network_groups", "feature_groups", "GroupPart", "FORMAT", "VERSION", "KIND", "QKV"]

@@ -26,6 +26,7 @@ from torch import Tensor
 from ..errors import FuncnetError, ShapeError
 from ..hooks.registry import HookFn, register_op
 from ..hooks.values import index_list, positive_int, real_tensor
+from .run import group_units
 
 _BUFFER = "edges.delta"
 
@@ -64,19 +65,29 @@ def _p_source(p: dict[str, Any]) -> dict[str, Any]:
             raise ShapeError(f"ablated should be (rows or 1, pos or 1, {len(p['senders'])} senders, d_model), got "
                              f"{tuple(a.shape)}")
         p["ablated"] = a
-    units, weights = p.get("units"), p.get("weights")
-    if (units is None) != (weights is None) or (units is not None and p.get("share") is None):
-        raise FuncnetError("unit-group senders need 'units', 'weights' and 'share' together")
+    units, weights, rest = p.get("units"), p.get("weights"), p.get("rest", False)
+    if not isinstance(rest, bool):
+        raise FuncnetError(f"rest should be True or False, got {rest!r}")
+    if (units is None) != (weights is None) or (units is None and (rest or p.get("sae") is not None)):
+        raise FuncnetError("unit-group senders need 'units' and 'weights' together ('sae' and 'rest' only with them)")
     if units is not None:
-        if not isinstance(units, (list, tuple)) or len(units) != len(p["senders"]) or \
-                not isinstance(weights, (list, tuple)) or len(weights) != len(units):
-            raise FuncnetError("edge_source needs one neuron list and one weight matrix per unit-group sender")
+        n_groups = len(p["senders"]) - int(rest)
+        if not isinstance(units, (list, tuple)) or len(units) != n_groups or \
+                not isinstance(weights, (list, tuple)) or len(weights) != n_groups or n_groups < 1:
+            raise FuncnetError("edge_source needs one unit list and one weight matrix per unit-group sender (and "
+                               "the MLP's rest last, with rest=True)")
         p["units"] = [list(index_list(u, "units")) for u in units]
         p["weights"] = [real_tensor(w, "weights") for w in weights]
         for u, w in zip(p["units"], p["weights"]):
             if w.ndim != 2 or w.shape[0] != len(u):
-                raise ShapeError(f"a unit group's weights should be (its {len(u)} neurons, d_model), got "
+                raise ShapeError(f"a unit group's weights should be (its {len(u)} units, d_model), got "
                                  f"{tuple(w.shape)}")
+        if p.get("sae") is not None:
+            from ..sae.params import check_params
+
+            if not isinstance(p["sae"], Mapping):
+                raise FuncnetError("sae should be a dict from tl_funcnet.sae.sae_params(sae)")
+            check_params(p["sae"])
     for key in ("share", "minus"):
         if p.get(key) is not None and not isinstance(p[key], str):
             raise FuncnetError(f"{key} should be a scratch key (a string), got {p[key]!r}")
@@ -86,7 +97,7 @@ def _p_source(p: dict[str, Any]) -> dict[str, Any]:
 def _v_source(model: Any, site: str, p: Mapping[str, Any]) -> None:
     if p.get("units") is None:
         return
-    width = int(model.cfg.d_mlp or 0)
+    width = int(p["sae"]["W_enc"].shape[1]) if p.get("sae") is not None else int(model.cfg.d_mlp or 0)
     top = max(max(u) for u in p["units"])
     if top >= width:
         raise ShapeError(f"{site!r}: unit group neuron {top} is out of range for d_mlp={width}")
@@ -96,11 +107,12 @@ def _v_source(model: Any, site: str, p: Mapping[str, Any]) -> None:
              flags=("ungroup_grouped_query_attention",))
 def edge_source_op(senders: list[int], slots: list[int | None], n_senders: int, ablated: Tensor | None = None,
                    units: list[list[int]] | None = None, weights: list[Tensor] | None = None,
-                   share: str | None = None, minus: str | None = None,
-                   scratch: dict[str, Any] | None = None) -> HookFn:
+                   sae: dict[str, Any] | None = None, rest: bool = False, share: str | None = None,
+                   minus: str | None = None, scratch: dict[str, Any] | None = None) -> HookFn:
     """Store ``ablated - output`` of each sender at this site (``ablated=None``: zero ablation). With ``units``
-    and ``weights`` the senders are unit groups of ``hook_post`` (their summed output goes to ``scratch[share]``);
-    with ``minus`` the MLP sender is its output less ``scratch[minus]``."""
+    and ``weights`` the senders are unit groups: neurons of ``hook_post`` (their summed output goes to
+    ``scratch[share]``), or with ``sae`` features of ``hook_mlp_out`` followed, with ``rest``, by the MLP's
+    rest; with ``minus`` the MLP sender is its output less ``scratch[minus]``."""
     state = {} if scratch is None else scratch
     index = torch.tensor(senders, dtype=torch.long)
     first = 0 in senders
@@ -111,15 +123,18 @@ def edge_source_op(senders: list[int], slots: list[int | None], n_senders: int, 
             key = ("w", act.device, act.dtype)
             if key not in cache:
                 cache[key] = [w.to(device=act.device, dtype=act.dtype) for w in weights]  # type: ignore[assignment, union-attr]
-            z = torch.stack([act[..., u] @ w for u, w in zip(units, cache[key])], dim=2)  # type: ignore[arg-type]
-            state[share] = z.sum(2)  # type: ignore[index]
-            return z
+            read = group_units(act, sae)
+            z = torch.stack([read[..., u] @ w for u, w in zip(units, cache[key])], dim=2)  # type: ignore[arg-type]
+            total = z.sum(2)
+            if share is not None:
+                state[share] = total
+            return torch.cat([z, (act - total)[:, :, None]], dim=2) if rest else z
         if minus is not None:
-            rest = state.get(minus)
-            if rest is None or rest.shape != act.shape:
+            shares = state.get(minus)
+            if shares is None or shares.shape != act.shape:
                 raise FuncnetError(f"edge_source at {site!r} ran before its MLP's unit groups: apply the whole "
                                    f"circuit intervention, not part of it")
-            return (act - rest)[:, :, None]
+            return (act - shares)[:, :, None]
         return torch.stack([act if s is None else act[:, :, s] for s in slots], dim=2)  # (batch, pos, k, d)
 
     def hook_fn(act: Tensor, hook: Any = None) -> None:
@@ -162,9 +177,9 @@ def _p_sink(p: dict[str, Any]) -> dict[str, Any]:
 
 
 def _v_sink(model: Any, site: str, p: Mapping[str, Any]) -> None:
-    # at most the input, every head, and every MLP split into one group per neuron plus its rest
-    if p["ablate"].shape[2] > 1 + model.cfg.n_layers * (model.cfg.n_heads + 1 + int(model.cfg.d_mlp or 0)):
-        raise ShapeError(f"the ablation mask names {p['ablate'].shape[2]} senders, more than the model has")
+    heads = [s for s in p["slots"] if s is not None]
+    if heads and max(heads) >= model.cfg.n_heads:
+        raise ShapeError(f"the receivers name head {max(heads)}; the model has {model.cfg.n_heads} heads per layer")
 
 
 @register_op("edge_sink", prepare=_p_sink, validate=_v_sink, uses_scratch=True,

@@ -44,19 +44,33 @@ def check_tokens(model: Any, tokens: Any, name: str) -> Int[Tensor, "batch pos"]
 
 
 def group_weights(model: Any, graph: Graph) -> dict[int, Float[Tensor, "units d_model"]]:
-    """For each unit-group sender, the rows of its MLP's ``W_out`` that write its neurons' share of the output."""
+    """For each unit-group sender, the rows that write its units' share of the MLP's output: ``W_out`` rows of
+    its neurons, or ``W_dec`` rows of its SAE features (check the graph against the model first)."""
     out = {}
     for u in range(graph.n_senders):
         part = graph.group_of(u)
-        if part is not None:
-            _, layer, units = part
+        if part is None:
+            continue
+        _, layer, units = part
+        if layer in graph.saes:
+            p = graph.saes[layer]
+            w = p["W_dec"].detach()[list(units)]
+            if p["architecture"] in ("topk", "abstopk") and p.get("rescale_acts_by_decoder_norm", False):
+                w = w / w.norm(dim=-1, keepdim=True)  # decode divides those features by their decoder norms
+            out[u] = w.to(model.cfg.dtype)
+        else:
             out[u] = model.blocks[layer].mlp.W_out.detach()[list(units)]
     return out
 
 
-def group_output(act: Tensor, units: Any, weight: Tensor) -> Float[Tensor, "batch pos d_model"]:
-    """A unit group's share of its MLP's output: ``hook_post[..., units] @ W_out[units]``."""
-    return act[..., units] @ weight.to(act.dtype)
+def group_units(act: Tensor, sae: Any = None) -> Tensor:
+    """What a unit group reads at its site: the neurons (``hook_post``), or the SAE's features of
+    ``hook_mlp_out``."""
+    if sae is None:
+        return act
+    from ..sae.params import encode
+
+    return encode(sae, act)
 
 
 def sender_values(graph: Graph, store: dict[str, Tensor], weights: dict[int, Tensor], dtype: torch.dtype | None = None
@@ -65,12 +79,15 @@ def sender_values(graph: Graph, store: dict[str, Tensor], weights: dict[int, Ten
     An MLP sender whose layer has unit groups is what the groups leave of the MLP's output."""
     parts: list[Tensor] = []
     shares: dict[int, Tensor] = {}  # layer -> the unit groups' summed output
+    units: dict[str, Tensor] = {}  # site -> what its groups read (SAE features are encoded once)
     for u in range(graph.n_senders):
         site, slot = graph.sender_site(u)
         act = store[site] if dtype is None else store[site].to(dtype)
         group = graph.group_of(u)
         if group is not None:
-            z = group_output(act, list(group[2]), weights[u])
+            if site not in units:
+                units[site] = group_units(act, graph.saes.get(group[1]))
+            z = units[site][..., list(group[2])] @ weights[u].to(act.dtype)
             shares[group[1]] = shares[group[1]] + z if group[1] in shares else z
         elif slot is not None:
             z = act[:, :, slot]
@@ -120,5 +137,5 @@ def ablated_values(model: Any, graph: Graph, ablation: str = "patching", *, corr
     return AblatedValues(graph, ablation, mean, weights)
 
 
-__all__ = ["edge_hooks", "sender_outputs", "sender_values", "group_weights", "group_output", "ablated_values",
+__all__ = ["edge_hooks", "sender_outputs", "sender_values", "group_weights", "group_units", "ablated_values",
            "check_tokens", "EDGE_FLAGS"]
