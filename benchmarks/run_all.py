@@ -31,6 +31,7 @@ BENCHMARKS = {
     "zoo": "zoo.py",
     "fingerprint": "fingerprint.py",
     "patching": "patching.py",
+    "patching_speed": "patching_speed.py",
     "circuits": "circuits.py",
     "sae": "sae.py",
     "steering": "steering.py",
