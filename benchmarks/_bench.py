@@ -160,3 +160,22 @@ def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     sep = "|" + "|".join("---" for _ in columns) + "|"
     body = ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
     return "\n".join([head, sep, *body])
+
+
+def tiny_model_and_task(n_prompts: int = 6, changed: int = 2):
+    """A 2-layer random GPT-style model and a random task whose corrupted prompts change token ``changed``
+    (the smoke runs of the patching and circuit benchmarks)."""
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from tl_funcnet._rng import global_rng_preserved
+    from tl_funcnet.patching import Task
+
+    with global_rng_preserved():
+        model = HookedTransformer(HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64,
+                                                          d_vocab=50, n_ctx=16, act_fn="gelu", seed=0)).eval()
+    g = torch.Generator().manual_seed(3)
+    clean = torch.randint(0, 50, (n_prompts, 8), generator=g)
+    corrupted = clean.clone()
+    corrupted[:, changed] = torch.randint(0, 50, (n_prompts,), generator=g)
+    return model, Task("tiny", clean, corrupted, clean[:, changed].clone(), corrupted[:, changed].clone())

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import machine_info, markdown_table, write_result  # noqa: E402
+from _bench import machine_info, markdown_table, tiny_model_and_task, write_result  # noqa: E402
 
 from tl_funcnet.circuits import (PLANTED_BLOCKS, PLANTED_KINDS, Graph, ablated_values, auroc,  # noqa: E402
                                  edge_correlation, edge_scores, edges_for_faithfulness, exact_edge_scores,
@@ -93,23 +93,6 @@ def run_task(model, task, methods, steps, sample, max_rows, seed=0) -> dict:
                   f"curve in {time.perf_counter() - t0:.0f} s")
     return {"task": task.name, "n_pairs": len(task), "n_pos": task.n_pos, "n_edges": graph.n_edges,
             "sample": len(picked), "rows": rows, "curves": curves}
-
-
-def tiny_model_and_task():
-    """A 2-layer random GPT-style model and a random task with one changed token (for the smoke run)."""
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    from tl_funcnet._rng import global_rng_preserved
-    from tl_funcnet.patching import Task
-
-    with global_rng_preserved():
-        model = HookedTransformer(HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64,
-                                                          d_vocab=50, n_ctx=16, act_fn="gelu", seed=0)).eval()
-    g = torch.Generator().manual_seed(3)
-    clean = torch.randint(0, 50, (6, 8), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, 2] = torch.randint(0, 50, (6,), generator=g)
-    return model, Task("tiny", clean, corrupted, clean[:, 2].clone(), corrupted[:, 2].clone())
 
 
 def main() -> None:

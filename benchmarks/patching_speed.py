@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _bench import machine_info, markdown_table, write_result  # noqa: E402
+from _bench import machine_info, markdown_table, tiny_model_and_task, write_result  # noqa: E402
 
 from tl_funcnet.patching import exact_patch, load_task, node_grid  # noqa: E402
 
@@ -47,22 +47,6 @@ def time_pair(model, task, kind: str, max_rows: int) -> dict:
             "n_run": ours.info.get("n_run", len(nodes))}
 
 
-def tiny_task():
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
-
-    from tl_funcnet._rng import global_rng_preserved
-    from tl_funcnet.patching import Task
-
-    with global_rng_preserved():
-        model = HookedTransformer(HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64,
-                                                          d_vocab=50, n_ctx=16, act_fn="gelu", seed=0)).eval()
-    g = torch.Generator().manual_seed(3)
-    clean = torch.randint(0, 50, (4, 8), generator=g)
-    corrupted = clean.clone()
-    corrupted[:, 3] = torch.randint(0, 50, (4,), generator=g)
-    return model, Task("tiny", clean, corrupted, clean[:, 3].clone(), corrupted[:, 3].clone())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="a tiny random model only")
@@ -73,7 +57,7 @@ def main() -> None:
     ap.add_argument("--max-rows", type=int, default=128)
     args = ap.parse_args()
     if args.quick:
-        model, task = tiny_task()
+        model, task = tiny_model_and_task(4, changed=3)
         rounds = 1
     else:
         from tl_funcnet.models import load

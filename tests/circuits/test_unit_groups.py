@@ -31,6 +31,17 @@ def flags(model):
     return {f: getattr(model.cfg, f, None) for f in sorted(EDGE_FLAGS)}
 
 
+def all_but_one(model, graph, edges, clean, ablated):
+    """For each edge, the metric of the circuit of every other edge minus that of the full circuit."""
+    circuits = [Circuit(graph, torch.ones(graph.n_edges, dtype=torch.bool))]
+    for i in edges:
+        keep = torch.ones(graph.n_edges, dtype=torch.bool)
+        keep[i] = False
+        circuits.append(Circuit(graph, keep))
+    base, *others = circuit_metrics(model, circuits, clean, METRIC, ablated)
+    return torch.tensor(others, dtype=torch.float64) - base
+
+
 def test_groups_split_the_mlp_senders(tiny_model):
     plain, graph = Graph.from_model(tiny_model), Graph.from_model(tiny_model, groups=GROUPS)
     assert graph.senders[: graph.sender_index("m0") + 1][-2:] == ("FN0.m0", "m0")
@@ -197,14 +208,8 @@ def test_exact_group_edges_are_all_but_one_circuits(tiny_model, pair):
     edges = graph.edge_indices(["FN0.m0->a1.h0<k>", "FN0.m0->m1", "syntax.m1->logits", "m1->logits", "FN0.m1->logits"])
     got = exact_edge_scores(tiny_model, graph, clean, corr, METRIC, edges=edges)
     ablated = ablated_values(tiny_model, graph, "patching", corrupted=corr)
-    circuits = []
-    for i in edges:
-        mask = torch.ones(graph.n_edges, dtype=torch.bool)
-        mask[i] = False
-        circuits.append(Circuit(graph, mask))
-    base, *others = circuit_metrics(tiny_model, [Circuit(graph, torch.ones(graph.n_edges, dtype=torch.bool)),
-                                                 *circuits], clean, METRIC, ablated)
-    torch.testing.assert_close(got.scores[edges], torch.tensor(others, dtype=torch.float64) - base, atol=2e-5, rtol=0)
+    torch.testing.assert_close(got.scores[edges], all_but_one(tiny_model, graph, edges, clean, ablated), atol=2e-5,
+                               rtol=0)
 
 
 def test_ablated_values_of_a_plain_graph_cannot_run_a_group_circuit(gpt2_tiny, pair):
@@ -303,13 +308,7 @@ def test_sae_feature_circuits_run_and_match_exact_patching(gpt2_tiny, pair, abla
     edges = graph.edge_indices(["FN0.m0->a1.h2<q>", "FN0.m0->m1", "m0->logits", "L1F9.m1->logits", "m1->logits"])
     exact = exact_edge_scores(gpt2_tiny, graph, clean, corr, METRIC, edges=edges,
                               ablated=None if ablation == "patching" else ablated)
-    circuits = []
-    for i in edges:
-        keep = torch.ones(graph.n_edges, dtype=torch.bool)
-        keep[i] = False
-        circuits.append(Circuit(graph, keep))
-    base, *others = circuit_metrics(gpt2_tiny, [full, *circuits], clean, METRIC, ablated)
-    torch.testing.assert_close(exact.scores[edges], torch.tensor(others, dtype=torch.float64) - base, atol=2e-5,
+    torch.testing.assert_close(exact.scores[edges], all_but_one(gpt2_tiny, graph, edges, clean, ablated), atol=2e-5,
                                rtol=0)
     # attribution: features plus the rest give the plain MLP edge
     plain = Graph.from_model(gpt2_tiny)

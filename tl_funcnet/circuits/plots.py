@@ -162,10 +162,13 @@ def plot_circuit(circuit: Circuit, scores: Any = None, *, title: str | None = No
     return fig
 
 
-def _curves(curves: Any) -> list[tuple[str, Any]]:
-    from .evaluate import FaithfulnessCurve
+def _is_curve(c: Any) -> bool:
+    """A FaithfulnessCurve, recognized by what it holds (this module draws curves; it does not make them)."""
+    return all(hasattr(c, a) for a in ("fractions", "n_edges", "faithfulness", "cpr", "cmd", "ablation", "method"))
 
-    if isinstance(curves, FaithfulnessCurve):
+
+def _curves(curves: Any) -> list[tuple[str, Any]]:
+    if _is_curve(curves):
         items: list[tuple[str | None, Any]] = [(None, curves)]
     elif isinstance(curves, Mapping):
         items = [(str(k), c) for k, c in curves.items()]
@@ -177,7 +180,7 @@ def _curves(curves: Any) -> list[tuple[str, Any]]:
     if not items:
         raise FuncnetError("give at least one faithfulness curve")
     for _, c in items:
-        if not isinstance(c, FaithfulnessCurve):
+        if not _is_curve(c):
             raise FuncnetError(f"expected FaithfulnessCurve values (from faithfulness_curve), got {type(c).__name__}")
     several_ablations = len({c.ablation for _, c in items}) > 1
     out = []
