@@ -7,6 +7,12 @@ chosen from them, and their evaluation (faithfulness curves, CPR, CMD), all run 
 >>> circuit = scores.circuit(300)                       # the 300 best edges, pruned
 >>> faithfulness(model, circuit, task.clean, task.metric(), corrupted=task.corrupted)
 
+Functional networks or SAE features as senders (each MLP split into their shares and the rest):
+
+>>> graph = Graph.from_model(model, groups=networks)                      # a fitted FunctionalNetworks
+>>> graph = Graph.from_model(model, groups=feature_groups({6: [17, 40]}), saes={6: sae})   # SAE on hook_mlp_out
+>>> edge_scores(model, graph, ...).by_group(circuit)                      # scores read per network / feature
+
 Importing this package registers the ``edge_source`` and ``edge_sink`` ops.
 """
 
