@@ -119,11 +119,18 @@ class _Buffers:
             self.grads.index_add_(0, cols.to(g.device), g)
 
     def contract(self, matrix: Tensor, delta: Tensor, scale: float) -> None:
-        """``matrix += scale * delta · grads`` (summed over batch, positions and d_model); then forget the grads."""
+        """``matrix += scale * delta · grads`` (summed over batch, positions and d_model, or with a ``(senders,
+        receivers, pos)`` matrix over batch and d_model only); then forget the grads."""
         if self.grads is not None:
-            a = delta.reshape(delta.shape[0], -1)
-            b = self.grads.reshape(self.grads.shape[0], -1)
-            matrix.addmm_(a, b.T, alpha=scale)
+            if matrix.ndim == 3:  # one product per position
+                for p in range(matrix.shape[2]):
+                    a = delta[:, :, p].reshape(delta.shape[0], -1)
+                    b = self.grads[:, :, p].reshape(self.grads.shape[0], -1)
+                    matrix[:, :, p].addmm_(a, b.T, alpha=scale)
+            else:
+                a = delta.reshape(delta.shape[0], -1)
+                b = self.grads.reshape(self.grads.shape[0], -1)
+                matrix.addmm_(a, b.T, alpha=scale)
         self.grads = None
 
 
@@ -245,7 +252,7 @@ def passes(method: str, graph: Graph, steps: int = 5) -> tuple[int, int]:
 
 def edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metric: Metric, *, method: str = "eap",
                 steps: int = 5, direction: str = "noise", rules: Iterable[str] | str | None = None,
-                batch_size: int | None = None) -> EdgeScores:
+                batch_size: int | None = None, per_position: bool = False) -> EdgeScores:
     """Score every edge of ``graph`` by attribution: ``Δz_u · g_v`` (see the module docstring), mean over prompts.
 
     ``clean`` and ``corrupted`` are token ids ``(n_prompts, pos)`` of one shape; ``metric(logits) -> (n_prompts,)``
@@ -276,7 +283,9 @@ def edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metr
     ``batch_size`` prompts go through each pass (default all): memory grows with ``batch · pos · (n_senders +
     n_receivers) · d_model`` (the deltas and summed gradients, in float32). Steps are not batched. The metric is
     called with logits of all prompts, the rows outside the batch zero, so it must treat rows independently.
-    ``info`` records the number of prompts, batches, passes and steps/rules.
+    ``info`` records the number of prompts, batches, passes and steps/rules. With ``per_position=True`` the
+    scores are also kept per position of the prompt (``EdgeScores.per_position``, ``(n_edges, pos)``: the
+    product summed over prompts and ``d_model`` only; ``scores`` is their sum), for the same passes.
     """
     if method not in METHODS:
         raise FuncnetError(f"method should be one of {list(METHODS)}, got {method!r}")
@@ -293,6 +302,8 @@ def edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metr
                                    batch_size < 1):
         raise FuncnetError(f"batch_size should be a whole number >= 1 of prompts per pass, or None, got "
                            f"{batch_size!r}")
+    if not isinstance(per_position, bool):
+        raise FuncnetError(f"per_position should be True or False, got {per_position!r}")
     if not isinstance(graph, Graph):
         raise FuncnetError(f"graph should be a Graph (Graph.from_model(model)), got {type(graph).__name__}")
     graph.check_model(model)
@@ -314,8 +325,8 @@ def edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metr
     acc = torch.float64 if model.cfg.dtype == torch.float64 else torch.float32
     bufs = _Buffers(graph, acc, group_weights(model, graph))
     last_only = last_position_only(metric, bufs.recv_sites)
-    matrix: Float[Tensor, "n_senders n_receivers"] = torch.zeros(graph.n_senders, graph.n_receivers, dtype=acc,
-                                                                  device=dev)
+    shape = (graph.n_senders, graph.n_receivers) + ((int(target.shape[1]),) if per_position else ())
+    matrix: Float[Tensor, "n_senders n_receivers *pos"] = torch.zeros(shape, dtype=acc, device=dev)
     total = torch.zeros((), dtype=torch.float64)
     run = _RUN[method]
     with edge_hooks(model):
@@ -325,7 +336,8 @@ def edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metr
             values = run(model, bufs, matrix, target[rows], source[rows], metric, rows, n, last_only, steps,
                          rules_iv)
             total += values.double().sum().cpu()
-    scores = matrix[graph.edges[:, 0].to(dev), graph.edges[:, 1].to(dev)].double().cpu() / n
+    by_edge = matrix[graph.edges[:, 0].to(dev), graph.edges[:, 1].to(dev)].double().cpu() / n  # (n_edges[, pos])
+    scores, by_pos = (by_edge.sum(1), by_edge) if per_position else (by_edge, None)
     n_batches = -(-n // bs)
     fwd, bwd = passes(method, graph, steps)
     info: dict[str, Any] = {"n_prompts": n, "batch_size": bs, "n_batches": n_batches,
@@ -334,7 +346,8 @@ def edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metr
         info["steps"] = steps
     if method == "relp":
         info["rules"] = list(chosen)
-    return EdgeScores(graph, scores, method, direction, float(total / n), time.perf_counter() - t0, info)
+    return EdgeScores(graph, scores, method, direction, float(total / n), time.perf_counter() - t0, info,
+                      per_position=by_pos)
 
 
 __all__ = ["edge_scores", "METHODS", "passes"]

@@ -57,12 +57,14 @@ def _targets(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, directi
 
 def exact_edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metric: Metric, *,
                       edges: Sequence[int] | Tensor | None = None, direction: str = "noise",
-                      ablated: AblatedValues | None = None, max_rows: int = 256) -> EdgeScores:
+                      ablated: AblatedValues | None = None, max_rows: int = 256,
+                      position: int | None = None) -> EdgeScores:
     """Ablate each edge of ``edges`` (default: all) alone and measure ``metric`` (mean over prompts).
 
     ``direction="noise"``: on the clean prompts, edge ``u->v`` gets ``u``'s corrupted output; ``"denoise"``:
     the reverse. ``ablated`` (from :func:`~tl_funcnet.circuits.ablated_values`) replaces the corrupted values
-    by mean or zero ablation. Unscored edges are NaN.
+    by mean or zero ablation. ``position`` ablates each edge at that position of the prompt only (the oracle
+    for ``edge_scores(..., per_position=True)``). Unscored edges are NaN.
     """
     graph.check_model(model)
     target, a_vals = _targets(model, graph, clean, corrupted, direction, ablated)
@@ -70,6 +72,11 @@ def exact_edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < n:
         raise FuncnetError(f"max_rows={max_rows!r} is below the number of prompts ({n}); each edge needs one row per "
                            f"prompt")
+    if position is not None and (isinstance(position, bool) or not isinstance(position, int) or
+                                 not -target.shape[1] <= position < target.shape[1]):
+        raise FuncnetError(f"position should be a position of the prompts (0..{target.shape[1] - 1}, or negative "
+                           f"from the end) or None for all, got {position!r}")
+    at = slice(None) if position is None else slice(position % target.shape[1], position % target.shape[1] + 1)
     chosen = list(range(graph.n_edges)) if edges is None else list(index_list(edges, "edges"))
     if chosen and max(chosen) >= graph.n_edges:
         raise FuncnetError(f"edge {max(chosen)} does not exist; the graph has {graph.n_edges} edges")
@@ -106,13 +113,13 @@ def exact_edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor
                 for j, slot, i in items:
                     u = int(graph.edges[i, 0])
                     block = slice(j * n, (j + 1) * n)
-                    delta = a[:, :, u] - z[:, :, u]  # (n, pos, d)
+                    delta = a[:, at, u] - z[:, at, u]  # (n, pos or 1, d)
                     if slot is None:
-                        value[block] = value[block] + delta
-                        where[block] = True
+                        value[block, at] = value[block, at] + delta
+                        where[block, at] = True
                     else:
-                        value[block, :, slot] = value[block, :, slot] + delta
-                        where[block, :, slot] = True
+                        value[block, at, slot] = value[block, at, slot] + delta
+                        where[block, at, slot] = True
                 iv = iv + patch(site, value, where=where)
             layer0 = min(graph.receiver_layer(int(graph.edges[i, 1])) for i in chunk)
             layer0 = min(layer0, graph.n_layers - 1)
@@ -124,7 +131,7 @@ def exact_edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor
                 vals = check_metric(metric, n, metric(logits[j * n:(j + 1) * n]))
                 out[i] = float((vals.double() - base.double()).mean())
     return EdgeScores(graph, out, "exact", direction, float(base.double().mean()), time.perf_counter() - t0,
-                      {"n_prompts": n, "max_rows": max_rows, "n_scored": len(chosen),
+                      {"n_prompts": n, "max_rows": max_rows, "n_scored": len(chosen), "position": position,
                        "ablation": "patching" if ablated is None else ablated.ablation})
 
 

@@ -20,6 +20,8 @@ class EdgeScores:
     the clean one and the edge gets its corrupted value; ``"denoise"``: the reverse).
 
     ``evaluated`` marks the edges that were scored (exact patching of a sample leaves the rest NaN).
+    ``per_position`` (attribution with ``per_position=True``) splits each score over the prompt's positions
+    (``(n_edges, pos)``, summing to ``scores``): where along the prompt an edge carries its effect.
     """
 
     graph: Graph
@@ -29,12 +31,19 @@ class EdgeScores:
     baseline: float = float("nan")
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    per_position: Float[Tensor, "n_edges pos"] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         s = torch.as_tensor(self.scores, dtype=torch.float64).detach().cpu()
         if s.shape != (self.graph.n_edges,):
             raise FuncnetError(f"scores should have shape ({self.graph.n_edges},), got {tuple(s.shape)}")
         object.__setattr__(self, "scores", s)
+        if self.per_position is not None:
+            pp = torch.as_tensor(self.per_position, dtype=torch.float64).detach().cpu()
+            if pp.ndim != 2 or pp.shape[0] != self.graph.n_edges:
+                raise FuncnetError(f"per_position should have shape ({self.graph.n_edges}, pos), got "
+                                   f"{tuple(pp.shape)}")
+            object.__setattr__(self, "per_position", pp)
 
     @property
     def evaluated(self) -> Bool[Tensor, "n_edges"]:
