@@ -31,6 +31,19 @@ def flags(model):
     return {f: getattr(model.cfg, f, None) for f in sorted(EDGE_FLAGS)}
 
 
+def assert_reloads_the_same(model, iv, tokens, tmp_path):
+    """The intervention saved and loaded back gives the same logits."""
+    from tl_funcnet.hooks import Intervention
+
+    back = Intervention.load(iv.save(tmp_path / "iv"))
+    with torch.no_grad():
+        with iv.applied(model):
+            a = model(tokens)
+        with back.applied(model):
+            b = model(tokens)
+    torch.testing.assert_close(a, b)
+
+
 def all_but_one(model, graph, edges, clean, ablated):
     """For each edge, the metric of the circuit of every other edge minus that of the full circuit."""
     circuits = [Circuit(graph, torch.ones(graph.n_edges, dtype=torch.bool))]
@@ -192,14 +205,7 @@ def test_saved_group_circuits_reload_and_run_the_same(tmp_path, gpt2_tiny, pair)
     graph = Graph.from_model(gpt2_tiny, groups=GROUPS)
     circuit = Circuit.top_n(graph, torch.randn(graph.n_edges, generator=torch.Generator().manual_seed(3)), 40)
     iv = circuit.to_intervention(ablated_values(gpt2_tiny, graph, "patching", corrupted=corr))
-    from tl_funcnet.hooks import Intervention
-    back = Intervention.load(iv.save(tmp_path / "iv"))
-    with torch.no_grad():
-        with iv.applied(gpt2_tiny):
-            a = gpt2_tiny(clean)
-        with back.applied(gpt2_tiny):
-            b = gpt2_tiny(clean)
-    torch.testing.assert_close(a, b)
+    assert_reloads_the_same(gpt2_tiny, iv, clean, tmp_path)
 
 
 def test_exact_group_edges_are_all_but_one_circuits(tiny_model, pair):
@@ -317,16 +323,7 @@ def test_sae_feature_circuits_run_and_match_exact_patching(gpt2_tiny, pair, abla
     got = sum(float(s.scores[graph.edge_index(f"{u}->logits")]) for u in ("L1F0.m1", "L1F9.m1", "m1"))
     assert got == pytest.approx(float(s0.scores[plain.edge_index("m1->logits")]), abs=1e-5)
     # the intervention saves with its SAEs and runs the same after loading
-    from tl_funcnet.hooks import Intervention
-
-    iv = Circuit.top_n(graph, s.scores, 30).to_intervention(ablated)
-    back = Intervention.load(iv.save(tmp_path / "iv"))
-    with torch.no_grad():
-        with iv.applied(gpt2_tiny):
-            a = gpt2_tiny(clean)
-        with back.applied(gpt2_tiny):
-            b = gpt2_tiny(clean)
-    torch.testing.assert_close(a, b)
+    assert_reloads_the_same(gpt2_tiny, Circuit.top_n(graph, s.scores, 30).to_intervention(ablated), clean, tmp_path)
 
 
 def test_a_loaded_sae_graph_asks_for_its_saes(gpt2_tiny, pair, tmp_path):
