@@ -60,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with warnings.catch_warnings():  # only for this command: library deprecation chatter is not for CLI users
         for category in (DeprecationWarning, FutureWarning, PendingDeprecationWarning):
             warnings.simplefilter("ignore", category)
+        # what sae-lens says on purpose when train-sae hands it a model and a token dataset
+        warnings.filterwarnings("ignore", message=r".*(pretokenized dataset|fewer samples|context_size).*")
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"sae_lens\..*")
         try:
             return int(handlers[args.command](args) or 0)
         except FuncnetError as err:

@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import tempfile
-import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -32,17 +31,15 @@ DEFAULTS = {"d_sae": 2304, "k": 32, "training_tokens": 150_000, "train_batch_siz
 
 @contextmanager
 def _quiet(verbose: bool) -> Iterator[None]:
-    """Silence sae-lens's logger and the warnings it emits on purpose for override_model/override_dataset."""
+    """Silence sae-lens's own logger (restored after). Its warnings about override_model/override_dataset are
+    left to the application: the library does not touch the process's warning filters (the CLI hides them)."""
     from sae_lens import logger as sl_logger
 
     level = sl_logger.level
     if not verbose:
         sl_logger.setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*(pretokenized dataset|fewer samples|context_size).*")
-            warnings.filterwarnings("ignore", category=UserWarning, module=r"sae_lens\..*")
-            yield
+        yield
     finally:
         sl_logger.setLevel(level)
 
