@@ -184,3 +184,29 @@ def check_save_rules(save, other, tmp_path, *, folder: bool = True) -> None:
     assert not stale_dir.exists() and not stale_old.exists()
     assert all(p.read_bytes() == b"keep" for p in kept)
     assert snapshot(again) == first
+
+
+# --------------------------------------------------------------------------- circuits
+
+
+def edge_flags(model):
+    """The TransformerLens flags an edge graph switches on, as the model holds them now."""
+    from tl_funcnet.circuits.run import EDGE_FLAGS
+
+    return {f: getattr(model.cfg, f, None) for f in sorted(EDGE_FLAGS)}
+
+
+def full_circuit(graph):
+    import torch
+
+    from tl_funcnet.circuits import Circuit
+
+    return Circuit(graph, torch.ones(graph.n_edges, dtype=torch.bool))
+
+
+def empty_circuit(graph):
+    import torch
+
+    from tl_funcnet.circuits import Circuit
+
+    return Circuit(graph, torch.zeros(graph.n_edges, dtype=torch.bool))

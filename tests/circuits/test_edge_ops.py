@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tl_testing import count_hooks, make_gpt2_style, make_llama_style
+from tl_testing import (count_hooks, make_gpt2_style, make_llama_style,
+                        edge_flags as flags, full_circuit as full, empty_circuit as empty)
 
 from tl_funcnet.circuits import (AblatedValues, Circuit, Graph, ablated_values, circuit_metrics, circuits_intervention,
                                  edge_hooks, sender_outputs)
-from tl_funcnet.circuits.run import EDGE_FLAGS
 from tl_funcnet.errors import FuncnetError, ShapeError
 from tl_funcnet.hooks import Hook, Intervention, capture
 from tl_funcnet.patching import logit_diff
@@ -26,18 +26,6 @@ def pair():
     corr[:, 2] = (clean[:, 2] + 13) % 50
     corr[:, 5] = (clean[:, 5] + 1) % 50
     return clean, corr
-
-
-def flags(model):
-    return {f: getattr(model.cfg, f, None) for f in sorted(EDGE_FLAGS)}
-
-
-def full(graph):
-    return Circuit(graph, torch.ones(graph.n_edges, dtype=torch.bool))
-
-
-def empty(graph):
-    return Circuit(graph, torch.zeros(graph.n_edges, dtype=torch.bool))
 
 
 def some_circuits(graph, k=3):

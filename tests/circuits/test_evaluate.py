@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import scipy.stats
 import torch
-from tl_testing import count_hooks, guard, make_gpt2_style
+from tl_testing import (count_hooks, guard, make_gpt2_style,
+                        edge_flags as flags, full_circuit as full, empty_circuit as empty)
 
 from tl_funcnet.circuits import (FRACTIONS, AblatedValues, Circuit, EdgeScores, FaithfulnessCurve, Graph,
                                  ablated_values, auroc, circuit_metrics, edge_correlation, edges_for_faithfulness,
                                  exact_edge_scores, faithfulness, faithfulness_curve)
-from tl_funcnet.circuits.run import EDGE_FLAGS
 from tl_funcnet.errors import FuncnetError
 from tl_funcnet.patching import logit_diff
 
@@ -40,18 +40,6 @@ def exact_scores():
     """A tiny GPT-2-style model and the exact scores of all its edges on :func:`make_pair`."""
     model = guard(make_gpt2_style().eval())
     return model, exact_edge_scores(model, Graph.from_model(model), *make_pair(), METRIC)
-
-
-def flags(model):
-    return {f: getattr(model.cfg, f, None) for f in sorted(EDGE_FLAGS)}
-
-
-def full(graph):
-    return Circuit(graph, torch.ones(graph.n_edges, dtype=torch.bool))
-
-
-def empty(graph):
-    return Circuit(graph, torch.zeros(graph.n_edges, dtype=torch.bool))
 
 
 @pytest.mark.parametrize("ablation", ["patching", "mean", "zero"])

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tl_testing import count_hooks
+from tl_testing import count_hooks, edge_flags as flags
 
 from tl_funcnet.circuits import (AblatedValues, Circuit, Graph, ablated_values, circuit_metrics, edge_hooks,
                                  exact_edge_scores, sender_outputs)
-from tl_funcnet.circuits.run import EDGE_FLAGS
 from tl_funcnet.errors import FuncnetError, ShapeError
 from tl_funcnet.patching import logit_diff
 
@@ -33,10 +32,6 @@ def sample(graph, k=24, seed=0):
     idx = graph.edge_indices(named)
     extra = torch.randperm(graph.n_edges, generator=torch.Generator().manual_seed(seed))[:k].tolist()
     return sorted(set(idx + extra))
-
-
-def flags(model):
-    return {f: getattr(model.cfg, f, None) for f in sorted(EDGE_FLAGS)}
 
 
 @pytest.mark.parametrize("direction", ["noise", "denoise"])

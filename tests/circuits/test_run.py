@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tl_testing import count_hooks, make_gpt2_style, make_llama_style
+from tl_testing import count_hooks, make_gpt2_style, make_llama_style, edge_flags as flags
 
 from tl_funcnet.circuits import Graph, ablated_values, edge_hooks, sender_outputs
 from tl_funcnet.circuits.run import EDGE_FLAGS, check_tokens
@@ -21,10 +21,6 @@ def pair():
     corr[:, 1] = (clean[:, 1] + 9) % 50
     corr[:, 4] = (clean[:, 4] + 3) % 50
     return clean, corr
-
-
-def flags(model):
-    return {f: getattr(model.cfg, f, None) for f in sorted(EDGE_FLAGS)}
 
 
 def receiver_inputs(model, graph, tokens):

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tl_testing import count_hooks, make_gpt2_style
+from tl_testing import count_hooks, make_gpt2_style, edge_flags as flags
 
 from tl_funcnet.circuits import (Circuit, Graph, ablated_values, circuit_metrics, circuits_intervention, edge_hooks,
                                  edge_scores, exact_edge_scores, network_groups, sender_outputs)
-from tl_funcnet.circuits.run import EDGE_FLAGS
 from tl_funcnet.errors import FormatError, FuncnetError
 from tl_funcnet.patching import logit_diff
 
@@ -25,10 +24,6 @@ def pair():
     corr[:, 1] = (clean[:, 1] + 11) % 50
     corr[:, 4] = (clean[:, 4] + 5) % 50
     return clean, corr
-
-
-def flags(model):
-    return {f: getattr(model.cfg, f, None) for f in sorted(EDGE_FLAGS)}
 
 
 def assert_reloads_the_same(model, iv, tokens, tmp_path):
