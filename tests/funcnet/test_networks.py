@@ -7,12 +7,15 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from networks_testing import PLANTED, SITES, found, planted_acts
 from tl_testing import count_hooks
 from tl_funcnet.activations import Activations, collect
 from tl_funcnet.errors import FormatError, FuncnetError, NotFittedError, OverwriteError
 from tl_funcnet.funcnet import FunctionalNetworks
+from tl_funcnet.funcnet.networks import _variance_matched
 from tl_funcnet.hooks import Intervention, capture
 
 
@@ -80,6 +83,36 @@ def test_networks_time_courses_and_connectivity(acts, fitted):
     assert (corr.diagonal() > 0.95).all()
     conn = fitted.connectivity()
     assert conn.shape == (3, 3) and torch.allclose(conn.diagonal(), torch.ones(3))
+
+
+def test_variance_matched_control_matches_each_variance_bin_outside_the_networks(fitted):
+    c = fitted.control_mask("variance_matched", random_state=1)
+    assert fitted.per_site_counts() == {s: len(u) for s, u in fitted.site_units(c).items()}
+    assert not (c & fitted.union()).any()
+    assert torch.equal(c, fitted.control_mask("variance_matched", random_state=1))
+    assert not torch.equal(c, fitted.control_mask("variance_matched", random_state=2))
+    with pytest.raises(FuncnetError, match="n_bins"):
+        fitted.control_mask("variance_matched", n_bins=0)
+
+
+@given(st.integers(1, 60), st.integers(1, 12), st.integers(0, 2**31 - 1))
+@settings(max_examples=60, deadline=None)
+def test_variance_matched_picks_same_bins_or_nearest(width, n_bins, seed):
+    g = torch.Generator().manual_seed(seed)
+    std = torch.rand(width, generator=g)
+    members = torch.rand(width, generator=g) < 0.3
+    pick = _variance_matched(std, members, n_bins, g)
+    n = int(members.sum())
+    assert len(pick) == n and len(set(pick.tolist())) == n
+    if n <= width - n:  # enough other units: never a member
+        assert not members[pick].any()
+    rank = torch.argsort(torch.argsort(std, stable=True))
+    bins = rank * min(n_bins, width) // width
+    others = (~members).sum().item()
+    if n <= others and all(((bins == b) & ~members).sum() >= ((bins == b) & members).sum()
+                           for b in range(int(bins.max()) + 1)):
+        # every bin has room: the control's bin histogram equals the networks'
+        assert torch.equal(torch.bincount(bins[pick], minlength=n_bins), torch.bincount(bins[members], minlength=n_bins))
 
 
 def test_networks_controls_have_matching_size(fitted):

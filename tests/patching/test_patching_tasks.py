@@ -10,7 +10,9 @@ import matplotlib
 import pytest
 import torch
 
+from tl_testing import count_hooks
 from tl_funcnet.errors import FormatError, FuncnetError, ShapeError
+from tl_funcnet.hooks import ablate
 from matplotlib.figure import Figure
 
 from tl_funcnet.patching import (TASKS, PatchResult, correlation, exact_patch, load_task, node_grid, run_patching,
@@ -107,6 +109,12 @@ def test_induction_task_is_generated(gpt2_tiny):
     assert torch.equal(t.answer, t.clean[:, 4])
     rep = task_report(gpt2_tiny, t)
     assert rep["n_pairs"] == 4 and 0.0 <= rep["top1_accuracy"] <= 1.0
+    # under an intervention: the same numbers as a hand-applied one, and no hook left behind
+    iv = ablate("blocks.1.hook_resid_post")
+    with iv.applied(gpt2_tiny):
+        by_hand = task_report(gpt2_tiny, t)
+    assert task_report(gpt2_tiny, t, iv) == by_hand != rep
+    assert count_hooks(gpt2_tiny) == 0
 
 
 def test_tasks_fit_the_model(gpt2_tiny):

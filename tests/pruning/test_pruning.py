@@ -55,7 +55,7 @@ _PLANS: dict = {}
 def _plan(model, calib, method):
     key = (id(model), method)
     if key not in _PLANS:
-        opts = FN_OPTS if method == "fn" else {}
+        opts = FN_OPTS if method.startswith("fn") else {}
         _PLANS[key] = plan_pruning(model, 0.3, method, calib, protect_first=1, protect_last=1, **opts)
         assert _PLANS[key].means is not None  # bias_compensation=True (the default) measures the means
     return _PLANS[key]
@@ -178,7 +178,7 @@ def test_activation_scores_match_run_with_cache_and_ignore_padding(setup):
         expect = wout * win * (gate.detach().double().norm(dim=0) if gate is not None else 1.0)
         assert torch.allclose(m[l], expect)
     assert ALLOCATION == {"random": "uniform", "magnitude": "uniform", "wanda": "uniform", "flap": "global",
-                          "activation": "uniform", "fn": "global"}
+                          "activation": "uniform", "fn": "global", "fn_guided": "uniform"}
 
 
 @ICA_OK
@@ -224,6 +224,47 @@ def test_fn_several_runs_take_the_union(setup):
     assert one.shape == two.shape == (32,) and not torch.equal(one, two)
     with pytest.raises(FuncnetError, match="calibration tokens per"):
         score(model, calib, "fn", layers=[2], n_runs=50, **FN_OPTS)
+
+
+@ICA_OK
+def test_fn_signals_read_in_layer_groups_equal_one_pass(setup):
+    from tl_funcnet.pruning.calibration import fn_signals
+
+    model, calib = setup
+    whole = dict(fn_signals(model, calib, [1, 2, 4]))
+    per_layer_budget = 4 * calib.n_tokens * (2 if model.cfg.gated_mlp else 1) * 32  # one layer per pass
+    parts = list(fn_signals(model, calib, [1, 2, 4], budget=per_layer_budget))
+    assert [l for l, _ in parts] == [1, 2, 4]
+    assert all(torch.equal(whole[l], x) for l, x in parts)
+
+
+@ICA_OK
+def test_fn_guided_protects_top_fn_units_and_ranks_the_rest_by_the_base(setup):
+    from tl_funcnet.pruning.scores import guided
+
+    model, calib = setup
+    layers = [1, 2, 3, 4]
+    fn = score(model, calib, "fn", layers=layers, **FN_OPTS)
+    wanda = score(model, calib, "wanda", layers=layers)
+    got = score(model, calib, "fn_guided", layers=layers, protect=0.25, **FN_OPTS)
+    assert all(torch.equal(a, b) for a, b in zip(got[1:5], guided(fn, wanda, 0.25)[1:5]))
+    plan = plan_from_scores(model, got, 0.5, "fn_guided", protect_first=1, protect_last=1)
+    same_as_base = plan_from_scores(model, score(model, calib, "fn_guided", layers=layers, protect=0.0, **FN_OPTS),
+                                    0.5, "fn_guided", protect_first=1, protect_last=1)
+    base = plan_from_scores(model, wanda, 0.5, "wanda", protect_first=1, protect_last=1)
+    assert all(torch.equal(a, b) for a, b in zip(same_as_base.pruned, base.pruned))
+    for l in layers:
+        top = torch.argsort(fn[l], descending=True, stable=True)[:8]  # 25% of 32
+        assert not plan.pruned[l][top].any()  # protected units survive a 50% prune of the layer
+        rest = torch.ones(32, dtype=torch.bool)
+        rest[top] = False
+        kept = ~plan.pruned[l] & rest
+        if kept.any():  # among unprotected neurons the base score decides
+            assert wanda[l][kept].min() >= wanda[l][plan.pruned[l]].max()
+    with pytest.raises(FuncnetError, match="protect"):
+        score(model, calib, "fn_guided", layers=layers, protect=1.5, **FN_OPTS)
+    with pytest.raises(FuncnetError, match="base"):
+        score(model, calib, "fn_guided", layers=layers, base="magnitude", **FN_OPTS)
 
 
 # ------------------------------------------------------------------ selection

@@ -98,6 +98,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def unit_interval(text: str) -> float:
+    value = finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value}")
+    return value
+
+
 def int_list(text: str) -> list[int]:
     """``"3,5,7"`` -> ``[3, 5, 7]`` (non-negative integers)."""
     try:

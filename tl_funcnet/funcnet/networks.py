@@ -27,7 +27,7 @@ from ..hooks.values import finite_number, index_list, positive_int
 
 SCOPES = ("joint", "per_layer", "window")
 MODES = ("mask", "preserve", "amplify")
-CONTROLS = ("per_layer", "global", "top_variance")
+CONTROLS = ("per_layer", "global", "top_variance", "variance_matched")
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -290,14 +290,19 @@ class FunctionalNetworks:
         return out
 
     def control_mask(self, control: str = "per_layer", ids: Sequence[int] | None = None, *,
-                     random_state: int | None = 0) -> Bool[Tensor, "n_units"]:
+                     random_state: int | None = 0, n_bins: int = 10) -> Bool[Tensor, "n_units"]:
         """A unit set of the same size as the selected networks' union, for controls.
 
         ``"per_layer"``: the same number of random units in each site; ``"global"``: the same total spread
-        uniformly over all units; ``"top_variance"``: the same number per site, the highest-variance units.
+        uniformly over all units; ``"top_variance"``: the same number per site, the highest-variance units;
+        ``"variance_matched"``: random units outside the networks drawn per site and per variance bin
+        (``n_bins`` quantile bins of the unit's std over the fitting tokens, deciles by default) to match the
+        networks' units bin by bin; a bin with too few units outside the networks borrows from its nearest
+        bins, so the control never includes a network unit unless the site has no other units left.
         """
         if control not in CONTROLS:
             raise FuncnetError(f"control should be one of {CONTROLS}, got {control!r}")
+        n_bins = positive_int(n_bins, "n_bins")
         target = self.union(ids)
         g = generator(random_state)
         out = torch.zeros_like(target)
@@ -306,11 +311,14 @@ class FunctionalNetworks:
             return out
         start = 0
         for w in self.widths_:
-            n = int(target[start:start + w].sum())
+            here = target[start:start + w]
+            n = int(here.sum())
             if control == "per_layer":
                 pick = torch.randperm(w, generator=g)[:n]
-            else:
+            elif control == "top_variance":
                 pick = torch.argsort(self.unit_std_[start:start + w], descending=True)[:n]
+            else:
+                pick = _variance_matched(self.unit_std_[start:start + w], here, n_bins, g)
             out[start + pick] = True
             start += w
         return out
@@ -358,6 +366,34 @@ class FunctionalNetworks:
     def layers(self) -> list[int | None]:
         self._check()
         return [site_layer(s) for s in self.sites_]
+
+
+def _variance_matched(std: Float[Tensor, "width"], members: Bool[Tensor, "width"], n_bins: int,
+                      g: torch.Generator) -> Tensor:
+    """Indices of random non-members matching the members' count in each std quantile bin of one site."""
+    w = int(std.numel())
+    rank = torch.empty(w, dtype=torch.long)
+    rank[torch.argsort(std.float(), stable=True)] = torch.arange(w)
+    bins = rank * min(n_bins, w) // w  # equal-count bins, 0 = lowest variance
+    n_b = int(bins.max()) + 1 if w else 0
+    pools = [torch.nonzero((bins == b) & ~members).flatten() for b in range(n_b)]
+    pools = [p[torch.randperm(len(p), generator=g)] for p in pools]
+    used = [0] * n_b
+    picks: list[Tensor] = []
+    for b in range(n_b):
+        need = int(((bins == b) & members).sum())
+        # this bin first, then the nearest bins (ties: the lower-variance one first)
+        for nb in sorted(range(n_b), key=lambda x: (abs(x - b), x)):
+            if need == 0:
+                break
+            take = min(need, len(pools[nb]) - used[nb])
+            picks.append(pools[nb][used[nb]:used[nb] + take])
+            used[nb] += take
+            need -= take
+        if need:  # only network units are left in the site
+            rest = torch.nonzero(members).flatten()
+            picks.append(rest[torch.randperm(len(rest), generator=g)[:need]])
+    return torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
 
 
 __all__ = ["FunctionalNetworks", "Block", "SCOPES", "MODES", "CONTROLS"]

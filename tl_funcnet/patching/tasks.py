@@ -170,10 +170,13 @@ def _fits(model: Any, task: Task) -> Task:
     return task
 
 
-def task_report(model: Any, task: Task) -> dict[str, Any]:
-    """How well ``model`` solves ``task``: top-1 accuracy, answer-over-distractor rate, mean logit differences."""
+def task_report(model: Any, task: Task, intervention: Any = None) -> dict[str, Any]:
+    """How well ``model`` solves ``task`` (under ``intervention`` if given): top-1 accuracy,
+    answer-over-distractor rate, mean logit differences."""
+    from contextlib import nullcontext
+
     ld = task.metric()
-    with torch.no_grad():
+    with torch.no_grad(), (nullcontext() if intervention is None else intervention.applied(model)):
         logits = model(task.clean.to(model.cfg.device))[:, -1]
         corr = model(task.corrupted.to(model.cfg.device))[:, -1:]
     d = ld(logits[:, None])

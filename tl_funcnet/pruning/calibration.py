@@ -8,7 +8,7 @@ activations through ``record`` interventions, like every other reader of the pac
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from jaxtyping import Bool, Float
@@ -137,15 +137,35 @@ def neuron_stats(model: Any, calibration: Calibration) -> NeuronStats:
     return NeuronStats(n, [s[0] / n for s in per_layer], [s[1] / n for s in per_layer], [s[2] / n for s in per_layer])
 
 
-@torch.no_grad()
-def fn_signals(model: Any, calibration: Calibration, layers: Sequence[int]) -> dict[int, Float[Tensor, "n_samples n_feat"]]:
-    """The FN-pruning signals of each layer as a token matrix, one row per real token.
+#: Upper bound on the FN signal matrices held at once (bytes); more layers are read in further passes.
+SIGNAL_BUDGET = 2 * 1024**3
+
+
+def fn_signals(model: Any, calibration: Calibration, layers: Sequence[int], *, budget: int = SIGNAL_BUDGET
+               ) -> Iterator[tuple[int, Float[Tensor, "n_samples n_feat"]]]:
+    """The FN-pruning signals of each layer as a token matrix, one row per real token: ``(layer, matrix)``.
 
     Gated MLPs: ``[up | act(gate)]`` = ``[mlp.hook_pre_linear | act_fn(mlp.hook_pre)]`` (2·d_mlp columns);
-    other MLPs: ``mlp.hook_post`` (d_mlp columns).
+    other MLPs: ``mlp.hook_post`` (d_mlp columns). Layers are read in groups whose float32 matrices fit in
+    ``budget`` bytes (one forward pass per group, stopping after its last layer), so a large calibration set
+    never holds every layer's matrix at once.
     """
     widths = check_prunable(model)
     calibration.check_model(model)
+    per_col = 4 * calibration.n_tokens * (2 if model.cfg.gated_mlp else 1)
+    group: list[int] = []
+    for l in list(layers):
+        if group and per_col * sum(widths[x] for x in group + [l]) > budget:
+            yield from _signal_group(model, calibration, group, widths)
+            group = []
+        group.append(l)
+    if group:
+        yield from _signal_group(model, calibration, group, widths)
+
+
+@torch.no_grad()
+def _signal_group(model: Any, calibration: Calibration, layers: list[int], widths: list[int]
+                  ) -> Iterator[tuple[int, Float[Tensor, "n_samples n_feat"]]]:
     gated = bool(model.cfg.gated_mlp)
     n = calibration.n_tokens
     columns: dict[str, tuple[int, int]] = {}  # site -> (layer, column block)
@@ -166,11 +186,12 @@ def fn_signals(model: Any, calibration: Calibration, layers: Sequence[int]) -> d
         bufs[l][row[0]:row[0] + rows.shape[0], block * w:(block + 1) * w] = rows.float().cpu()
 
     sink = _RealRows(take, transform)
-    stop = max(layers) + 1 if layers else 0
+    stop = max(layers) + 1
     kwargs = {"return_type": None} if stop >= model.cfg.n_layers else {"stop_at_layer": stop}
     for batch in sink.batches(model, calibration, record(list(columns), sink), **kwargs):
         row[0] += batch.n_real  # rows in batch order: real tokens row-major, the order of act[mask]
-    return bufs
+    for l in layers:
+        yield l, bufs.pop(l)
 
 
 @torch.no_grad()

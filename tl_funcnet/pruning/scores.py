@@ -1,4 +1,4 @@
-"""Neuron importance scores: FN (functional networks), random, magnitude, Wanda, FLAP and mean |activation|.
+"""Neuron importance scores: FN (functional networks), FN-guided, random, magnitude, Wanda, FLAP, mean |activation|.
 
 Every scorer has the signature ``scorer(model, calibration, *, layers, <its own options>) -> list[Tensor | None]``:
 one ``(d_mlp_l,)`` float tensor per layer (higher = more important), ``None`` for layers it was not asked to
@@ -6,7 +6,7 @@ score. :func:`score` refuses options a method does not take.
 Activations are ``mlp.hook_post`` (the input of ``W_out``) over the real calibration tokens.
 
 Per-layer allocation (how many neurons each layer loses) is part of a method, see :data:`ALLOCATION`:
-uniform (the same fraction in every prunable layer) for magnitude, wanda, activation and random; global (one
+uniform (the same fraction in every prunable layer) for magnitude, wanda, activation, fn_guided and random; global (one
 threshold over all prunable layers) for fn (a global |z| threshold T, as in the paper) and flap (FLAP's
 global selection over per-layer standardized scores).
 """
@@ -128,9 +128,7 @@ def fn_scores(model: Any, calibration: Calibration, *, layers: Sequence[int], n_
                            f"ICA run, got {per_run} ({n_tok} tokens / {n_runs} runs); add calibration text, "
                            f"lower n_networks or n_runs")
     out: Scores = [None] * len(model.blocks)
-    sigs = fn_signals(model, calibration, list(layers))
-    for l in layers:
-        X = sigs.pop(l)
+    for l, X in fn_signals(model, calibration, list(layers)):
         w = int(model.blocks[l].mlp.W_out.shape[0])
         best = torch.full((w,), -torch.inf, dtype=torch.float64)
         for r in range(n_runs):
@@ -141,6 +139,52 @@ def fn_scores(model: Any, calibration: Calibration, *, layers: Sequence[int], n_
             z = torch.from_numpy(maps).abs().amax(0).double().view(-1, w).amax(0)
             best = torch.maximum(best, z)
         out[l] = best
+    return out
+
+
+@_register("fn_guided", "uniform")
+def fn_guided_scores(model: Any, calibration: Calibration, *, layers: Sequence[int], base: str = "wanda",
+                     protect: float = 0.05, n_networks: int = 128, n_restarts: int = 10, n_runs: int = 1,
+                     random_state: int = 0) -> Scores:
+    """FN-guided pruning: a ``base`` ranking (``"wanda"``, ``"activation"`` or ``"flap"``) in which each layer's
+    strongest functional-network units are protected.
+
+    In every layer the ``protect`` fraction of neurons with the highest FN score (max |z| over CanICA
+    components and runs, see :func:`fn_scores`, which takes the remaining options) is pruned only after all
+    others; everything else is ranked by the base score. ``protect=0`` is the base method.
+    """
+    if base not in GUIDED_BASES:
+        raise FuncnetError(f"base should be one of {GUIDED_BASES}, got {base!r}")
+    protect = guided_fraction(protect)
+    fn = fn_scores(model, calibration, layers=layers, n_networks=n_networks, n_restarts=n_restarts,
+                   n_runs=n_runs, random_state=random_state)
+    return guided(fn, SCORERS[base](model, calibration, layers=layers), protect)
+
+
+GUIDED_BASES = ("wanda", "activation", "flap")
+
+
+def guided_fraction(protect: Any) -> float:
+    if isinstance(protect, bool) or not isinstance(protect, (int, float)) or not 0.0 <= float(protect) <= 1.0:
+        raise FuncnetError(f"protect should be the fraction of each layer's neurons the FN scores protect, "
+                           f"between 0 and 1; got {protect!r}")
+    return float(protect)
+
+
+def guided(fn: Scores, base: Scores, protect: float) -> Scores:
+    """Combine FN scores and base scores: per layer, the top ``protect`` fraction by FN score ranks above
+    every other neuron; within each part the base score decides (values in [0, 2), higher = kept longer)."""
+    protect = guided_fraction(protect)
+    out: Scores = [None] * len(base)
+    for l, (f, b) in enumerate(zip(fn, base)):
+        if f is None or b is None:
+            continue
+        w = int(b.numel())
+        rank = torch.empty(w, dtype=torch.float64)
+        rank[torch.argsort(b.double(), stable=True)] = torch.arange(w, dtype=torch.float64) / w
+        top = torch.argsort(f.double(), descending=True, stable=True)[: int(round(protect * w))]
+        rank[top] += 1.0
+        out[l] = rank
     return out
 
 
@@ -171,4 +215,4 @@ def score(model: Any, calibration: Calibration | None, method: str, *, layers: S
 
 
 __all__ = ["SCORERS", "ALLOCATION", "STANDARDIZE", "score", "random_scores", "magnitude_scores",
-           "wanda_scores", "flap_scores", "activation_scores", "fn_scores"]
+           "wanda_scores", "flap_scores", "activation_scores", "fn_scores", "fn_guided_scores", "guided"]
