@@ -148,6 +148,24 @@ def run_worker(argv: list[str], timeout: float | None = None) -> dict[str, Any]:
     return out
 
 
+def token_chunks(model: Any, passages: list[str], n_chunks: int | None, chunk_len: int) -> list[Any]:
+    """Join passages (blank line between) into one token stream and cut it into chunks of ``chunk_len`` tokens,
+    each starting with BOS; at most ``n_chunks`` (None: as many as the passages give)."""
+    import torch
+
+    tok = model.tokenizer
+    bos = tok.bos_token_id
+    body = chunk_len - (1 if bos is not None else 0)
+    stream: list[int] = []
+    for p in passages:
+        stream.extend(tok(p + "\n\n", add_special_tokens=False)["input_ids"])
+        if n_chunks is not None and len(stream) >= body * n_chunks:
+            break
+    n = len(stream) // body if n_chunks is None else min(n_chunks, len(stream) // body)
+    return [torch.tensor(([bos] if bos is not None else []) + stream[i * body:(i + 1) * body], dtype=torch.long)
+            for i in range(n)]
+
+
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     """``rows`` as a markdown table of ``columns`` (floats to 3 significant digits, missing cells empty)."""
 

@@ -63,17 +63,26 @@ def check_funcnet_masking(data: dict) -> None:
     assert data["eval_tokens"] > 0 and data["calib_tokens"] > 0
     assert set(data["sites"]) == {"mlp.hook_post", "hook_mlp_out"}
     for site, R in data["sites"].items():
-        assert set(R["mask"]) == {"one", "two"}, site
-        for m in R["mask"].values():
-            assert m["units"] > 0 and sum(m["per_layer_counts"]) == m["units"], m
+        assert set(R["mask"]) == {"one", "two", "one|z", "two|z"}, site  # raw and z-scored units
+        for key, m in R["mask"].items():
+            assert sum(m["per_layer_counts"]) == m["units"] and (m["units"] > 0 or key.endswith("|z")), m
             assert finite(m["networks"]) and finite(m["top_variance"]) and finite(m["per_layer_random_mean"])
-            assert len(m["per_layer_random"]) == 2 and len(m["global_random"]) == 1
-            assert all(finite(x) for x in m["per_layer_random"] + m["global_random"])
-            ratio = m["ratio_vs_per_layer_random"]
-            assert ratio is None or finite(ratio)
-        assert set(R["preserve"]) == {"2", "3"}, site
+            assert len(m["per_layer_random"]) == 2 and len(m["global_random"]) == 1 and len(m["variance_matched"]) == 1
+            assert all(finite(x) for x in m["per_layer_random"] + m["global_random"] + m["variance_matched"])
+            for ratio in (m["ratio_vs_per_layer_random"], m["ratio_vs_variance_matched"]):
+                assert ratio is None or finite(ratio)
+            assert 0 <= m["jaccard_top_variance"] <= 1
+        assert {"2", "3"} <= set(R["preserve"]), site
         for p in R["preserve"].values():
             assert finite(p["networks"]) and 0 < p["fraction"] <= 1 and isinstance(p["networks_below_every_control"], bool)
+            assert all(finite(x) for x in p["variance_matched"])
+    # the preserve curve reaches half of the units on the largest fit's maps
+    assert data["sites"]["mlp.hook_post"]["preserve"]["3@0.5"]["fraction"] == pytest.approx(0.5, abs=0.02)
+    amp = data["amplify"]["induction"]
+    assert amp["units"] > 0 and len(amp["networks"]) == 1
+    for row in amp["gains"].values():
+        for r in [row["networks"], *row["per_layer"], *row["variance_matched"]]:
+            assert finite(r["logit_diff_clean"]) and 0 <= r["top1_accuracy"] <= 1
         assert R["networks_below_every_control_count"] == sum(p["networks_below_every_control"]
                                                               for p in R["preserve"].values())
         assert all(finite(f["fit_s"]) for f in R["fits"].values())
@@ -108,7 +117,15 @@ def check_prune(data: dict) -> None:
             for r in ratios:
                 v = data["ppl"][f"{m}|{bias}|{r}"]
                 assert finite(v) and v > 1, (m, bias, r, v)
-    assert set(data["score_seconds"]) == {m.split("-")[0] for m in labels}
+    assert set(data["score_seconds"]) == {m.split("-")[0] for m in labels} - {"fn_guided"}
+    assert "fn_guided" in labels and data["knobs"]["chosen"] == data["fn_guided_knobs"]
+    assert data["fn_guided_knobs"]["protect"] in (0.02, 0.05, 0.1, 0.2, 0.3)
+    for t, rows in data["tasks"].items():
+        assert set(rows) == {"unpruned"} | {f"{m}|{r}" for m in labels for r in ratios}, t
+        assert all(finite(x["logit_diff_clean"]) for x in rows.values())
+    rows = data["sweep"]["rows"].values()
+    assert {r["method"] for r in rows} == {"fn", "fn_guided", "wanda", "flap", "activation"}
+    assert {r["runs"] for r in rows} == {1, 4} and all(finite(v) for r in rows for v in r["ppl"].values())
     for r in ratios:
         s, p = data["speed"][str(r)], data["params"][str(r)]
         assert s["hard_ppl"] == pytest.approx(s["soft_ppl"], rel=1e-3)  # hard prune = soft prune

@@ -141,15 +141,16 @@ def neuron_stats(model: Any, calibration: Calibration) -> NeuronStats:
 SIGNAL_BUDGET = 2 * 1024**3
 
 
-def fn_signals(model: Any, calibration: Calibration, layers: Sequence[int], *, budget: int = SIGNAL_BUDGET
+def fn_signals(model: Any, calibration: Calibration, layers: Sequence[int], *, budget: int | None = None
                ) -> Iterator[tuple[int, Float[Tensor, "n_samples n_feat"]]]:
     """The FN-pruning signals of each layer as a token matrix, one row per real token: ``(layer, matrix)``.
 
     Gated MLPs: ``[up | act(gate)]`` = ``[mlp.hook_pre_linear | act_fn(mlp.hook_pre)]`` (2·d_mlp columns);
     other MLPs: ``mlp.hook_post`` (d_mlp columns). Layers are read in groups whose float32 matrices fit in
-    ``budget`` bytes (one forward pass per group, stopping after its last layer), so a large calibration set
-    never holds every layer's matrix at once.
+    ``budget`` bytes (default :data:`SIGNAL_BUDGET`; one forward pass per group, stopping after its last
+    layer), so a large calibration set never holds every layer's matrix at once.
     """
+    budget = SIGNAL_BUDGET if budget is None else budget
     widths = check_prunable(model)
     calibration.check_model(model)
     per_col = 4 * calibration.n_tokens * (2 if model.cfg.gated_mlp else 1)
