@@ -144,8 +144,9 @@ show(plot_layer_counts(fn))"""),
 texts = load_corpus("evaluation")[:6]
 rows = {"baseline": evaluate(model, texts, progress=False, compare_to_base=False).loss}
 rows["mask networks"] = evaluate(model, texts, fn.to_intervention("mask"), progress=False, compare_to_base=False).loss
-# controls: the same edit on as many units, drawn per layer, globally, or the highest-variance units
-for control in ("per_layer", "global", "top_variance"):
+# controls: the same edit on as many units, drawn per layer, globally, the highest-variance units, or
+# random units outside the networks matched to their variance decile in each layer (the strongest random control)
+for control in ("per_layer", "global", "top_variance", "variance_matched"):
     iv = fn.to_intervention("mask", control=control, random_state=0)
     rows[f"control: {control}"] = evaluate(model, texts, iv, progress=False, compare_to_base=False).loss
 {k: round(v, 3) for k, v in rows.items()}"""),
@@ -282,7 +283,8 @@ with splice(sae, use_error_term=False).applied(model):
 
 NOTEBOOKS["03_pruning"] = [
     ("md", "# Pruning that preserves functional networks\n\nScore MLP neurons (FN: neurons that are key in no "
-           "per-layer ICA network go first; baselines: FLAP, Wanda, magnitude, mean activation, random), try the "
+           "per-layer ICA network go first; fn_guided: a Wanda-style ranking that protects each layer's strongest "
+           "network units; baselines: FLAP, Wanda, magnitude, mean activation, random), try the "
            "plan as a soft-pruning `Intervention`, then remove the neurons for real with FLAP-style bias "
            "compensation. Settings are small here; `benchmarks/prune.py` runs the full comparison."),
     ("code", SETUP),
@@ -296,7 +298,9 @@ layers = [l for l in range(model.cfg.n_layers) if l not in protected_layers(mode
 print(calib.n_tokens, "calibration tokens; unpruned perplexity", round(ppl(), 2))"""),
     ("code", """# score once per method (fn: a small ICA per layer here), then plan 20% of MLP neurons and compensate
 plans = {}
-for method, opts in [("fn", {"n_networks": 16, "n_restarts": 1}), ("magnitude", {}), ("random", {"random_state": 0})]:
+fn_opts = {"n_networks": 16, "n_restarts": 1}
+# fn_guided: Wanda-style ranking, each layer's top 5% by FN score pruned last
+for method, opts in [("fn", fn_opts), ("fn_guided", {**fn_opts, "protect": 0.05}), ("wanda", {}), ("random", {"random_state": 0})]:
     s = score(model, calib, method, layers=layers, **opts)
     plans[method] = compensate(model, plan_from_scores(model, s, 0.2, method), calib)
 {m: {"neurons removed": p.n_pruned, "ppl (soft, bias comp.)": round(ppl(p.to_intervention()), 2),
@@ -479,6 +483,26 @@ with again.to_intervention(ablated).applied(model):
     m = metric(model(task.clean)).mean().item()
 assert abs((m - curve.empty_metric) / (curve.model_metric - curve.empty_metric) - f) < 1e-3
 print(f"logit difference {m:.3f} with the circuit alone, {curve.model_metric:.3f} on the model")"""),
+    ("md", """## Functional networks as senders
+
+A functional network's neurons in one MLP write their own share of that MLP's output (`hook_post[..., units] @ W_out[units]`). Passing networks to `Graph.from_model(model, groups=...)` splits every MLP into its networks' shares (senders `FN<i>.m<layer>`) and the rest (`m<layer>`), so edge scores and circuits can be read in network terms. A neuron key to two networks goes to the one that loads on it most."""),
+    ("code", """from tl_funcnet.activations import collect
+from tl_funcnet.data import load_corpus
+from tl_funcnet.funcnet import FunctionalNetworks
+from tl_funcnet.circuits import network_groups
+acts = collect(model, load_corpus("calibration"), "mlp.hook_post", max_tokens=1024, max_tokens_per_seq=128,
+               progress=False)
+networks = FunctionalNetworks(10, threshold=3.6).fit(acts)
+fn_graph = Graph.from_model(model, groups=networks)
+print(fn_graph, "| network senders:", sum(fn_graph.group_of(u) is not None for u in range(fn_graph.n_senders)))"""),
+    ("code", """# attribution is linear in a sender's change: a network's edge plus the rest of its MLP's edge is the MLP's edge
+fn_ig = edge_scores(model, fn_graph, task.clean, task.corrupted, metric, method="eap-ig-inputs", steps=5)
+name, layer, _ = fn_graph.groups[-1]
+parts = [s for s in fn_graph.senders if s.endswith(f".m{layer}") or s == f"m{layer}"]
+split = sum(float(fn_ig.scores[fn_graph.edge_index(f"{s}->logits")]) for s in parts)
+assert abs(split - float(ig.scores[graph.edge_index(f"m{layer}->logits")])) < 1e-3
+fn_circuit = fn_ig.circuit(300)
+pd.DataFrame(fn_ig.by_group(fn_circuit)).T.sort_values("abs_score", ascending=False).round(3)"""),
     ("md", "## Planted circuits\n\nOn SmolLM2 the true circuit is unknown. In a tiny hand-built model it is known: "
            "the weights route a key token's sign through a few edges to the answer, and every other component is a "
            "distractor. The AUROC of each method's |score| for telling the planted edges from the rest says how "
