@@ -261,6 +261,10 @@ def test_fn_guided_protects_top_fn_units_and_ranks_the_rest_by_the_base(setup):
         kept = ~plan.pruned[l] & rest
         if kept.any():  # among unprotected neurons the base score decides
             assert wanda[l][kept].min() >= wanda[l][plan.pruned[l]].max()
+    # without compensation the calibration text is still read (fn_guided reads activations)
+    bare = plan_pruning(model, 0.5, "fn_guided", calib, protect_first=1, protect_last=1, bias_compensation=False,
+                        protect=0.25, **FN_OPTS)
+    assert all(torch.equal(a, b) for a, b in zip(bare.pruned, plan.pruned)) and bare.means is None
     with pytest.raises(FuncnetError, match="protect"):
         score(model, calib, "fn_guided", layers=layers, protect=1.5, **FN_OPTS)
     with pytest.raises(FuncnetError, match="base"):

@@ -15,7 +15,7 @@ from .plan import PruningPlan, select
 from .scores import ALLOCATION, SCORERS, STANDARDIZE, Scores, method_options, score
 
 METHODS = tuple(SCORERS)
-_NEEDS_TEXT = ("fn", "wanda", "flap", "activation")
+_WEIGHTS_ONLY = ("magnitude", "random")  # every other method reads calibration activations
 
 
 def _check_method(method: Any) -> None:
@@ -58,8 +58,8 @@ def plan_pruning(model: Any, ratio: float, method: str = "fn", texts: Any = "cal
 
     ``texts`` is the calibration text (split name, path, list of strings) or a :class:`Calibration`; methods
     that read only weights (``magnitude``, ``random``) need it only for compensation. ``options`` are the
-    method's own (``fn``: ``n_networks``, ``n_restarts``, ``n_runs``, ``random_state``; ``random``:
-    ``random_state``): anything else is refused before any forward pass.
+    method's own (``fn``: ``n_networks``, ``n_restarts``, ``n_runs``, ``random_state``; ``fn_guided``: those and
+    ``base``, ``protect``; ``random``: ``random_state``): anything else is refused before any forward pass.
     """
     widths = check_prunable(model)
     _check_method(method)
@@ -72,7 +72,7 @@ def plan_pruning(model: Any, ratio: float, method: str = "fn", texts: Any = "cal
     # validate the ratio (and reachability) on dummy scores before the expensive scoring
     select([torch.zeros(w) for w in widths], widths, ratio, allocation=allocation or ALLOCATION[method],
            protected=prot, min_keep=min_keep, method=method)
-    needs_text = bias_compensation or method in _NEEDS_TEXT
+    needs_text = bias_compensation or method not in _WEIGHTS_ONLY
     calibration = calibration_for(model, texts, max_tokens=max_tokens, max_tokens_per_seq=max_tokens_per_seq) \
         if needs_text else None
     layers = [l for l in range(len(widths)) if l not in prot]
