@@ -6,7 +6,7 @@ the same protected layers for all (first 3, last 2). Scores are computed once pe
 ratios; perplexities use the soft prune (the plan as an Intervention), which the tests show equals the hard
 prune (checked again here for fn). Stages:
 
-- ``knobs``: fn_guided's ``base`` and ``protect`` chosen by perplexity on the *finetune* split (never the
+- ``knobs``: fn_guided's ``base`` and ``key_fraction`` chosen by perplexity on the *finetune* split (never the
   evaluation split) at 20% and 30% with bias compensation;
 - ``main``: perplexity on held-out evaluation text, every method and ratio;
 - ``tasks``: accuracy and logit difference of the four circuit tasks (IOI, greater-than, capitals,
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
                     help="FN scores: ICA components (networks) per layer (default 128)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=None, help="calibration tokens (default 2048)")
-    ap.add_argument("--protect", type=float, default=None, help="fn_guided: skip the knob search, use this")
+    ap.add_argument("--key-fraction", type=float, default=None, help="fn_guided: skip the knob search, use this")
     ap.add_argument("--base", default=None, help="fn_guided: skip the knob search, use this base")
     ap.add_argument("--no-variants", action="store_true",
                     help="skip fn-uniform (FN scores with the same per-layer allocation as wanda/activation)")
@@ -152,8 +152,8 @@ def main(argv=None) -> int:
         return compensate(model, plan_from_scores(model, s, ratio, method, allocation=allocation), comp)
 
     # ---- fn_guided's knobs, on the finetune split
-    knobs = {"base": args.base or "wanda", "protect": 0.05 if args.protect is None else args.protect}
-    if "knobs" in stages and args.protect is None:
+    knobs = {"base": args.base or "wanda", "key_fraction": 0.05 if args.key_fraction is None else args.key_fraction}
+    if "knobs" in stages and args.key_fraction is None:
         vbase = ev(texts=valid).perplexity
         grid = {}
         for b in KNOB_BASES:
@@ -161,12 +161,12 @@ def main(argv=None) -> int:
                 ppl = [ev(plan_for(guided(get_scores("fn"), get_scores(b), pr), r, "fn_guided").to_intervention(),
                           texts=valid).perplexity for r in (0.2, 0.3)]
                 grid[f"{b}|{pr}"] = ppl
-                log(f"  knobs base={b} protect={pr}: validation ppl {ppl[0]:.2f} / {ppl[1]:.2f} (20% / 30%)")
+                log(f"  knobs base={b} key_fraction={pr}: validation ppl {ppl[0]:.2f} / {ppl[1]:.2f} (20% / 30%)")
             for r_i, r in enumerate((0.2, 0.3)):  # the base method alone on the same split, for reference
                 grid.setdefault(f"{b}|0", [None, None])[r_i] = ev(plan_for(get_scores(b), r, b).to_intervention(),
                                                                  texts=valid).perplexity
         best = min((k for k in grid if not k.endswith("|0")), key=lambda k: sum(grid[k]))
-        knobs = {"base": best.split("|")[0], "protect": float(best.split("|")[1])}
+        knobs = {"base": best.split("|")[0], "key_fraction": float(best.split("|")[1])}
         payload["knobs"] = {"grid": grid, "chosen": knobs, "validation_ppl_unpruned": vbase}
         log(f"chosen fn_guided knobs {knobs}")
         save()
@@ -174,7 +174,7 @@ def main(argv=None) -> int:
 
     def guided_scores() -> list:
         if "fn_guided" not in scores:
-            scores["fn_guided"] = guided(get_scores("fn"), get_scores(knobs["base"]), knobs["protect"])
+            scores["fn_guided"] = guided(get_scores("fn"), get_scores(knobs["base"]), knobs["key_fraction"])
         return scores["fn_guided"]
 
     # ---- main table
@@ -288,7 +288,7 @@ def _sweep(model, comp_calib, layers, fn_opts, knobs, args, payload, log, ev, pl
             t = time.perf_counter()
             fn = score(model, cal, "fn", layers=layers, n_runs=n_runs, **fn_opts)
             fn_s = time.perf_counter() - t
-            rows = {"fn": fn, "fn_guided": guided(fn, base_scores[knobs["base"]], knobs["protect"]),
+            rows = {"fn": fn, "fn_guided": guided(fn, base_scores[knobs["base"]], knobs["key_fraction"]),
                     **(base_scores if n_runs == runs[0] else {})}
             for method, s in rows.items():
                 key = f"{method}|{n_tok}|{n_runs}"
@@ -345,11 +345,11 @@ def _markdown(res: dict) -> str:
     if "knobs" in res:
         k = res["knobs"]
         lines += ["", f"fn_guided knobs on the finetune split (validation perplexity, unpruned "
-                      f"{k['validation_ppl_unpruned']:.2f}; bias compensation; protect 0 = the base method alone):", "",
-                  "| base | protect | 20% | 30% |", "|---|---|---|---|"]
+                      f"{k['validation_ppl_unpruned']:.2f}; bias compensation; key_fraction 0 = the base method alone):", "",
+                  "| base | key_fraction | 20% | 30% |", "|---|---|---|---|"]
         for key, (a, b) in sorted(k["grid"].items(), key=lambda kv: (kv[0].split("|")[0], float(kv[0].split("|")[1]))):
             base, pr = key.split("|")
-            mark = "**" if k["chosen"] == {"base": base, "protect": float(pr)} else ""
+            mark = "**" if k["chosen"] == {"base": base, "key_fraction": float(pr)} else ""
             lines.append(f"| {base} | {mark}{pr}{mark} | {a:.2f} | {b:.2f} |")
         lines.append(f"\nChosen: {k['chosen']}.")
     if res.get("ppl"):

@@ -300,7 +300,7 @@ print(calib.n_tokens, "calibration tokens; unpruned perplexity", round(ppl(), 2)
 plans = {}
 fn_opts = {"n_networks": 16, "n_restarts": 1}
 # fn_guided: Wanda-style ranking, each layer's top 5% by FN score pruned last
-for method, opts in [("fn", fn_opts), ("fn_guided", {**fn_opts, "protect": 0.05}), ("wanda", {}), ("random", {"random_state": 0})]:
+for method, opts in [("fn", fn_opts), ("fn_guided", {**fn_opts, "key_fraction": 0.05}), ("wanda", {}), ("random", {"random_state": 0})]:
     s = score(model, calib, method, layers=layers, **opts)
     plans[method] = compensate(model, plan_from_scores(model, s, 0.2, method), calib)
 {m: {"neurons removed": p.n_pruned, "ppl (soft, bias comp.)": round(ppl(p.to_intervention()), 2),

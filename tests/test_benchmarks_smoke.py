@@ -119,7 +119,7 @@ def check_prune(data: dict) -> None:
                 assert finite(v) and v > 1, (m, bias, r, v)
     assert set(data["score_seconds"]) == {m.split("-")[0] for m in labels} - {"fn_guided"}
     assert "fn_guided" in labels and data["knobs"]["chosen"] == data["fn_guided_knobs"]
-    assert data["fn_guided_knobs"]["protect"] in (0.02, 0.05, 0.1, 0.2, 0.3)
+    assert data["fn_guided_knobs"]["key_fraction"] in (0.02, 0.05, 0.1, 0.2, 0.3)
     for t, rows in data["tasks"].items():
         assert set(rows) == {"unpruned"} | {f"{m}|{r}" for m in labels for r in ratios}, t
         assert all(finite(x["logit_diff_clean"]) for x in rows.values())

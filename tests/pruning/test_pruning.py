@@ -246,10 +246,10 @@ def test_fn_guided_protects_top_fn_units_and_ranks_the_rest_by_the_base(setup):
     layers = [1, 2, 3, 4]
     fn = score(model, calib, "fn", layers=layers, **FN_OPTS)
     wanda = score(model, calib, "wanda", layers=layers)
-    got = score(model, calib, "fn_guided", layers=layers, protect=0.25, **FN_OPTS)
+    got = score(model, calib, "fn_guided", layers=layers, key_fraction=0.25, **FN_OPTS)
     assert all(torch.equal(a, b) for a, b in zip(got[1:5], guided(fn, wanda, 0.25)[1:5]))
     plan = plan_from_scores(model, got, 0.5, "fn_guided", protect_first=1, protect_last=1)
-    same_as_base = plan_from_scores(model, score(model, calib, "fn_guided", layers=layers, protect=0.0, **FN_OPTS),
+    same_as_base = plan_from_scores(model, score(model, calib, "fn_guided", layers=layers, key_fraction=0.0, **FN_OPTS),
                                     0.5, "fn_guided", protect_first=1, protect_last=1)
     base = plan_from_scores(model, wanda, 0.5, "wanda", protect_first=1, protect_last=1)
     assert all(torch.equal(a, b) for a, b in zip(same_as_base.pruned, base.pruned))
@@ -263,10 +263,10 @@ def test_fn_guided_protects_top_fn_units_and_ranks_the_rest_by_the_base(setup):
             assert wanda[l][kept].min() >= wanda[l][plan.pruned[l]].max()
     # without compensation the calibration text is still read (fn_guided reads activations)
     bare = plan_pruning(model, 0.5, "fn_guided", calib, protect_first=1, protect_last=1, bias_compensation=False,
-                        protect=0.25, **FN_OPTS)
+                        key_fraction=0.25, **FN_OPTS)
     assert all(torch.equal(a, b) for a, b in zip(bare.pruned, plan.pruned)) and bare.means is None
-    with pytest.raises(FuncnetError, match="protect"):
-        score(model, calib, "fn_guided", layers=layers, protect=1.5, **FN_OPTS)
+    with pytest.raises(FuncnetError, match="key_fraction"):
+        score(model, calib, "fn_guided", layers=layers, key_fraction=1.5, **FN_OPTS)
     with pytest.raises(FuncnetError, match="base"):
         score(model, calib, "fn_guided", layers=layers, base="magnitude", **FN_OPTS)
 

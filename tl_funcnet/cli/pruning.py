@@ -26,7 +26,7 @@ def _prune(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--random-state", type=int, default=0, help="fn, fn_guided and random: the seed")
     p.add_argument("--base", choices=["wanda", "activation", "flap"], default="wanda",
                    help="fn_guided: the score that ranks the unprotected neurons")
-    p.add_argument("--protect", type=unit_interval, default=0.05,
+    p.add_argument("--key-fraction", type=unit_interval, default=0.05,
                    help="fn_guided: fraction of each layer's neurons (highest FN score) pruned last")
     add_out(p, "folder for the pruned model (tl_funcnet.models.save)")
     add_json(p)
@@ -44,7 +44,7 @@ def _prune(p: argparse.ArgumentParser) -> Handler:
         eval_texts = resolve_texts(args.eval_texts)[: args.max_eval_texts]
         check_out(args.out, KIND, args.overwrite)
         fn_opts = {"n_networks": args.n_networks, "random_state": args.random_state}
-        options = {"fn": fn_opts, "fn_guided": {**fn_opts, "base": args.base, "protect": args.protect},
+        options = {"fn": fn_opts, "fn_guided": {**fn_opts, "base": args.base, "key_fraction": args.key_fraction},
                    "random": {"random_state": args.random_state}}.get(args.method, {})
         log_for(args)(f"loading {args.model}")
         model = load(args.model)

@@ -59,7 +59,7 @@ def plan_pruning(model: Any, ratio: float, method: str = "fn", texts: Any = "cal
     ``texts`` is the calibration text (split name, path, list of strings) or a :class:`Calibration`; methods
     that read only weights (``magnitude``, ``random``) need it only for compensation. ``options`` are the
     method's own (``fn``: ``n_networks``, ``n_restarts``, ``n_runs``, ``random_state``; ``fn_guided``: those and
-    ``base``, ``protect``; ``random``: ``random_state``): anything else is refused before any forward pass.
+    ``base``, ``key_fraction``; ``random``: ``random_state``): anything else is refused before any forward pass.
     """
     widths = check_prunable(model)
     _check_method(method)

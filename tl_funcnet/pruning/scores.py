@@ -144,37 +144,38 @@ def fn_scores(model: Any, calibration: Calibration, *, layers: Sequence[int], n_
 
 @_register("fn_guided", "uniform")
 def fn_guided_scores(model: Any, calibration: Calibration, *, layers: Sequence[int], base: str = "wanda",
-                     protect: float = 0.05, n_networks: int = 128, n_restarts: int = 10, n_runs: int = 1,
+                     key_fraction: float = 0.05, n_networks: int = 128, n_restarts: int = 10, n_runs: int = 1,
                      random_state: int = 0) -> Scores:
     """FN-guided pruning: a ``base`` ranking (``"wanda"``, ``"activation"`` or ``"flap"``) in which each layer's
     strongest functional-network units are protected.
 
-    In every layer the ``protect`` fraction of neurons with the highest FN score (max |z| over CanICA
+    In every layer the ``key_fraction`` of neurons with the highest FN score (max |z| over CanICA
     components and runs, see :func:`fn_scores`, which takes the remaining options) is pruned only after all
-    others; everything else is ranked by the base score. ``protect=0`` is the base method.
+    others; everything else is ranked by the base score. ``key_fraction=0`` is the base method.
     """
     if base not in GUIDED_BASES:
         raise FuncnetError(f"base should be one of {GUIDED_BASES}, got {base!r}")
-    protect = guided_fraction(protect)
+    key_fraction = guided_fraction(key_fraction)
     fn = fn_scores(model, calibration, layers=layers, n_networks=n_networks, n_restarts=n_restarts,
                    n_runs=n_runs, random_state=random_state)
-    return guided(fn, SCORERS[base](model, calibration, layers=layers), protect)
+    return guided(fn, SCORERS[base](model, calibration, layers=layers), key_fraction)
 
 
 GUIDED_BASES = ("wanda", "activation", "flap")
 
 
-def guided_fraction(protect: Any) -> float:
-    if isinstance(protect, bool) or not isinstance(protect, (int, float)) or not 0.0 <= float(protect) <= 1.0:
-        raise FuncnetError(f"protect should be the fraction of each layer's neurons the FN scores protect, "
-                           f"between 0 and 1; got {protect!r}")
-    return float(protect)
+def guided_fraction(key_fraction: Any) -> float:
+    if (isinstance(key_fraction, bool) or not isinstance(key_fraction, (int, float))
+            or not 0.0 <= float(key_fraction) <= 1.0):
+        raise FuncnetError(f"key_fraction should be the fraction of each layer's neurons (highest FN scores) "
+                           f"pruned last, between 0 and 1; got {key_fraction!r}")
+    return float(key_fraction)
 
 
-def guided(fn: Scores, base: Scores, protect: float) -> Scores:
-    """Combine FN scores and base scores: per layer, the top ``protect`` fraction by FN score ranks above
-    every other neuron; within each part the base score decides (values in [0, 2), higher = kept longer)."""
-    protect = guided_fraction(protect)
+def guided(fn: Scores, base: Scores, key_fraction: float) -> Scores:
+    """Combine FN scores and base scores: per layer, the top ``key_fraction`` by FN score ranks above every
+    other neuron; within each part the base score decides (values in [0, 2), higher = kept longer)."""
+    key_fraction = guided_fraction(key_fraction)
     out: Scores = [None] * len(base)
     for l, (f, b) in enumerate(zip(fn, base)):
         if f is None or b is None:
@@ -182,7 +183,7 @@ def guided(fn: Scores, base: Scores, protect: float) -> Scores:
         w = int(b.numel())
         rank = torch.empty(w, dtype=torch.float64)
         rank[torch.argsort(b.double(), stable=True)] = torch.arange(w, dtype=torch.float64) / w
-        top = torch.argsort(f.double(), descending=True, stable=True)[: int(round(protect * w))]
+        top = torch.argsort(f.double(), descending=True, stable=True)[: int(round(key_fraction * w))]
         rank[top] += 1.0
         out[l] = rank
     return out
