@@ -107,6 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--mask-per-layer-seeds", type=int, default=3)
     ap.add_argument("--mask-global-seeds", type=int, default=2)
     ap.add_argument("--vm-seeds", type=int, default=3, help="seeds of the variance-matched control when masking")
+    ap.add_argument("--vm-bins", type=int, default=10,
+                    help="variance bins per layer of the variance-matched control (10: deciles; the width: each "
+                         "network unit matched to the nearest-variance unit outside the networks)")
     ap.add_argument("--preserve-seeds", type=int, default=1, help="seeds per random control on the preserve curve")
     ap.add_argument("--amplify-tasks", default="ioi,greater_than,capital,induction")
     ap.add_argument("--amplify-networks", type=int, default=32, help="ICA components of the amplification fit")
@@ -254,8 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
         out["global_random"] = [ev(fn.to_intervention(mode, control="global", random_state=100 + s))
                                 for s in range(n_gl)]
         out["top_variance"] = ev(fn.to_intervention(mode, control="top_variance"))
-        out["variance_matched"] = [ev(fn.to_intervention(mode, control="variance_matched", random_state=200 + s))
-                                   for s in range(n_vm)]
+        out["variance_matched"] = [ev(fn.to_intervention(mode, control="variance_matched", random_state=200 + s,
+                                                         n_bins=args.vm_bins)) for s in range(n_vm)]
         return out
 
     for name in site_names:
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict:
                 n = int(u.sum())
                 t = time.perf_counter()
                 losses = controls(fn, "mask", args.mask_per_layer_seeds, args.mask_global_seeds, args.vm_seeds)
-                mean = lambda v: sum(v) / len(v)  # noqa: E731
+                mean = lambda v: sum(v) / len(v) if v else float("nan")  # noqa: E731
                 pl_mean, vm_mean = mean(losses["per_layer_random"]), mean(losses["variance_matched"])
                 d_net, d_pl, d_vm = losses["networks"] - base, pl_mean - base, vm_mean - base
                 d_top = losses["top_variance"] - base
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
                     "k": args.mask_networks, "sides": sides, "standardize": std, "units": n,
                     "fraction": n / u.numel(), **losses, "per_layer_random_mean": pl_mean,
                     "variance_matched_mean": vm_mean,
-                    "ratio_vs_per_layer_random": (d_net / d_pl) if d_pl > 0 else None,
+                    "ratio_vs_per_layer_random": (d_net / d_pl) if d_pl > 0 else None,  # NaN > 0 is False
                     "ratio_vs_variance_matched": (d_net / d_vm) if d_vm > 0 else None,
                     "ratio_vs_top_variance": (d_net / d_top) if d_top > 0 else None,
                     "jaccard_top_variance": int((u & top).sum()) / max(1, int((u | top).sum())),
@@ -441,7 +444,8 @@ def markdown(res: dict) -> str:
                      f"{_rng(m.get('variance_matched', []))} | {m['top_variance']:.3f} | "
                      f"{m.get('jaccard_top_variance', float('nan')):.2f} | {_x(m['ratio_vs_per_layer_random'])} | "
                      f"**{_x(m.get('ratio_vs_variance_matched'))}** | {_x(m.get('ratio_vs_top_variance'))} |")
-    L += ["", "Ratio = loss increase of the networks / mean loss increase of the control's seeds.", "",
+    L += ["", "Ratio = loss increase of the networks / mean loss increase of the control's seeds. Variance-matched: "
+          f"{res['config'].get('vm_bins', 10)} variance bins per layer.", "",
           "Per-layer split of the masked union (layer:units, layers with none omitted):", ""]
     for name, R in res["sites"].items():
         for key, m in R["mask"].items():

@@ -93,6 +93,8 @@ def test_variance_matched_control_matches_each_variance_bin_outside_the_networks
     assert not torch.equal(c, fitted.control_mask("variance_matched", random_state=2))
     with pytest.raises(FuncnetError, match="n_bins"):
         fitted.control_mask("variance_matched", n_bins=0)
+    fine = fitted.control_mask("variance_matched", random_state=1, n_bins=1000)  # nearest-variance units
+    assert int(fine.sum()) == int(c.sum()) and not (fine & fitted.union()).any()
 
 
 @given(st.integers(1, 60), st.integers(1, 12), st.integers(0, 2**31 - 1))

@@ -252,12 +252,13 @@ class FunctionalNetworks:
 
     def to_intervention(self, mode: str = "mask", ids: Sequence[int] | None = None, *, control: str | None = None,
                         random_state: int | None = 0, value: float = 1.0, gain: float | None = None,
-                        ablation: str = "zero") -> Intervention:
+                        ablation: str = "zero", n_bins: int = 10) -> Intervention:
         """Mask the selected networks' units, preserve only them, or amplify them.
 
         ``mode="amplify"`` adds ``value`` to each unit (the papers' additive form) or, with ``gain``, multiplies
         by it. ``ablation="mean"`` replaces ablated units by their mean over the fitting tokens instead of 0.
-        ``control`` applies the same edit to a control set of the same size instead (see :meth:`control_mask`).
+        ``control`` applies the same edit to a control set of the same size instead (see :meth:`control_mask`;
+        ``n_bins`` are the variance bins of ``"variance_matched"``).
         """
         self._check()
         if mode not in MODES:
@@ -267,7 +268,8 @@ class FunctionalNetworks:
         value = finite_number(value, "value")
         if gain is not None:
             gain = finite_number(gain, "gain")
-        mask = self.union(ids) if control is None else self.control_mask(control, ids, random_state=random_state)
+        mask = self.union(ids) if control is None else self.control_mask(control, ids, random_state=random_state,
+                                                                           n_bins=n_bins)
         means = self._site_means()
         iv = Intervention()
         for site, idx in self.site_units(mask).items():
