@@ -381,6 +381,7 @@ def _variance_matched(std: Float[Tensor, "width"], members: Bool[Tensor, "width"
     pools = [torch.nonzero((bins == b) & ~members).flatten() for b in range(n_b)]
     pools = [p[torch.randperm(len(p), generator=g)] for p in pools]
     used = [0] * n_b
+    members_left: Tensor | None = None  # shuffled once, only if a site runs out of other units
     picks: list[Tensor] = []
     for b in range(n_b):
         need = int(((bins == b) & members).sum())
@@ -393,8 +394,11 @@ def _variance_matched(std: Float[Tensor, "width"], members: Bool[Tensor, "width"
             used[nb] += take
             need -= take
         if need:  # only network units are left in the site
-            rest = torch.nonzero(members).flatten()
-            picks.append(rest[torch.randperm(len(rest), generator=g)[:need]])
+            if members_left is None:
+                members_left = torch.nonzero(members).flatten()
+                members_left = members_left[torch.randperm(len(members_left), generator=g)]
+            picks.append(members_left[:need])
+            members_left = members_left[need:]
     return torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
 
 
