@@ -75,3 +75,7 @@ def test_cli_extract_and_ablate_on_saved_smollm2(smollm2, tmp_path_factory, caps
     assert {"baseline_loss", "intervened_loss", "control_loss", "control", "n_units"} <= set(res)
     assert res["control"] == "per_layer"
     assert res["n_units"] == out["n_units"] and res["intervened_loss"] > res["baseline_loss"]
+    assert main(["ablate", "--model", str(root / "smol"), "--networks", str(nets), "--mode", "mask",
+                 "--control", "variance_matched", "--max-texts", "2", "--json"]) == 0
+    vm = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert vm["control"] == "variance_matched" and vm["intervened_loss"] == res["intervened_loss"]

@@ -66,7 +66,8 @@ def _ablate(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--value", type=finite_float, default=1.0, help="amplify: constant added to each unit")
     p.add_argument("--gain", type=finite_float, default=None, help="amplify: multiply units by this instead")
     p.add_argument("--ablation", choices=["zero", "mean"], default="zero")
-    p.add_argument("--control", choices=["per_layer", "global", "top_variance"], default="per_layer")
+    p.add_argument("--control", choices=["per_layer", "global", "top_variance", "variance_matched"],
+                   default="per_layer", help="the same edit on as many units chosen this way")
     p.add_argument("--texts", default="evaluation", help="held-out texts: split name, .txt/.jsonl file or folder")
     p.add_argument("--max-texts", type=positive_int, default=24)
     p.add_argument("--random-state", type=int, default=0, help="draws the random control")
