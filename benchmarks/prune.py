@@ -294,9 +294,8 @@ def _sweep(model, comp_calib, layers, fn_opts, knobs, args, payload, log, ev, pl
                 key = f"{method}|{n_tok}|{n_runs}"
                 sweep["rows"][key] = {"method": method, "tokens": n_tok, "runs": n_runs,
                                       "fn_seconds": fn_s if method.startswith("fn") else None,
-                                      "ppl": {str(r): ev(plan_for(s, r, "fn_guided" if method == "fn_guided" else method,
-                                                                  comp=comp_calib).to_intervention()).perplexity
-                                              for r in (0.2, 0.3)}}
+                                      "ppl": {str(r): ev(plan_for(s, r, method, comp=comp_calib).to_intervention()
+                                                         ).perplexity for r in (0.2, 0.3)}}
                 log(f"  sweep {key}: ppl {sweep['rows'][key]['ppl']['0.2']:.2f} / {sweep['rows'][key]['ppl']['0.3']:.2f}"
                     f"{f' (fn scores {fn_s:.0f} s)' if method == 'fn' else ''}")
             save()

@@ -115,6 +115,8 @@ def test_induction_task_is_generated(gpt2_tiny):
         by_hand = task_report(gpt2_tiny, t)
     assert task_report(gpt2_tiny, t, iv) == by_hand != rep
     assert count_hooks(gpt2_tiny) == 0
+    with pytest.raises(FuncnetError, match="intervention should be an Intervention"):
+        task_report(gpt2_tiny, t, "ablate everything")
 
 
 def test_tasks_fit_the_model(gpt2_tiny):

@@ -381,10 +381,10 @@ def _variance_matched(std: Float[Tensor, "width"], members: Bool[Tensor, "width"
     pools = [torch.nonzero((bins == b) & ~members).flatten() for b in range(n_b)]
     pools = [p[torch.randperm(len(p), generator=g)] for p in pools]
     used = [0] * n_b
+    needs = torch.bincount(bins[members], minlength=n_b).tolist()
     members_left: Tensor | None = None  # shuffled once, only if a site runs out of other units
     picks: list[Tensor] = []
-    for b in range(n_b):
-        need = int(((bins == b) & members).sum())
+    for b, need in enumerate(needs):
         # this bin first, then the nearest bins (ties: the lower-variance one first)
         for nb in sorted(range(n_b), key=lambda x: (abs(x - b), x)):
             if need == 0:

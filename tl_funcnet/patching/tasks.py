@@ -18,6 +18,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from ..errors import FormatError, FuncnetError, ShapeError
+from ..hooks import Intervention
 from ..hooks.values import positive_int
 from .metrics import LogitDiff
 
@@ -170,13 +171,13 @@ def _fits(model: Any, task: Task) -> Task:
     return task
 
 
-def task_report(model: Any, task: Task, intervention: Any = None) -> dict[str, Any]:
+def task_report(model: Any, task: Task, intervention: Intervention | None = None) -> dict[str, Any]:
     """How well ``model`` solves ``task`` (under ``intervention`` if given): top-1 accuracy,
     answer-over-distractor rate, mean logit differences."""
-    from contextlib import nullcontext
-
+    if intervention is not None and not isinstance(intervention, Intervention):
+        raise FuncnetError(f"intervention should be an Intervention or None, got {type(intervention).__name__}")
     ld = task.metric()
-    with torch.no_grad(), (nullcontext() if intervention is None else intervention.applied(model)):
+    with torch.no_grad(), (intervention or Intervention()).applied(model):
         logits = model(task.clean.to(model.cfg.device))[:, -1]
         corr = model(task.corrupted.to(model.cfg.device))[:, -1:]
     d = ld(logits[:, None])

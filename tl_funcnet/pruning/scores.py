@@ -142,6 +142,10 @@ def fn_scores(model: Any, calibration: Calibration, *, layers: Sequence[int], n_
     return out
 
 
+#: the scores fn_guided can rank the unprotected neurons by
+GUIDED_BASES = ("wanda", "activation", "flap")
+
+
 @_register("fn_guided", "uniform")
 def fn_guided_scores(model: Any, calibration: Calibration, *, layers: Sequence[int], base: str = "wanda",
                      key_fraction: float = 0.05, n_networks: int = 128, n_restarts: int = 10, n_runs: int = 1,
@@ -159,9 +163,6 @@ def fn_guided_scores(model: Any, calibration: Calibration, *, layers: Sequence[i
     fn = fn_scores(model, calibration, layers=layers, n_networks=n_networks, n_restarts=n_restarts,
                    n_runs=n_runs, random_state=random_state)
     return guided(fn, SCORERS[base](model, calibration, layers=layers), key_fraction)
-
-
-GUIDED_BASES = ("wanda", "activation", "flap")
 
 
 def guided_fraction(key_fraction: Any) -> float:
