@@ -304,12 +304,11 @@ def main(argv: list[str] | None = None) -> dict:
     # ---- (b) preserving, two-sided, raw units
     for name in (site_names if "preserve" in stages else []):
         R = result["sites"][name]
-        points = [(k, args.threshold) for k in preserve_ks]
-        for k, thr in points + [(preserve_ks[-1], None)] * len(preserve_fracs):
+        # (k, None): k networks at the threshold; (k, f): the largest fit re-thresholded to keep a fraction f
+        for k, frac in [(k, None) for k in preserve_ks] + [(preserve_ks[-1], f) for f in preserve_fracs]:
             fn = get_fit(name, k).with_threshold(args.threshold, "two")
-            label = str(k)
-            if thr is None:
-                frac = preserve_fracs.pop(0)
+            thr, label = args.threshold, str(k)
+            if frac is not None:
                 thr = threshold_for_fraction(fn, frac)
                 fn = fn.with_threshold(thr, "two")
                 label = f"{k}@{frac:g}"
