@@ -27,8 +27,10 @@ def _train_sae(p: argparse.ArgumentParser) -> Handler:
         from .._io import check_target
         from ..errors import FuncnetError
         from ..models import load
+        from ..sae._requires import require_sae_lens
         from ..sae.train import DEFAULT_SITES, DEFAULTS, KIND, train_and_save
 
+        require_sae_lens("tl-funcnet train-sae")  # before the model loads
         if args.k > args.d_sae:
             raise FuncnetError(f"--k ({args.k}) cannot exceed --d-sae ({args.d_sae})")
         check_model(args.model)

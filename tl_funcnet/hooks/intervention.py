@@ -26,6 +26,7 @@ from torch import Tensor
 from ..errors import FormatError, FuncnetError, SiteConflictError
 from . import serialize
 from .registry import HookFn, OpSpec, get_op
+from .names import site_on
 from .sites import check_sites, require_hooked, site_flags
 
 
@@ -232,17 +233,23 @@ class Intervention:
         for h in self._hooks:
             h.validate(model)
 
-    def _build(self, direction: str) -> list[tuple[str, HookFn]]:
-        scratch: dict[str, Any] = {}  # shared by the hook functions of one application
-        return [(h.site, h.build(scratch)) for h in self._hooks if h.direction == direction]
+    def _build(self, direction: str, model: Any = None, scratch: dict[str, Any] | None = None
+               ) -> list[tuple[str, HookFn]]:
+        scratch = {} if scratch is None else scratch  # shared by the hook functions of one application
+        return [(h.site if model is None else site_on(model, h.site), h.build(scratch))
+                for h in self._hooks if h.direction == direction]
 
-    def fwd_hooks(self) -> list[tuple[str, HookFn]]:
-        """Forward hooks as TransformerLens ``(name, fn)`` pairs, for ``model.run_with_hooks``."""
-        return self._build("fwd")
+    def fwd_hooks(self, model: Any = None) -> list[tuple[str, HookFn]]:
+        """Forward hooks as TransformerLens ``(name, fn)`` pairs, for ``model.run_with_hooks``.
 
-    def bwd_hooks(self) -> list[tuple[str, HookFn]]:
+        With ``model``, each name is the form that model registers (legacy on a HookedTransformer, either on
+        a TransformerBridge), so an intervention written with canonical names runs on both classes.
+        """
+        return self._build("fwd", model)
+
+    def bwd_hooks(self, model: Any = None) -> list[tuple[str, HookFn]]:
         """Backward hooks as ``(name, fn)`` pairs (pass ``reset_hooks_end=False`` to TL to keep them)."""
-        return self._build("bwd")
+        return self._build("bwd", model)
 
     def model_flags(self) -> set[str]:
         """TransformerLens config flags this intervention needs on: hook points that fire only with a flag
@@ -264,7 +271,9 @@ class Intervention:
         require_hooked(model)
         with flags_on(model, self.model_flags()):
             self.validate(model)
-            with model.hooks(fwd_hooks=self.fwd_hooks(), bwd_hooks=self.bwd_hooks()):
+            scratch: dict[str, Any] = {}
+            with model.hooks(fwd_hooks=self._build("fwd", model, scratch),
+                             bwd_hooks=self._build("bwd", model, scratch)):
                 yield model
 
     # ----------------------------------------------------------------- serialization (format in .serialize)

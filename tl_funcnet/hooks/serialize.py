@@ -2,11 +2,14 @@
 
 Folder layout (written atomically; ``format`` ``tl_funcnet.intervention``, ``version`` 1)::
 
-    intervention.json     {"format", "version", "hooks": [{"site", "op", "params"}], "tensors_sha256"}
+    intervention.json     {"format", "version", "hooks": [{"site", "op", "params"}], "hook_names",
+                           "tensors_sha256"}
     tensors.safetensors   every tensor a param holds, keyed "hooks.<i>.<param>[...]"
 
 Params hold numbers, strings, booleans, None, lists, dicts and tensors; a tensor is written as
-``{"__tensor__": key}``.
+``{"__tensor__": key}``. ``hook_names`` records the TransformerLens version and the legacy <-> canonical
+pairs (for plain and gated MLPs) of the block-level names the hooks use, so the same file applies to a
+``HookedTransformer`` and a ``TransformerBridge``; a table that disagrees with the installed version is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import Tensor
 
 from .._io import Kind, atomic_dir, field, read_json, tensor_digest
 from ..errors import FormatError, NotSerializableError
+from . import names
 
 SCHEMA_VERSION = 1
 FORMAT = "tl_funcnet.intervention"
@@ -73,7 +77,8 @@ def to_dict(hooks: Sequence[Any]) -> dict[str, Any]:
                 f"hook {i} ({h.op!r} at {h.site!r}) holds a Python object that cannot be saved; register the "
                 f"function as an op with @tl_funcnet.hooks.register_op(...) to save it")
         out.append({"site": h.site, "op": h.op, "params": _encode(h.params, f"hooks.{i}")})
-    return {"format": FORMAT, "version": SCHEMA_VERSION, "hooks": out}
+    return {"format": FORMAT, "version": SCHEMA_VERSION, "hooks": out,
+            "hook_names": names.saved_aliases([h.site for h in hooks])}
 
 
 def tensors(hooks: Sequence[Any]) -> dict[str, Tensor]:
@@ -96,6 +101,7 @@ def decode(data: Any, saved: Mapping[str, Tensor], where: str = "intervention") 
     if version != SCHEMA_VERSION:
         raise FormatError(f"{where}: intervention schema version {version!r} is not supported; this tl_funcnet reads "
                           f"version {SCHEMA_VERSION}. Re-save it with a matching tl_funcnet release")
+    names.check_saved_aliases(data.get("hook_names"), where)
     specs = []
     for i, h in enumerate(field(data, "hooks", list, where)):
         at = f"{where}, hook {i}"

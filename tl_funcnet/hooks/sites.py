@@ -11,6 +11,7 @@ import re
 from typing import Any, Iterable, Sequence
 
 from ..errors import FuncnetError, UnknownSiteError
+from . import names
 from .values import index_list
 
 _LAYER = re.compile(r"^blocks\.(\d+)\.(.+)$")
@@ -56,9 +57,14 @@ SITE_FLAGS: dict[str, str] = {
 
 
 def site_flags(site: str) -> set[str]:
-    """The config flags ``site`` needs to fire (empty for hook points that always fire)."""
+    """The config flags ``site`` needs to fire (empty for hook points that always fire); either name form."""
     m = _LAYER.match(site)
-    flag = SITE_FLAGS.get(m.group(2)) if m else None
+    if not m:
+        return set()
+    suffix = m.group(2)
+    for table in names.alias_table().values():
+        suffix = {v: k for k, v in table.items()}.get(suffix, suffix)
+    flag = SITE_FLAGS.get(suffix)
     return {flag} if flag else set()
 
 
@@ -74,18 +80,18 @@ def require_hooked(model: Any) -> None:
 def check_sites(model: Any, sites: Iterable[str]) -> None:
     """Raise :class:`UnknownSiteError` for the first site the model lacks, with the closest valid names."""
     require_hooked(model)
-    names = model.hook_dict
+    known = model.hook_dict
     for site in sites:
-        if site in names:
+        if names.site_on(model, site) in known:  # either name form; both forms named when neither exists
             continue
-        close = difflib.get_close_matches(site, list(names), n=3, cutoff=0.6)
+        close = difflib.get_close_matches(site, list(known), n=3, cutoff=0.6)
         hint = f" Did you mean {close}?" if close else ""
         if ".hook_sae_" in site:
             hint += (" SAE hook points exist only while the SAE is attached to a HookedSAETransformer: "
                      "model.add_sae(sae, use_error_term=True).")
         raise UnknownSiteError(
             f"{site!r} is not a hook point of {type(model).__name__} "
-            f"({len(names)} hook points, e.g. 'blocks.0.hook_resid_post').{hint}"
+            f"({len(known)} hook points, e.g. 'blocks.0.hook_resid_post').{hint}"
         )
 
 
@@ -112,13 +118,13 @@ def resolve_sites(model: Any, sites: str | Sequence[str], layers: Sequence[int] 
     for item in items:
         if "{layer}" in item:
             names = [item.format(layer=l) for l in (range(n_layers) if chosen is None else chosen)]
-        elif item in model.hook_dict:
+        elif item in model.hook_dict or (_LAYER.match(item) and names.site_on(model, item) in model.hook_dict):
             if chosen is not None:
                 suffix = _LAYER.sub(r"\2", item)
                 raise FuncnetError(f"{item!r} names one hook, so layers= does not apply; pass the per-layer suffix "
                                    f"{suffix!r} to choose layers")
             names = [item]
-        elif f"blocks.0.{item}" in model.hook_dict:
+        elif f"blocks.0.{item}" in model.hook_dict or names.site_on(model, f"blocks.0.{item}") in model.hook_dict:
             names = [f"blocks.{l}.{item}" for l in (range(n_layers) if chosen is None else chosen)]
         else:
             check_sites(model, [item])  # raises with suggestions
@@ -152,6 +158,7 @@ def site_shape(model: Any, site: str) -> tuple[int, ...] | None:
     cfg = getattr(model, "cfg", None)
     if cfg is None:
         return None
+    site = names.legacy_name(model, site)
     if site.endswith((".hook_sae_acts_pre", ".hook_sae_acts_post")):  # inside an SAE attached by sae-lens
         sae = getattr(model, "acts_to_saes", {}).get(site.rsplit(".", 1)[0])
         return (int(sae.cfg.d_sae),) if sae is not None else None

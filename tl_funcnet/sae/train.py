@@ -22,6 +22,7 @@ from .._io import Kind, atomic_dir
 from ..errors import FuncnetError
 from ..hooks.sites import check_sites
 from ..hooks.values import positive_int
+from ._requires import require_sae_lens
 
 #: The sites ``tl-funcnet train-sae`` trains by default on SmolLM2 (one residual, one MLP output).
 DEFAULT_SITES = ("blocks.6.hook_resid_post", "blocks.6.hook_mlp_out")
@@ -33,7 +34,7 @@ DEFAULTS = {"d_sae": 2304, "k": 32, "training_tokens": 150_000, "train_batch_siz
 def _quiet(verbose: bool) -> Iterator[None]:
     """Silence sae-lens's own logger (restored after). Its warnings about override_model/override_dataset are
     left to the application: the library does not touch the process's warning filters (the CLI hides them)."""
-    from sae_lens import logger as sl_logger
+    sl_logger = require_sae_lens("SAE training and loading").logger
 
     level = sl_logger.level
     if not verbose:
@@ -88,6 +89,7 @@ def train_sae(model: Any, site: str, texts: Any = "calibration", *, d_sae: int |
         sae_kwargs: extra fields of the architecture's ``TrainingSAEConfig`` (unknown names are refused).
         random_state: the training seed (sae-lens seeds its own generators from it).
     """
+    require_sae_lens("train_sae")
     from sae_lens import SAE, LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
     from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
 
@@ -168,7 +170,7 @@ def save_sae(sae: Any, path: str | os.PathLike[str], *, overwrite: bool = False)
 
 def load_sae(path: str | os.PathLike[str], device: str = "cpu") -> Any:
     """Read an SAE written by :func:`save_sae` (or by sae-lens) with ``SAE.load_from_disk``."""
-    from sae_lens import SAE
+    SAE = require_sae_lens("load_sae").SAE
 
     root = Path(path)
     if not (root / "cfg.json").is_file():
@@ -187,6 +189,7 @@ def train_and_save(model: Any, out_dir: str | os.PathLike[str], sites: Any, text
 
     from .._io import check_target
 
+    require_sae_lens("train_and_save")
     targets = {site: Path(out_dir) / site for site in sites}
     for target in targets.values():
         check_target(target, KIND, overwrite=overwrite)

@@ -1,0 +1,161 @@
+"""Hook names on both TransformerLens model classes: legacy (``HookedTransformer``) and canonical (bridge).
+
+A ``TransformerBridge`` names its hook points after the wrapped module (``blocks.3.hook_out``,
+``blocks.3.mlp.out.hook_in``) and keeps the legacy names (``blocks.3.hook_resid_post``,
+``blocks.3.mlp.hook_post``) as aliases of the same hook points. A ``HookedTransformer`` knows only the
+legacy names. Interventions accept either form on either class; the alias table comes from the installed
+TransformerLens's bridge components, so a saved intervention records the table it was written with.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any, Mapping
+
+from ..errors import UnknownSiteError
+
+_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+def is_bridge(model: Any) -> bool:
+    """Whether ``model`` is a TransformerLens ``TransformerBridge`` (wraps a Hugging Face model)."""
+    return hasattr(model, "original_model") and hasattr(model, "enable_compatibility_mode")
+
+
+def _first(value: Any) -> str:
+    return value if isinstance(value, str) else str(list(value)[-1])
+
+
+@lru_cache(maxsize=1)
+def alias_table() -> dict[str, dict[str, str]]:
+    """Per-block legacy -> canonical suffixes of the installed TransformerLens, for plain and gated MLPs.
+
+    ``{"plain": {...}, "gated": {...}}``; empty dicts when this TransformerLens has no bridge.
+    """
+    try:
+        from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+        from transformer_lens.model_bridge.generalized_components.block import BlockBridge
+        from transformer_lens.model_bridge.generalized_components.gated_mlp import GatedMLPBridge
+        from transformer_lens.model_bridge.generalized_components.mlp import MLPBridge
+    except ImportError:  # pragma: no cover - TransformerLens < 3
+        return {"plain": {}, "gated": {}}
+
+    def prefixed(prefix: str, aliases: Mapping[str, Any]) -> dict[str, str]:
+        return {f"{prefix}{k}": f"{prefix}{_first(v)}" for k, v in (aliases or {}).items()}
+
+    common = {**{k: _first(v) for k, v in (BlockBridge.hook_aliases or {}).items()},
+              **prefixed("attn.", AttentionBridge.hook_aliases)}
+    return {"plain": {**common, **prefixed("mlp.", MLPBridge.hook_aliases)},
+            "gated": {**common, **prefixed("mlp.", GatedMLPBridge.hook_aliases)}}
+
+
+def transformer_lens_version() -> str:
+    from importlib.metadata import version
+
+    return version("transformer-lens")
+
+
+def _kind(model: Any) -> str:
+    return "gated" if getattr(getattr(model, "cfg", None), "gated_mlp", False) else "plain"
+
+
+def alias_map(model: Any) -> dict[str, str]:
+    """Every legacy hook name of ``model`` mapped to its canonical name (on a bridge, as the bridge has it;
+    on a HookedTransformer, from the installed TransformerLens's table)."""
+    names = getattr(model, "hook_dict", {})
+    if is_bridge(model):
+        return {k: str(hp.name) for k, hp in names.items() if getattr(hp, "name", k) not in (None, k)}
+    table = alias_table()[_kind(model)]
+    out = {}
+    for name in names:
+        m = _BLOCK.match(name)
+        if m and m.group(2) in table:
+            out[name] = f"blocks.{m.group(1)}.{table[m.group(2)]}"
+    return out
+
+
+def legacy_name(model: Any, site: str) -> str:
+    """The legacy form of ``site`` (``site`` itself when it is legacy or has no legacy form)."""
+    m = _BLOCK.match(site)
+    if m is None:
+        return site
+    table = alias_table()[_kind(model)]
+    if m.group(2) in table:
+        return site
+    back = {v: k for k, v in table.items()}
+    suffix = back.get(m.group(2))
+    if suffix is None and is_bridge(model):
+        inverse = {v: k for k, v in alias_map(model).items() if _BLOCK.match(k)}
+        return inverse.get(site, site)
+    return f"blocks.{m.group(1)}.{suffix}" if suffix else site
+
+
+def canonical_name(model: Any, site: str) -> str:
+    """The canonical (bridge) form of ``site`` (``site`` itself when it has none)."""
+    m = _BLOCK.match(site)
+    if m is None:
+        return alias_map(model).get(site, site) if is_bridge(model) else site
+    table = alias_table()[_kind(model)]
+    suffix = table.get(m.group(2))
+    return f"blocks.{m.group(1)}.{suffix}" if suffix else site
+
+
+def site_on(model: Any, site: str) -> str:
+    """The name under which ``site`` is registered on ``model``: itself, or its other form.
+
+    Raises :class:`UnknownSiteError` naming both forms when neither is a hook point of the model.
+    """
+    names = getattr(model, "hook_dict", {})
+    if site in names:
+        return site
+    other = legacy_name(model, site)
+    if other == site:
+        other = canonical_name(model, site)
+    if other in names:
+        return other
+    if other != site:
+        cls = type(model).__name__
+        raise UnknownSiteError(
+            f"neither {site!r} nor its other form {other!r} is a hook point of {cls}; "
+            f"{'a HookedTransformer has only the legacy names' if not is_bridge(model) else 'check the layer'}")
+    return site  # unknown in any form: the caller's check names close matches
+
+
+def saved_aliases(sites: list[str]) -> dict[str, Any]:
+    """What a saved intervention records about its hook names: the TransformerLens version and, for each
+    block-level suffix it uses, its legacy -> canonical pairs for plain and gated MLPs."""
+    table = alias_table()
+    used = set()
+    for s in sites:
+        m = _BLOCK.match(s)
+        if m:
+            used.add(m.group(2))
+    pairs = {kind: {k: v for k, v in t.items() if k in used or v in used} for kind, t in table.items()}
+    return {"transformer_lens": transformer_lens_version(), "aliases": pairs}
+
+
+def check_saved_aliases(saved: Any, where: str) -> None:
+    """Raise (naming both forms) when a saved alias table disagrees with the installed TransformerLens's."""
+    from ..errors import FormatError
+
+    if saved is None:
+        return
+    if not isinstance(saved, Mapping) or not isinstance(saved.get("aliases"), Mapping):
+        raise FormatError(f"{where}: 'hook_names' should be an object with 'transformer_lens' and 'aliases'")
+    table = alias_table()
+    for kind, pairs in saved["aliases"].items():
+        if kind not in table or not isinstance(pairs, Mapping):
+            raise FormatError(f"{where}: unknown MLP kind {kind!r} in 'hook_names' (expected plain or gated)")
+        for legacy, canonical in pairs.items():
+            here = table[kind].get(legacy)
+            if here is not None and here != canonical:
+                raise FormatError(
+                    f"{where}: saved with transformer-lens {saved.get('transformer_lens')}, where the legacy hook "
+                    f"{legacy!r} is the canonical {canonical!r}; the installed transformer-lens "
+                    f"{transformer_lens_version()} maps {legacy!r} to {here!r}. Rebuild the intervention with "
+                    f"this version, or use the legacy names")
+
+
+__all__ = ["is_bridge", "alias_table", "alias_map", "legacy_name", "canonical_name", "site_on", "saved_aliases",
+           "check_saved_aliases", "transformer_lens_version"]
