@@ -210,3 +210,50 @@ def empty_circuit(graph):
     from tl_funcnet.circuits import Circuit
 
     return Circuit(graph, torch.zeros(graph.n_edges, dtype=torch.bool))
+
+
+# --------------------------------------------------------------------------- TransformerBridge twins
+
+
+def _tiny_hf_llama(seed: int):
+    import torch
+    import transformers
+
+    cfg = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=12,
+                                   rms_norm_eps=1e-5, tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def make_bridge_llama(seed: int = 0, compatibility: bool = True):
+    """A tiny random Llama as a TransformerBridge (the embedded SmolLM2 tokenizer; token ids < 50)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from tl_funcnet.models import locate
+    from tl_funcnet.models.smollm2 import gguf_tokenizer
+
+    bridge = TransformerBridge.boot_transformers("tiny-llama", hf_model=_tiny_hf_llama(seed),
+                                                 tokenizer=gguf_tokenizer(locate("smollm2-135m")))
+    bridge.cfg.default_prepend_bos = False
+    if compatibility:
+        bridge.enable_compatibility_mode(disable_warnings=True)
+    return bridge.eval()
+
+
+def make_hooked_twin(seed: int = 0):
+    """The HookedTransformer with the weights of ``make_bridge_llama(seed)`` (TransformerLens's conversion and
+    default processing), for parity tests."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+
+    hf = _tiny_hf_llama(seed)
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=4, d_head=4, n_key_value_heads=2, d_mlp=32,
+                                  d_vocab=50, n_ctx=12, act_fn="silu", normalization_type="RMSPre",
+                                  positional_embedding_type="rotary", rotary_dim=4, rotary_adjacent_pairs=False,
+                                  rotary_base=10000.0, eps=1e-5, gated_mlp=True, final_rms=True,
+                                  original_architecture="LlamaForCausalLM", default_prepend_bos=False)
+    model = HookedTransformer(cfg)
+    model.load_and_process_state_dict(convert_llama_weights(hf, cfg), fold_ln=True, center_writing_weights=True,
+                                      center_unembed=True, fold_value_biases=True)
+    return model.eval()

@@ -20,6 +20,7 @@ from ..errors import FuncnetError
 from ..hooks import Intervention, capture, patch
 from ..hooks.intervention import flags_on
 from ..hooks.values import index_list
+from ..models.surface import starts_at_layer
 from ..patching._common import forward_logits, last_position_only
 from ..patching.metrics import Metric, check_metric
 from .circuit import AblatedValues
@@ -125,8 +126,11 @@ def exact_edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor
             layer0 = min(layer0, graph.n_layers - 1)
             tokens = target.repeat(len(chunk), 1)
             with iv.applied(model):
-                resid = recv_store[f"blocks.{layer0}.hook_resid_pre"].repeat(len(chunk), 1, 1)
-                logits = forward_logits(model, tokens, last_only=last_only, resid=resid, start_layer=layer0)
+                if starts_at_layer(model):
+                    resid = recv_store[f"blocks.{layer0}.hook_resid_pre"].repeat(len(chunk), 1, 1)
+                    logits = forward_logits(model, tokens, last_only=last_only, resid=resid, start_layer=layer0)
+                else:  # a TransformerBridge runs only from tokens
+                    logits = forward_logits(model, tokens, last_only=last_only)
             for j, i in enumerate(chunk):
                 vals = check_metric(metric, n, metric(logits[j * n:(j + 1) * n]))
                 out[i] = float((vals.double() - base.double()).mean())

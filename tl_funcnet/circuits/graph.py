@@ -34,6 +34,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from .._io import Kind, atomic_file, read_json
+from ..hooks.names import is_bridge
 from ..errors import FormatError, FuncnetError
 from ..hooks.values import index_list
 
@@ -129,6 +130,13 @@ class Graph:
                                "stream is not the sum of the senders' outputs")
         if not isinstance(split_qkv, bool):
             raise FuncnetError(f"split_qkv should be True or False, got {split_qkv!r}")
+        n_kv = getattr(cfg, "n_key_value_heads", None)
+        if split_qkv and is_bridge(model) and n_kv and int(n_kv) != int(cfg.n_heads):
+            raise FuncnetError(
+                f"edges into each head's k/v input need one k/v input per query head, which TransformerLens's "
+                f"TransformerBridge does not provide for grouped-query attention ({cfg.n_heads} query heads share "
+                f"{n_kv} k/v heads; HookedTransformer's ungroup_grouped_query_attention has no bridge equivalent). "
+                f"Use split_qkv=False (edges into whole heads), or load the model with backend='hooked'")
         parts: tuple[GroupPart, ...] = ()
         if isinstance(groups, (tuple, list)) and all(isinstance(g, tuple) and len(g) == 3 for g in groups):
             parts = tuple(groups)  # already in the graph's own form

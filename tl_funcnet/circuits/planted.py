@@ -225,7 +225,9 @@ class _Builder:
 
 
 def _blank_model(block: str, n_layers: int) -> Any:
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    from .._compat import hooked_transformer_classes
+
+    HookedTransformer, HookedTransformerConfig = hooked_transformer_classes("planted_circuit")
 
     common: dict[str, Any] = {"n_layers": n_layers, "d_model": D_MODEL, "n_heads": N_HEADS, "d_head": D_HEAD,
                               "d_mlp": D_MLP, "d_vocab": D_VOCAB, "n_ctx": N_CTX, "normalization_type": None,

@@ -110,7 +110,9 @@ def quantize_int8(model: Any) -> Any:
 
 def drop_layer(model: Any, layer: int) -> Any:
     """Remove block ``layer`` (the residual stream skips it)."""
-    from transformer_lens import HookedTransformer
+    from .._compat import hooked_transformer_classes
+
+    HookedTransformer, _ = hooked_transformer_classes("drop_layer")
 
     n = model.cfg.n_layers
     if not 0 <= layer < n:
@@ -146,7 +148,9 @@ def drop_layer(model: Any, layer: int) -> Any:
 def random_init(model: Any, random_state: int = 0) -> Any:
     """An independent model: the same architecture and tokenizer as ``model``, freshly initialised from
     ``random_state`` (the global random generators are left as they were)."""
-    from transformer_lens import HookedTransformer
+    from .._compat import hooked_transformer_classes
+
+    HookedTransformer, _ = hooked_transformer_classes("random_init")
 
     cfg = copy.deepcopy(model.cfg)
     cfg.seed, cfg.init_weights, cfg.tokenizer_name = int(random_state), True, None

@@ -30,36 +30,90 @@ def mlp_widths(model: Any) -> list[int] | None:
     return widths
 
 
-def neuron_params(mlp: Any) -> dict[str, tuple[torch.nn.Parameter, int]]:
-    """The MLP's per-neuron parameters present on this MLP, with their neuron axis."""
-    out = {}
+#: On a TransformerBridge MLP: the wrapped Hugging Face linear layers (bridge attribute names) and the neuron
+#: axis of their ``weight`` / ``bias`` (``[out, in]`` layout: rows of the input projections, columns of ``out``).
+_BRIDGE_LINEARS: Mapping[str, tuple[str, int, bool]] = {
+    "W_in": ("in", 0, True), "W_gate": ("gate", 0, True), "W_out": ("out", 1, False)}
+
+
+def _slots(mlp: Any) -> dict[str, tuple[Any, str, int]]:
+    """Every per-neuron parameter as ``(owner module, attribute, neuron axis)``, on either model class."""
+    out: dict[str, tuple[Any, str, int]] = {}
+    if hasattr(mlp, "original_component"):  # a TransformerBridge MLP: edit the wrapped HF linears
+        for name, (attr, axis, has_bias) in _BRIDGE_LINEARS.items():
+            linear = getattr(getattr(mlp, attr, None), "original_component", None)
+            if isinstance(getattr(linear, "weight", None), torch.nn.Parameter):
+                out[name] = (linear, "weight", axis)
+                if has_bias and isinstance(getattr(linear, "bias", None), torch.nn.Parameter):
+                    out[f"{name}.bias"] = (linear, "bias", 0)
+        return out
     for name, axis in NEURON_AXES.items():
         p = getattr(mlp, name, None)
         if isinstance(p, torch.nn.Parameter):
-            out[name] = (p, axis % p.ndim)
+            out[name] = (mlp, name, axis % p.ndim)
     return out
+
+
+def neuron_params(mlp: Any) -> dict[str, tuple[torch.nn.Parameter, int]]:
+    """The MLP's per-neuron parameters present on this MLP, with their neuron axis."""
+    return {name: (getattr(owner, attr), axis) for name, (owner, attr, axis) in _slots(mlp).items()}
+
+
+def _set(owner: Any, attr: str, data: Tensor, like: torch.nn.Parameter) -> None:
+    setattr(owner, attr, torch.nn.Parameter(data, requires_grad=like.requires_grad))
+    if attr == "weight" and hasattr(owner, "in_features"):  # keep an nn.Linear's repr and checks in step
+        owner.out_features, owner.in_features = int(data.shape[0]), int(data.shape[1])
+
+
+def _sync_processed(mlp: Any) -> None:
+    """A bridge MLP in compatibility mode computes from its own references to the linears' tensors: point them
+    at the edited ones."""
+    if not getattr(mlp, "_use_processed_weights", False):
+        return
+    for attr, key in (("gate", "gate"), ("in", "in"), ("out", "out")):
+        linear = getattr(getattr(mlp, attr, None), "original_component", None)
+        if linear is not None:
+            mlp.__dict__[f"_processed_W_{key}"] = linear.weight.detach()
+            bias = getattr(linear, "bias", None)
+            mlp.__dict__[f"_processed_b_{key}"] = None if bias is None else bias.detach()
+
+
+@torch.no_grad()
+def add_output_bias(mlp: Any, delta: Tensor) -> None:
+    """Add ``delta`` (``[d_model]``) to the MLP's output bias, creating it on a bias-free bridge MLP."""
+    if not hasattr(mlp, "original_component"):
+        mlp.b_out.data = mlp.b_out.data + delta.to(mlp.b_out.device, mlp.b_out.dtype)
+        return
+    linear = getattr(mlp, "out").original_component
+    old = linear.bias if isinstance(linear.bias, torch.nn.Parameter) else torch.zeros_like(linear.weight[:, 0])
+    linear.bias = torch.nn.Parameter(old + delta.to(old.device, old.dtype), requires_grad=linear.weight.requires_grad)
+    _sync_processed(mlp)
 
 
 @torch.no_grad()
 def select_neurons(mlp: Any, index: Int[Tensor, "n"]) -> None:
     """Keep the neurons ``index`` of ``mlp`` in that order (a subset prunes, a permutation reorders)."""
-    for name, (p, axis) in neuron_params(mlp).items():
-        data = p.data.index_select(axis, index.to(p.device)).contiguous()
-        setattr(mlp, name, torch.nn.Parameter(data, requires_grad=p.requires_grad))
-    mlp.d_mlp = int(index.numel())
+    for owner, attr, axis in _slots(mlp).values():
+        p = getattr(owner, attr)
+        _set(owner, attr, p.data.index_select(axis, index.to(p.device)).contiguous(), p)
+    _sync_processed(mlp)
+    if not hasattr(mlp, "original_component"):
+        mlp.d_mlp = int(index.numel())
 
 
 @torch.no_grad()
 def append_neurons(mlp: Any, new: Mapping[str, Tensor]) -> None:
     """Add neurons after the existing ones; ``new`` gives each per-neuron parameter's extra slices."""
-    params = neuron_params(mlp)
-    missing = sorted(set(params) - set(new))
+    slots = _slots(mlp)
+    missing = sorted(set(slots) - set(new))
     if missing:
         raise ValueError(f"append_neurons needs slices for {missing}")
-    for name, (p, axis) in params.items():
-        data = torch.cat([p.data, new[name].to(p.device, p.dtype)], dim=axis)
-        setattr(mlp, name, torch.nn.Parameter(data, requires_grad=p.requires_grad))
-    mlp.d_mlp = int(getattr(mlp, "W_out").shape[0])
+    for name, (owner, attr, axis) in slots.items():
+        p = getattr(owner, attr)
+        _set(owner, attr, torch.cat([p.data, new[name].to(p.device, p.dtype)], dim=axis), p)
+    _sync_processed(mlp)
+    if not hasattr(mlp, "original_component"):
+        mlp.d_mlp = int(getattr(mlp, "W_out").shape[0])
 
 
 def resize_neurons(mlp: Any, width: int) -> None:
@@ -78,5 +132,5 @@ def sync_config(model: Any) -> None:
         model.cfg.d_mlp = max(widths)
 
 
-__all__ = ["NEURON_AXES", "mlp_widths", "neuron_params", "select_neurons", "append_neurons", "resize_neurons",
+__all__ = ["NEURON_AXES", "mlp_widths", "neuron_params", "select_neurons", "add_output_bias", "append_neurons", "resize_neurons",
            "sync_config"]

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from ..errors import FuncnetError, ShapeError
 from ..hooks import capture
+from ..models.surface import final_resid, starts_at_layer
 from .nodes import NodeSet
 
 DIRECTIONS = ("denoise", "noise")
@@ -74,10 +75,12 @@ def forward_logits(model: Any, tokens: Tensor, *, last_only: bool, resid: Tensor
                    start_layer: int | None = None) -> Tensor:
     """Logits of a forward from tokens, or from ``resid`` entering block ``start_layer``; last position only if asked."""
     n = model.cfg.n_layers
+    if start_layer is not None and not starts_at_layer(model):
+        raise FuncnetError(f"{type(model).__name__} cannot start a forward at block {start_layer}; run from tokens")
     if start_layer is None:
         if not last_only:
             return model(tokens)
-        final = model(tokens, stop_at_layer=n)
+        final = final_resid(model, tokens)
     else:
         final = model(resid, start_at_layer=start_layer, stop_at_layer=n)
     return logits_from_resid(model, final[:, -1:] if last_only else final)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..errors import FuncnetError
 from ..hooks import Intervention, patch
+from ..models.surface import starts_at_layer
 from ._common import forward_logits, last_position_only, prepare, run_capture
 from .metrics import Metric, check_metric
 from .nodes import Node, NodeSet
@@ -64,6 +65,7 @@ def exact_patch(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeSet, me
         raise FuncnetError(f"max_rows={max_rows!r} is below the number of prompts ({n}); each node needs one row "
                            f"per prompt, so use max_rows >= {n} (or fewer prompts)")
     last_only = last_position_only(metric, nodes.sites)
+    reuse_prefix = reuse_prefix and starts_at_layer(model)  # a TransformerBridge runs only from tokens
     t0 = time.perf_counter()
     src_cache = run_capture(model, source, nodes.sites)
     layers = sorted({nd.layer for nd in nodes.nodes if nd.layer is not None})

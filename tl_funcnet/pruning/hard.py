@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import FuncnetError
-from ..models.mlp import select_neurons, sync_config
+from ..models.mlp import add_output_bias, select_neurons, sync_config
 from .model_info import check_prunable
 from .plan import PruningPlan
 
@@ -50,7 +50,7 @@ def hard_prune(model: Any, plan: PruningPlan, *, bias_compensation: bool = True)
         if bias_compensation:
             m = plan.means[l].to(dev, mlp.W_out.dtype)  # type: ignore[index]
             pm = p.to(dev)
-            mlp.b_out.data = mlp.b_out.data + m[pm] @ mlp.W_out.data[pm]
+            add_output_bias(mlp, m[pm] @ mlp.W_out.detach()[pm])
         select_neurons(mlp, (~p).nonzero().flatten())
     sync_config(new)
     return new

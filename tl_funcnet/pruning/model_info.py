@@ -7,6 +7,7 @@ from typing import Any, Sequence
 from ..errors import FuncnetError
 from ..hooks.values import index_list
 from ..models.mlp import mlp_widths, neuron_params
+from ..models.surface import act_fn_normalizes
 
 
 def check_prunable(model: Any) -> list[int]:
@@ -18,13 +19,13 @@ def check_prunable(model: Any) -> list[int]:
         raise FuncnetError("the model is attention-only (cfg.attn_only=True): it has no MLP neurons to prune")
     if getattr(cfg, "num_experts", None):
         raise FuncnetError("mixture-of-experts MLPs are not supported by MLP-neuron pruning")
-    if cfg.is_layer_norm_activation():
+    if act_fn_normalizes(model):
         raise FuncnetError(f"act_fn={cfg.act_fn!r} normalizes across MLP neurons, so removing neurons changes "
                            "the others; MLP-neuron pruning supports element-wise activations only")
     widths = mlp_widths(model)
     for l, block in enumerate(model.blocks):
         mlp = getattr(block, "mlp", None)
-        if widths is None or not all(hasattr(mlp, n) for n in ("W_in", "W_out", "b_out")):
+        if widths is None or not all(hasattr(mlp, n) for n in ("W_in", "W_out")):
             raise FuncnetError(f"block {l} has no MLP with W_in/W_out; MLP-neuron pruning needs one per block")
     return widths  # type: ignore[return-value]
 

@@ -10,6 +10,7 @@ from torch import Tensor
 from ..errors import FuncnetError
 from ..hooks import Intervention
 from ..hooks.values import positive_int
+from ..models.surface import kv_cache_works
 from .vector import SteeringVector
 
 
@@ -22,6 +23,8 @@ def generate(model: Any, prompt: str | Tensor, steering: SteeringVector | Interv
     One ``applied`` block per call, so the position tracking of ``pos="prompt"/"generated"/"from_last"``
     starts fresh. ``prompt`` is a string or a ``(1, pos)`` / ``(pos,)`` token tensor. Greedy by default.
     Returns the generated continuation (text, or the full token tensor with ``return_tokens``).
+    On a TransformerBridge whose KV cache does not reproduce uncached logits (see
+    :func:`tl_funcnet.models.surface.kv_cache_works`), generation runs without the cache: same text, slower.
     """
     positive_int(max_new_tokens, "max_new_tokens")
     if isinstance(prompt, str):
@@ -44,9 +47,10 @@ def generate(model: Any, prompt: str | Tensor, steering: SteeringVector | Interv
         iv = steering.to_intervention(scale, pos, normalize=normalize, layers=layers, prompt_len=plen, model=model)
     else:
         iv = steering or Intervention()
+    cached = use_past_kv_cache and kv_cache_works(model)  # else a broken bridge cache would ignore the prompt
     with torch.no_grad(), iv.applied(model):
         out = model.generate(tokens.to(next(model.parameters()).device), max_new_tokens=max_new_tokens,
-                             use_past_kv_cache=use_past_kv_cache, do_sample=do_sample, verbose=False,
+                             use_past_kv_cache=cached, do_sample=do_sample, verbose=False,
                              stop_at_eos=stop_at_eos)
     if return_tokens:
         return out
