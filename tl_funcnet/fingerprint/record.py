@@ -16,6 +16,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from ..errors import FuncnetError
+from ..models.digest import weights_processing
 from .core import Fingerprint
 
 DEFAULT_SPLIT = "evaluation"
@@ -172,7 +173,8 @@ def fingerprint_from_activations(model: Any, texts: Sequence[str], feats: list[T
               "ica_converged": converged, "ica_n_iter": n_iter,
               "tokenizer": "chars" if tokenizer == "chars" else ("custom" if callable(tokenizer) else "model")}
     info = {"name": name or getattr(model.cfg, "model_name", None) or type(model).__name__,
-            "class": type(model).__name__, "n_layers": n_layers, "d_model": d_model,
+            "class": type(model).__name__, "weights": weights_processing(model), "n_layers": n_layers,
+            "d_model": d_model,
             "n_params": int(sum(p.numel() for p in model.parameters()))}
     return Fingerprint(tuple(texts), series, tuple(keep_offs), energy.float(), units, params, info)
 

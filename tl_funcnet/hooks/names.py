@@ -61,12 +61,29 @@ def _kind(model: Any) -> str:
 
 
 def alias_map(model: Any) -> dict[str, str]:
-    """Every legacy hook name of ``model`` mapped to its canonical name (on a bridge, as the bridge has it;
-    on a HookedTransformer, from the installed TransformerLens's table)."""
+    """Every legacy hook name of ``model`` mapped to its canonical name.
+
+    On a bridge, from the names that share one hook point (a bridge in compatibility mode names its hook
+    points by the legacy form, otherwise by the canonical one); on a HookedTransformer, from the installed
+    TransformerLens's table.
+    """
     names = getattr(model, "hook_dict", {})
-    if is_bridge(model):
-        return {k: str(hp.name) for k, hp in names.items() if getattr(hp, "name", k) not in (None, k)}
     table = alias_table()[_kind(model)]
+    legacy_suffixes = set(table)
+    if is_bridge(model):
+        groups: dict[int, list[str]] = {}
+        for k, hp in names.items():
+            groups.setdefault(id(hp), []).append(k)
+        out = {}
+        for group in groups.values():
+            if len(group) < 2:
+                continue
+            old = [k for k in group if (m := _BLOCK.match(k)) and m.group(2) in legacy_suffixes]
+            new = [k for k in group if k not in old]
+            for k in old:
+                want = canonical_name(model, k)
+                out[k] = want if want in new else (new[0] if new else k)
+        return {k: v for k, v in out.items() if k != v}
     out = {}
     for name in names:
         m = _BLOCK.match(name)
@@ -95,7 +112,7 @@ def canonical_name(model: Any, site: str) -> str:
     """The canonical (bridge) form of ``site`` (``site`` itself when it has none)."""
     m = _BLOCK.match(site)
     if m is None:
-        return alias_map(model).get(site, site) if is_bridge(model) else site
+        return site
     table = alias_table()[_kind(model)]
     suffix = table.get(m.group(2))
     return f"blocks.{m.group(1)}.{suffix}" if suffix else site

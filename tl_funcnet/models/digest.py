@@ -37,12 +37,21 @@ def _config_text(model: Any) -> str:
                        if k not in ("device", "n_devices", "init_weights", "seed")})
 
 
+def weights_processing(model: Any) -> str:
+    """``"processed"`` (a HookedTransformer, or a TransformerBridge in compatibility mode: folded norms, centred
+    writing weights) or ``"raw"`` (a bridge on the Hugging Face weights as they are)."""
+    from ..hooks.names import is_bridge
+
+    return "raw" if is_bridge(model) and not getattr(model, "compatibility_mode", False) else "processed"
+
+
 @torch.no_grad()
 def model_digest(model: Any) -> str:
     """SHA-256 (hex) of the model class, config, parameter names/shapes/dtypes, their sums and a value sample."""
     h = hashlib.sha256()
     h.update(type(model).__name__.encode())
     h.update(_config_text(model).encode())
+    h.update(f"compatibility_mode={weights_processing(model)}".encode())
     for name, p in model.named_parameters():
         flat = p.detach().reshape(-1)
         h.update(f"{name}|{tuple(p.shape)}|{p.dtype}|".encode())
@@ -55,4 +64,4 @@ def model_digest(model: Any) -> str:
     return h.hexdigest()
 
 
-__all__ = ["model_digest"]
+__all__ = ["model_digest", "weights_processing"]
