@@ -215,25 +215,26 @@ def empty_circuit(graph):
 # --------------------------------------------------------------------------- TransformerBridge twins
 
 
-def _tiny_hf_llama(seed: int):
+def _tiny_hf_llama(seed: int, n_kv: int = 2):
     import torch
     import transformers
 
     cfg = transformers.LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=12,
+                                   num_attention_heads=4, num_key_value_heads=n_kv, max_position_embeddings=12,
                                    rms_norm_eps=1e-5, tie_word_embeddings=False)
     torch.manual_seed(seed)
     return transformers.LlamaForCausalLM(cfg).eval()
 
 
-def make_bridge_llama(seed: int = 0, compatibility: bool = True):
-    """A tiny random Llama as a TransformerBridge (the embedded SmolLM2 tokenizer; token ids < 50)."""
+def make_bridge_llama(seed: int = 0, compatibility: bool = True, n_kv: int = 2):
+    """A tiny random Llama as a TransformerBridge (the embedded SmolLM2 tokenizer; token ids < 50); 4 query heads
+    share ``n_kv`` k/v heads."""
     from transformer_lens.model_bridge import TransformerBridge
 
     from tl_funcnet.models import locate
     from tl_funcnet.models.smollm2 import gguf_tokenizer
 
-    bridge = TransformerBridge.boot_transformers("tiny-llama", hf_model=_tiny_hf_llama(seed),
+    bridge = TransformerBridge.boot_transformers("tiny-llama", hf_model=_tiny_hf_llama(seed, n_kv),
                                                  tokenizer=gguf_tokenizer(locate("smollm2-135m")))
     bridge.cfg.default_prepend_bos = False
     if compatibility:
@@ -241,14 +242,14 @@ def make_bridge_llama(seed: int = 0, compatibility: bool = True):
     return bridge.eval()
 
 
-def make_hooked_twin(seed: int = 0):
+def make_hooked_twin(seed: int = 0, n_kv: int = 2):
     """The HookedTransformer with the weights of ``make_bridge_llama(seed)`` (TransformerLens's conversion and
     default processing), for parity tests."""
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformer_lens.pretrained.weight_conversions import convert_llama_weights
 
-    hf = _tiny_hf_llama(seed)
-    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=4, d_head=4, n_key_value_heads=2, d_mlp=32,
+    hf = _tiny_hf_llama(seed, n_kv)
+    cfg = HookedTransformerConfig(n_layers=2, d_model=16, n_heads=4, d_head=4, n_key_value_heads=n_kv, d_mlp=32,
                                   d_vocab=50, n_ctx=12, act_fn="silu", normalization_type="RMSPre",
                                   positional_embedding_type="rotary", rotary_dim=4, rotary_adjacent_pairs=False,
                                   rotary_base=10000.0, eps=1e-5, gated_mlp=True, final_rms=True,

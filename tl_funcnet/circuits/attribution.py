@@ -33,6 +33,7 @@ from torch import Tensor
 
 from ..errors import FuncnetError
 from ..hooks import Intervention, capture, custom
+from ..hooks.names import is_bridge
 from ..patching._common import forward_logits, last_position_only
 from ..patching.metrics import Metric, check_metric
 from ..patching.relp import normalize_rules, relp_rules
@@ -51,6 +52,12 @@ METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "rel
 def _require_grad(act: Tensor, hook: Any = None) -> Tensor:
     """At ``hook_embed``: make sure the forward builds a graph even if no parameter requires grad."""
     return act if act.requires_grad else act.detach().requires_grad_(True)
+
+
+def _fork(act: Tensor, hook: Any = None) -> Tensor:
+    """A receiver's own copy of its input: on a TransformerBridge ``hook_mlp_in`` hands over the residual stream
+    itself (it feeds the skip connection too), so the gradient at it would include every later path."""
+    return act.clone()
 
 
 def _replace(site: str, value: Tensor) -> Intervention:
@@ -165,7 +172,12 @@ def _gradients(model: Any, bufs: _Buffers, tokens: Tensor, metric: Metric, rows:
     """One forward and one backward on ``tokens`` with ``before`` applied: the metric per prompt and its gradient
     at every receiver site (None where it does not depend on one); sender outputs into ``senders`` if given."""
     store: dict[str, Tensor] = {}
-    iv = (before or Intervention()) + custom("hook_embed", _require_grad) + capture(bufs.recv_sites, store, detach=False)
+    iv = (before or Intervention()) + custom("hook_embed", _require_grad)
+    if is_bridge(model):
+        for site in bufs.recv_sites:
+            if site.endswith("hook_mlp_in"):
+                iv = iv + custom(site, _fork)
+    iv = iv + capture(bufs.recv_sites, store, detach=False)
     if senders is not None:
         iv = iv + capture(bufs.send_sites, senders)
     with torch.enable_grad():
@@ -298,6 +310,12 @@ def edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metr
     if rules is not None and method != "relp":
         raise FuncnetError(f"rules apply to method='relp' only (method={method!r} takes plain gradients)")
     chosen = normalize_rules(rules) if method == "relp" else ()
+    if "LN" in chosen and is_bridge(model):
+        raise FuncnetError(
+            "RelP's LN rule cannot act on a TransformerBridge's edges: with per-head q/k/v inputs the bridge "
+            "re-applies ln1 through the Hugging Face norm, whose scale has no hook to detach. Pass "
+            "rules=('AH', 'Identity', 'Half') (node-level RelP keeps all four rules), or load the model with "
+            "backend='hooked'")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or
                                    batch_size < 1):
         raise FuncnetError(f"batch_size should be a whole number >= 1 of prompts per pass, or None, got "

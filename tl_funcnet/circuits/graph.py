@@ -131,12 +131,12 @@ class Graph:
         if not isinstance(split_qkv, bool):
             raise FuncnetError(f"split_qkv should be True or False, got {split_qkv!r}")
         n_kv = getattr(cfg, "n_key_value_heads", None)
-        if split_qkv and is_bridge(model) and n_kv and int(n_kv) != int(cfg.n_heads):
+        if is_bridge(model) and n_kv and int(n_kv) != int(cfg.n_heads):
             raise FuncnetError(
-                f"edges into each head's k/v input need one k/v input per query head, which TransformerLens's "
-                f"TransformerBridge does not provide for grouped-query attention ({cfg.n_heads} query heads share "
-                f"{n_kv} k/v heads; HookedTransformer's ungroup_grouped_query_attention has no bridge equivalent). "
-                f"Use split_qkv=False (edges into whole heads), or load the model with backend='hooked'")
+                f"edges into a head read its own k/v input, which TransformerLens's TransformerBridge does not "
+                f"provide under grouped-query attention ({cfg.n_heads} query heads share {n_kv} k/v inputs; "
+                f"HookedTransformer's ungroup_grouped_query_attention has no bridge equivalent). Load the model "
+                f"with backend='hooked' for circuit graphs")
         parts: tuple[GroupPart, ...] = ()
         if isinstance(groups, (tuple, list)) and all(isinstance(g, tuple) and len(g) == 3 for g in groups):
             parts = tuple(groups)  # already in the graph's own form

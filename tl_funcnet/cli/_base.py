@@ -152,6 +152,15 @@ def add_out(p: argparse.ArgumentParser, help: str, *, required: bool = True) -> 
                    "(anything else there is never touched)")
 
 
+def add_model(p: argparse.ArgumentParser, *, model: bool = True) -> None:
+    """``--model`` (unless the command names its models otherwise) and ``--backend``."""
+    if model:
+        p.add_argument("--model", default="smollm2-135m", help="embedded name, TransformerLens name or saved folder")
+    p.add_argument("--backend", choices=("hooked", "bridge"), default="hooked",
+                   help="model class: HookedTransformer (default) or TransformerLens's TransformerBridge "
+                        "(compatibility mode)")
+
+
 def add_json(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 

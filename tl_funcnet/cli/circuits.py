@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ._base import Handler, add_json, add_out, check_model, command, emit, log_for, positive_int
+from ._base import Handler, add_json, add_model, add_out, check_model, command, emit, log_for, positive_int
 
 #: edge-scoring methods (tl_funcnet.circuits.METHODS, kept here so --help imports no torch) and exact patching
 METHODS = ("eap", "eap-ig-inputs", "eap-ig-activations", "clean-corrupted", "relp", "exact")
@@ -114,7 +114,7 @@ def _check(args: argparse.Namespace) -> None:
 @command("circuit", "edge-level circuit discovery (EAP, EAP-IG, RelP or exact edge patching) of a task, with the "
                     "circuit's faithfulness")
 def _circuit(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("--model", default="smollm2-135m", help="embedded name, TransformerLens name or saved folder")
+    add_model(p)
     p.add_argument("--task", default="ioi", help="ioi, greater_than, capital, induction, sva, or a JSON file")
     p.add_argument("--method", choices=METHODS, default="eap-ig-inputs",
                    help="how edges are scored (exact: patch each edge of a --sample; slow)")
@@ -158,7 +158,7 @@ def _circuit(p: argparse.ArgumentParser) -> Handler:
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         log(f"loading {args.model}")
-        model = load(args.model)
+        model = load(args.model, backend=args.backend)
         task = load_task(args.task, model, n_pairs=args.n_pairs)
         groups = None if args.networks is None else load_groups(args.networks, args.network_ids)
         graph = Graph.from_model(model, groups=groups)

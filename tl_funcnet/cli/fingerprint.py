@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._base import Handler, add_json, check_model, check_out, check_texts, command, emit, log_for, positive_int
+from ._base import (Handler, add_json, add_model, check_model, check_out, check_texts, command, emit,
+                    log_for, positive_int)
 
 
 @command("fingerprint", "functional-network fingerprint: compare a suspect model with a victim model or a saved "
@@ -20,6 +21,7 @@ def _fingerprint(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--n-null", type=positive_int, default=200, help="circular-shift null samples for the p-value")
     p.add_argument("--save", default=None, help="write the victim fingerprint to this file")
     p.add_argument("--overwrite", action="store_true", help="replace a fingerprint file at --save")
+    add_model(p, model=False)
     add_json(p)
 
     def run(args: argparse.Namespace) -> int:
@@ -50,7 +52,8 @@ def _fingerprint(p: argparse.ArgumentParser) -> Handler:
             victim = Fingerprint.load(args.victim)
             log(f"victim: loaded {victim!r}")
         else:
-            victim = fingerprint(load(args.victim), args.texts, n_networks=args.n_networks, name=str(args.victim))
+            victim = fingerprint(load(args.victim, backend=args.backend), args.texts, n_networks=args.n_networks,
+                                 name=str(args.victim))
             log(f"victim: {victim!r}")
         payload: dict = {"victim": args.victim}
         lines = []
@@ -61,7 +64,7 @@ def _fingerprint(p: argparse.ArgumentParser) -> Handler:
         if args.suspect is None:
             emit(args, payload, lines)
             return 0
-        suspect = fingerprint(load(args.suspect), list(victim.texts), n_networks=victim.n_networks,
+        suspect = fingerprint(load(args.suspect, backend=args.backend), list(victim.texts), n_networks=victim.n_networks,
                               random_state=victim.params.get("random_state", 0), name=str(args.suspect))
         res = compare(victim, suspect, top_m=args.top_m or TOP_M, n_null=args.n_null)
         payload.update({"suspect": args.suspect, **res.to_dict()})

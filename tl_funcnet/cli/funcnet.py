@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from ._base import (Handler, add_json, add_out, check_model, check_out, check_texts, command, emit, finite_float,
-                    log_for, positive_float, positive_int)
+from ._base import (Handler, add_json, add_model, add_out, check_model, check_out, check_texts, command,
+                    emit, finite_float, log_for, positive_float, positive_int)
 
 
 @command("extract", "fit functional networks on a model's activity and save them (with plots)")
 def _extract(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("--model", default="smollm2-135m", help="embedded name, TransformerLens name or saved folder")
+    add_model(p)
     p.add_argument("--site", default="hook_mlp_out",
                    help="hook name, or a per-layer suffix such as hook_mlp_out / mlp.hook_post (all layers)")
     p.add_argument("--n-networks", type=positive_int, default=10)
@@ -39,7 +39,7 @@ def _extract(p: argparse.ArgumentParser) -> Handler:
         fn = FunctionalNetworks(args.n_networks, threshold=args.threshold, sides=args.sides, scope=args.scope,
                                 standardize=args.standardize, random_state=args.random_state)
         log_for(args)(f"loading {args.model}")
-        model = load(args.model)
+        model = load(args.model, backend=args.backend)
         sites = resolve_sites(model, args.site)
         acts = collect(model, args.texts, sites, max_tokens=args.max_tokens,
                        max_tokens_per_seq=args.max_tokens_per_seq, progress=False)
@@ -59,7 +59,7 @@ def _extract(p: argparse.ArgumentParser) -> Handler:
 
 @command("ablate", "mask, preserve or amplify saved functional networks and measure the loss against a control")
 def _ablate(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("--model", default="smollm2-135m")
+    add_model(p)
     p.add_argument("--networks", required=True, help="folder written by `tl-funcnet extract`")
     p.add_argument("--mode", choices=["mask", "preserve", "amplify"], default="mask")
     p.add_argument("--ids", type=int, nargs="*", default=None, help="network ids (default: all)")
@@ -85,7 +85,7 @@ def _ablate(p: argparse.ArgumentParser) -> Handler:
         kw = {"value": args.value, "gain": args.gain, "ablation": args.ablation}
         iv = fn.to_intervention(args.mode, args.ids, **kw)
         ctrl = fn.to_intervention(args.mode, args.ids, control=args.control, random_state=args.random_state, **kw)
-        model = load(args.model)
+        model = load(args.model, backend=args.backend)
         iv.validate(model)
         base = evaluate(model, texts, compare_to_base=False, progress=False)
         hit = evaluate(model, texts, iv, progress=False)

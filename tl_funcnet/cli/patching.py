@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ._base import Handler, add_json, check_model, command, emit, int_list, positive_int
+from ._base import Handler, add_json, add_model, check_model, command, emit, int_list, positive_int
 
 
 @command("patch", "activation patching (exact, AtP, RelP) of a task")
 def _patch(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("--model", default="smollm2-135m")
+    add_model(p)
     p.add_argument("--task", default="ioi", help="ioi, greater_than, capital, induction, sva, or a JSON file")
     p.add_argument("--method", choices=["exact", "atp", "relp"], default="exact")
     p.add_argument("--node", choices=["resid", "head", "mlp", "neuron"], default="mlp")
@@ -29,7 +29,7 @@ def _patch(p: argparse.ArgumentParser) -> Handler:
 
         check_model(args.model)
         check_task_spec(args.task)
-        model = load(args.model)
+        model = load(args.model, backend=args.backend)
         task = load_task(args.task, model, n_pairs=args.n_pairs)
         by_pos = args.node != "neuron"  # neuron x position grids are huge: per (layer, neuron) by default
         nodes = node_grid(model, args.node, task.n_pos, by_pos=by_pos, layers=args.layers)

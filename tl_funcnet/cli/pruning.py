@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from ._base import (Handler, add_json, add_out, check_model, check_out, check_texts, command, emit, fraction, log_for,
-                    non_negative_int, positive_int, unit_interval)
+from ._base import (Handler, add_json, add_model, add_out, check_model, check_out, check_texts, command,
+                    emit, fraction, log_for, non_negative_int, positive_int, unit_interval)
 
 _METHODS = ["fn", "fn_guided", "wanda", "flap", "magnitude", "activation", "random"]
 
 
 @command("prune", "remove a fraction of MLP neurons (FN pruning or a baseline) and save the smaller model")
 def _prune(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("--model", default="smollm2-135m", help="embedded name, TransformerLens name or saved folder")
+    add_model(p)
     p.add_argument("--ratio", type=fraction, required=True, help="fraction of all MLP neurons to remove, in (0, 1)")
     p.add_argument("--method", choices=_METHODS, default="fn")
     p.add_argument("--no-bias-compensation", action="store_true", help="skip FLAP-style b_out compensation")
@@ -47,7 +47,7 @@ def _prune(p: argparse.ArgumentParser) -> Handler:
         options = {"fn": fn_opts, "fn_guided": {**fn_opts, "base": args.base, "key_fraction": args.key_fraction},
                    "random": {"random_state": args.random_state}}.get(args.method, {})
         log_for(args)(f"loading {args.model}")
-        model = load(args.model)
+        model = load(args.model, backend=args.backend)
         small, plan = prune(model, args.ratio, args.method, args.texts, max_tokens=args.max_tokens,
                             bias_compensation=not args.no_bias_compensation, protect_first=args.protect_first,
                             protect_last=args.protect_last, **options)

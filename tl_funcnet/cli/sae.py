@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from ._base import Handler, add_json, add_out, check_model, check_texts, command, emit, positive_float, positive_int
+from ._base import (Handler, add_json, add_model, add_out, check_model, check_texts, command, emit,
+                    positive_float, positive_int)
 
 
 @command("train-sae", "train top-k SAEs (default: one residual and one MLP-output site of SmolLM2) and save them")
 def _train_sae(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("--model", default="smollm2-135m", help="embedded name, TransformerLens name or saved folder")
+    add_model(p)
     p.add_argument("--sites", nargs="+", default=None, help="hook sites (default blocks.6.hook_resid_post and "
                    "blocks.6.hook_mlp_out)")
     p.add_argument("--texts", default="calibration", help="split name, .txt/.jsonl file or folder")
@@ -38,7 +39,7 @@ def _train_sae(p: argparse.ArgumentParser) -> Handler:
         sites = args.sites or list(DEFAULT_SITES)
         for site in sites:
             check_target(Path(args.out) / site, KIND, overwrite=args.overwrite)
-        model = load(args.model)
+        model = load(args.model, backend=args.backend)
         times = train_and_save(model, args.out, sites, args.texts, overwrite=args.overwrite, d_sae=args.d_sae,
                                k=args.k, training_tokens=args.tokens, lr=args.lr, random_state=args.random_state,
                                train_batch_size_tokens=DEFAULTS["train_batch_size_tokens"])

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from ._base import Handler, add_json, check_model, command, emit, existing_file, finite_float, positive_int
+from ._base import (Handler, add_json, add_model, check_model, command, emit, existing_file, finite_float,
+                    positive_int)
 
 
 @command("steer", "build a steering vector from positive/negative prompt files and generate with and without it")
 def _steer(p: argparse.ArgumentParser) -> Handler:
-    p.add_argument("--model", default="smollm2-135m", help="embedded name, TransformerLens name or saved folder")
+    add_model(p)
     p.add_argument("--positive", type=existing_file, required=True, help="prompts: .txt (one per line) or .jsonl")
     p.add_argument("--negative", type=existing_file, required=True, help="prompts: .txt (one per line) or .jsonl")
     p.add_argument("--site", required=True, help="the hook read and steered, e.g. blocks.6.hook_resid_post")
@@ -33,7 +34,7 @@ def _steer(p: argparse.ArgumentParser) -> Handler:
         if not args.prompt.strip():
             raise FuncnetError("--prompt is empty; give some text to continue")
         pos, neg = read_prompts(args.positive), read_prompts(args.negative)
-        model = load(args.model)
+        model = load(args.model, backend=args.backend)
         if args.method == "pca":
             sv = pca_direction(model, pos, neg, args.site, reduce=args.reduce)
         else:
