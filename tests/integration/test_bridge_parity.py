@@ -47,6 +47,18 @@ def test_the_bridge_boots_offline_in_compatibility_mode(pair, tokens):
         assert torch.equal(hooked.to_tokens("a b c"), bridge.to_tokens("a b c"))
 
 
+def test_a_saved_bridge_loads_back_with_the_same_logits(pair, tokens, tmp_path):
+    from tl_funcnet.hooks.names import is_bridge
+    from tl_funcnet.models import load, save
+
+    save(pair[1], tmp_path / "bridge")
+    back = load(tmp_path / "bridge")
+    assert is_bridge(back) and back.compatibility_mode
+    with torch.no_grad():
+        assert _rel(back(tokens), pair[1](tokens)) < 1e-5
+    del back
+
+
 INTERVENTIONS = {
     "neurons (legacy)": lambda: ablate("blocks.12.mlp.hook_post", units=list(range(0, 1536, 7))),
     "neurons (canonical)": lambda: ablate("blocks.12.mlp.out.hook_in", units=list(range(0, 1536, 7))),

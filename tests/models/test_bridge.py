@@ -246,3 +246,26 @@ def test_load_bridge_rejects_bad_options_before_loading():
         load("smollm2-135m", backend="bridge", fold_ln=True)
     with pytest.raises(FuncnetError, match="compatibility should be True or False"):
         load("smollm2-135m", backend="bridge", compatibility="yes")
+
+
+def test_a_saved_bridge_loads_back_as_the_same_bridge(bridge, toks, tmp_path):
+    from tl_funcnet import pruning
+    from tl_funcnet.models import load, save
+
+    save(bridge, tmp_path / "m")
+    back = load(tmp_path / "m")
+    assert is_bridge(back) and back.compatibility_mode and not back.cfg.default_prepend_bos
+    with torch.no_grad():
+        assert _rel(back(toks), bridge(toks)) < 1e-5
+    with pytest.raises(FuncnetError, match="backend='bridge'"):
+        load(tmp_path / "m", backend="hooked")
+    g = torch.Generator().manual_seed(1)
+    seqs = [torch.randint(0, 50, (8,), generator=g) for _ in range(6)]
+    plan = pruning.plan_pruning(bridge, 0.25, "wanda", pruning.Calibration.from_texts(bridge, seqs, max_tokens=None),
+                                protect_first=0, protect_last=0)
+    small = pruning.hard_prune(bridge, plan)
+    save(small, tmp_path / "small")
+    again = load(tmp_path / "small")
+    assert [int(b.mlp.W_out.shape[0]) for b in again.blocks] == [24, 24]
+    with torch.no_grad():
+        assert _rel(again(toks), small(toks)) < 1e-5

@@ -314,7 +314,7 @@ def test_store_save_refuses_another_kind(tmp_path):
 
 
 def test_store_save_rejects_other_objects(tmp_path):
-    with pytest.raises(FuncnetError, match="expected a HookedTransformer or HookedEncoder"):
+    with pytest.raises(FuncnetError, match="expected a HookedTransformer, HookedEncoder or TransformerBridge"):
         save(torch.nn.Linear(2, 2), tmp_path / "m")
     assert not (tmp_path / "m").exists()
 

@@ -33,6 +33,9 @@ def _unknown(spec: str) -> FuncnetError:
     pool = {n.lower(): n for n in [*EMBEDDED, *official, *alias_map]}
     close = [pool[m] for m in difflib.get_close_matches(spec.lower(), list(pool), n=5, cutoff=0.6)]
     hint = f" Did you mean {close}?" if close else ""
+    if not official:
+        hint += (" This transformer-lens has no HookedTransformer names (TransformerLens 4): pass backend='bridge' "
+                 "with a Hugging Face model id.")
     looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(("/", os.sep))
     where = f" No directory {spec!r} exists either." if looks_like_path else ""
     return FuncnetError(
@@ -108,16 +111,18 @@ def _hub_name(spec: Any) -> tuple[str, str]:
         raise
     except FuncnetError:
         text = os.fspath(spec)
-        if "/" in text and not Path(text).expanduser().exists():
-            return "hub", text  # a Hugging Face repository id
+        looks_like_path = text.startswith((".", "/", "~")) or text.endswith(("/", os.sep))
+        if not looks_like_path and not Path(text).expanduser().exists():
+            return "hub", text  # a Hugging Face model id (booted from the hub)
         raise
 
 
 def load(spec: str | os.PathLike[str], *, device: str | torch.device = "cpu",
-         dtype: torch.dtype | None = None, backend: str = "hooked", **kwargs: Any) -> Any:
+         dtype: torch.dtype | None = None, backend: str | None = None, **kwargs: Any) -> Any:
     """Load a model by embedded name, saved folder or TransformerLens name.
 
-    ``backend="hooked"`` (default) gives a ``HookedTransformer`` / ``HookedEncoder``; ``backend="bridge"``
+    ``backend="hooked"`` (the default, except for a saved folder, which loads as the class it holds) gives a
+    ``HookedTransformer`` / ``HookedEncoder``; ``backend="bridge"``
     gives TransformerLens's ``TransformerBridge`` around the Hugging Face model, with kwargs
     ``compatibility`` (default True: HookedTransformer's weight processing, so activations match),
     ``n_ctx``, and ``device_map`` / ``n_devices`` / ``max_memory`` for Hugging Face's dispatcher.
@@ -132,14 +137,27 @@ def load(spec: str | os.PathLike[str], *, device: str | torch.device = "cpu",
     With ``$TL_FUNCNET_CACHE`` set, the processed SmolLM2 weights are cached there after the first load.
     Nothing here changes the process: environment variables, seeds and thread counts stay as they were.
     """
-    if backend not in BACKENDS:
+    if backend is not None and backend not in BACKENDS:
         raise FuncnetError(f"backend should be one of {list(BACKENDS)}, got {backend!r}")
+    kind, what = _hub_name(spec) if backend == "bridge" else resolve(spec)
+    if kind == "saved":
+        held = "bridge" if store.saved_class(what) == store.BRIDGE else "hooked"
+        if backend is not None and backend != held:
+            raise FuncnetError(f"{what} holds a {store.saved_class(what)}; load it with backend={held!r} "
+                               f"(or leave backend unset)")
+        if kwargs:
+            raise FuncnetError(f"load({what!r}) of a saved folder takes only device and dtype; got {sorted(kwargs)}")
+        return store.load(what, device=device, dtype=dtype)
     if backend == "bridge":
         from .bridge import load_bridge
 
-        kind, what = _hub_name(spec)
-        return load_bridge(kind, what, device=device, dtype=dtype or torch.float32, **kwargs)
-    kind, what = resolve(spec)
+        cached = _cache_dir(f"{what}-bridge", dtype or torch.float32, kwargs) if kind == "embedded" else None
+        if cached is not None and store.is_saved_model(cached) and kwargs.get("device_map") is None:
+            return store.load(cached, device=device)
+        model = load_bridge(kind, what, device=device, dtype=dtype or torch.float32, **kwargs)
+        if cached is not None and kwargs.get("device_map") is None:
+            store.save(model, cached, overwrite=True)
+        return model
     _require_hooked_classes(what)
     if kind == "embedded" and what == "smollm2-135m":
         from ._embedded import locate
@@ -157,10 +175,6 @@ def load(spec: str | os.PathLike[str], *, device: str | torch.device = "cpu",
         from .minilm import load_minilm
 
         return load_minilm(device=device, dtype=dtype or torch.float32, **kwargs)
-    if kind == "saved":
-        if kwargs:
-            raise FuncnetError(f"load({what!r}) of a saved folder takes only device and dtype; got {sorted(kwargs)}")
-        return store.load(what, device=device, dtype=dtype)
     from transformer_lens import HookedEncoder, HookedTransformer
 
     cls = HookedEncoder if "bert" in what.lower() else HookedTransformer

@@ -9,6 +9,9 @@ Layout of a saved directory::
     tokenizer/         the tokenizer's save_pretrained output, when the model has one
 
 Buffers (causal masks, rotary tables) are not stored; the model rebuilds them from the config.
+
+A ``TransformerBridge`` is saved as its Hugging Face config (``"class": "TransformerBridge"``, with its
+compatibility mode) and the wrapped model's weights under Hugging Face names; loading boots the bridge again.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import torch
 
 from .._io import Kind, atomic_dir, field, read_json
 from ..errors import FormatError, FuncnetError
+from ..hooks.names import is_bridge
 from .mlp import mlp_widths, resize_neurons, sync_config
 
 FORMAT = "tl_funcnet.model"
@@ -34,17 +38,28 @@ TOKENIZER_DIR = "tokenizer"
 KIND = Kind("model", CONFIG_FILE, FORMAT, (CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_DIR, "pruning.json"))
 
 
-def _classes() -> dict[str, type]:
-    from transformer_lens import HookedEncoder, HookedTransformer
+BRIDGE = "TransformerBridge"
+CLASS_NAMES = ("HookedTransformer", "HookedEncoder", BRIDGE)
 
+
+def _classes() -> dict[str, type]:
+    try:
+        from transformer_lens import HookedEncoder, HookedTransformer
+    except ImportError:
+        raise FuncnetError("this transformer-lens has no HookedTransformer or HookedEncoder (TransformerLens 4 "
+                           "removed them); a saved TransformerBridge loads here, a saved HookedTransformer needs "
+                           "transformer-lens<4") from None
     return {"HookedTransformer": HookedTransformer, "HookedEncoder": HookedEncoder}
 
 
 def _class_name(model: Any) -> str:
+    if is_bridge(model):
+        return BRIDGE
     for name, cls in _classes().items():
         if isinstance(model, cls):
             return name
-    raise FuncnetError(f"save() got a {type(model).__name__}; expected a HookedTransformer or HookedEncoder")
+    raise FuncnetError(f"save() got a {type(model).__name__}; expected a HookedTransformer, HookedEncoder or "
+                       f"TransformerBridge")
 
 
 def _jsonable(value: Any) -> Any:
@@ -67,6 +82,8 @@ def save(model: Any, path: str | os.PathLike[str], *, overwrite: bool = False) -
     from safetensors.torch import save_file
 
     class_name = _class_name(model)
+    if class_name == BRIDGE:
+        return _save_bridge(model, path, overwrite=overwrite)
     cfg = _jsonable(model.cfg.to_dict())
     header: dict[str, Any] = {"format": FORMAT, "version": VERSION, "class": class_name, "config": cfg}
     widths = mlp_widths(model)
@@ -88,6 +105,116 @@ def save(model: Any, path: str | os.PathLike[str], *, overwrite: bool = False) -
     return Path(path)
 
 
+def _hf_state(model: Any) -> dict[str, torch.Tensor]:
+    """The wrapped Hugging Face model's parameters under their own names (the bridge nests each module it wraps
+    as ``_original_component``)."""
+    return {k.replace("._original_component", ""): v.detach().to("cpu").clone().contiguous()
+            for k, v in model.original_model.named_parameters()}
+
+
+def _save_bridge(model: Any, path: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """A TransformerBridge as its Hugging Face config and weights (processed in place when in compatibility
+    mode; processing again on load changes nothing), the tokenizer, and how to boot it again."""
+    from safetensors.torch import save_file
+
+    hf_config = model.original_model.config.to_dict()
+    hf_config.pop("quantization_config", None)  # the weights are saved dequantized
+    hf = model.original_model
+    out_emb, in_emb = hf.get_output_embeddings(), hf.get_input_embeddings()
+    # compatibility mode centres the unembedding, which unties it from the embedding
+    hf_config["tie_word_embeddings"] = bool(out_emb is not None and in_emb is not None and
+                                            _unwrapped(out_emb).weight is _unwrapped(in_emb).weight)
+    widths = mlp_widths(model)
+    header: dict[str, Any] = {
+        "format": FORMAT, "version": VERSION, "class": BRIDGE, "config": _jsonable(hf_config),
+        "model_name": str(getattr(model.cfg, "model_name", "") or hf_config.get("_name_or_path") or "model"),
+        "compatibility_mode": bool(getattr(model, "compatibility_mode", False)),
+        "default_prepend_bos": bool(getattr(model.cfg, "default_prepend_bos", True)),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
+        "tokenizer": TOKENIZER_DIR if getattr(model, "tokenizer", None) is not None else None}
+    if widths is not None and len(set(widths)) > 1 or widths and widths[0] != hf_config.get("intermediate_size"):
+        header["d_mlp_per_layer"] = widths
+    text = json.dumps(header, indent=2) + "\n"
+    tensors = _hf_state(model)
+    with atomic_dir(path, KIND, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "tl_funcnet": FORMAT})
+        if header["tokenizer"]:
+            model.tokenizer.save_pretrained(str(tmp / TOKENIZER_DIR))
+        (tmp / CONFIG_FILE).write_text(text)
+    return Path(path)
+
+
+def _unwrapped(module: Any) -> Any:
+    return getattr(module, "original_component", None) or module
+
+
+def _fit_linears(hf: Any, tensors: dict[str, torch.Tensor]) -> None:
+    """Give every ``nn.Linear`` whose saved weight has another shape (a pruned MLP) that shape."""
+    modules = dict(hf.named_modules())
+    for key, value in tensors.items():
+        owner, _, attr = key.rpartition(".")
+        module = modules.get(owner)
+        current = getattr(module, attr, None)
+        if not isinstance(module, torch.nn.Linear) or attr not in ("weight", "bias"):
+            continue
+        if current is None or current.shape != value.shape:  # a pruned width, or a bias compat mode added
+            setattr(module, attr, torch.nn.Parameter(torch.empty(value.shape, dtype=module.weight.dtype)))
+            if attr == "weight":
+                module.out_features, module.in_features = int(value.shape[0]), int(value.shape[1])
+
+
+def _load_bridge(folder: Path, header: dict[str, Any], device: Any, dtype: Any) -> Any:
+    import transformers
+
+    from .bridge import require_bridge
+
+    file = folder / CONFIG_FILE
+    raw = dict(header["config"])
+    dt = dtype if dtype is not None else getattr(torch, str(header.get("dtype", "float32")), torch.float32)
+    try:
+        config = transformers.AutoConfig.for_model(raw.pop("model_type"), **raw)
+        hf = transformers.AutoModelForCausalLM.from_config(config, dtype=dt)
+    except (KeyError, TypeError, ValueError) as e:
+        raise FormatError(f"{file}: the Hugging Face config does not describe a buildable model "
+                          f"({type(e).__name__}: {e}); save the model again") from None
+    tensors = _read_weights(folder / WEIGHTS_FILE)
+    _fit_linears(hf, tensors)
+    try:
+        hf.load_state_dict({k: v.to(dt) for k, v in tensors.items()}, strict=False)
+    except RuntimeError as e:
+        raise FormatError(f"{folder / WEIGHTS_FILE} does not fit {file} ({e}); save the model again") from None
+    params = set(hf.state_dict())
+    missing, unexpected = sorted({k for k, _ in hf.named_parameters()} - set(tensors)), sorted(set(tensors) - params)
+    if missing or unexpected:
+        raise FormatError(f"{folder / WEIGHTS_FILE} does not fit {file} (missing {missing[:5]}, unexpected "
+                          f"{unexpected[:5]}); the two files come from different saves, save the model again")
+    tokenizer = _read_tokenizer(folder, header)
+    bridge = require_bridge().boot_transformers(str(header.get("model_name") or "model"), hf_model=hf.eval(),
+                                                tokenizer=tokenizer, device=device, dtype=dt)
+    bridge.cfg.default_prepend_bos = bool(header.get("default_prepend_bos", True))
+    if header.get("compatibility_mode"):
+        bridge.enable_compatibility_mode(disable_warnings=True)
+    return bridge.eval()
+
+
+def _read_tokenizer(folder: Path, header: dict[str, Any]) -> Any:
+    if not header.get("tokenizer"):
+        return None
+    tok_dir = folder / str(header["tokenizer"])
+    try:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
+    except Exception as e:  # tokenizers raises plain Exceptions on a corrupt tokenizer.json
+        raise FormatError(f"{tok_dir}: cannot load the saved tokenizer ({type(e).__name__}: {e}); "
+                          "save the model again") from None
+
+
+def saved_class(path: str | os.PathLike[str]) -> str:
+    """The model class a saved folder holds (its header checked)."""
+    return str(_read_header(Path(path))["class"])
+
+
 def is_saved_model(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a folder holding a ``config.json`` of this format."""
     return Path(path).is_dir() and KIND.holds(Path(path))
@@ -105,8 +232,8 @@ def _read_header(folder: Path) -> dict[str, Any]:
         raise FormatError(f"{file} has version {header.get('version')!r}; this tl_funcnet reads version "
                           f"{VERSION}; upgrade tl_funcnet or save the model again with this version")
     cls = field(header, "class", str, str(file))
-    if cls not in _classes():
-        raise FormatError(f"{file} names class {cls!r}; expected one of {list(_classes())}")
+    if cls not in CLASS_NAMES:
+        raise FormatError(f"{file} names class {cls!r}; expected one of {list(CLASS_NAMES)}")
     field(header, "config", dict, str(file))
     tok = header.get("tokenizer")
     if tok is not None and not isinstance(tok, str):
@@ -184,19 +311,12 @@ def load(path: str | os.PathLike[str], *, device: str | torch.device = "cpu",
     """Load a model written by :func:`save`; ``dtype=None`` keeps the saved dtype."""
     folder = Path(path)
     header = _read_header(folder)
+    if header["class"] == BRIDGE:
+        return _load_bridge(folder, header, device, dtype)
     config_file = folder / CONFIG_FILE
     cfg = _build_config(config_file, header["config"], str(device), dtype)
     tensors = _read_weights(folder / WEIGHTS_FILE)
-    tokenizer = None
-    if header.get("tokenizer"):
-        tok_dir = folder / str(header["tokenizer"])
-        try:
-            from transformers import AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-        except Exception as e:  # tokenizers raises plain Exceptions on a corrupt tokenizer.json
-            raise FormatError(f"{tok_dir}: cannot load the saved tokenizer ({type(e).__name__}: {e}); "
-                              "save the model again") from None
+    tokenizer = _read_tokenizer(folder, header)
     cls = _classes()[header["class"]]
     tokenizer_name, cfg.tokenizer_name = cfg.tokenizer_name, None  # never fetch a tokenizer by name
     try:
