@@ -258,3 +258,12 @@ def make_hooked_twin(seed: int = 0, n_kv: int = 2):
     model.load_and_process_state_dict(convert_llama_weights(hf, cfg), fold_ln=True, center_writing_weights=True,
                                       center_unembed=True, fold_value_biases=True)
     return model.eval()
+
+
+def has_hooked_transformer() -> bool:
+    """Whether this transformer-lens still has HookedTransformer (TransformerLens 4 raises on the import)."""
+    try:
+        from transformer_lens import HookedTransformer  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -55,8 +55,8 @@ def smollm2_any(request):
     """SmolLM2 as each model class in turn (the hooked one skipped where TransformerLens has none)."""
     if request.param == "bridge":
         return request.getfixturevalue("smollm2_bridge")
-    import transformer_lens
+    from tl_testing import has_hooked_transformer
 
-    if not hasattr(transformer_lens, "HookedTransformer"):
+    if not has_hooked_transformer():
         pytest.skip("this transformer-lens has no HookedTransformer (TransformerLens 4)")
     return request.getfixturevalue("smollm2")

@@ -15,9 +15,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.bridge]
 
 @pytest.fixture(scope="module")
 def pair(request, smollm2_bridge):
-    import transformer_lens
+    from tl_testing import has_hooked_transformer
 
-    hooked = request.getfixturevalue("smollm2") if hasattr(transformer_lens, "HookedTransformer") else None
+    hooked = request.getfixturevalue("smollm2") if has_hooked_transformer() else None
     return hooked, smollm2_bridge
 
 

@@ -25,10 +25,9 @@ def bridge():
 
 @pytest.fixture(scope="session")
 def twin():
-    from tl_testing import guard, make_hooked_twin
+    from tl_testing import guard, has_hooked_transformer, make_hooked_twin
 
-    tl = pytest.importorskip("transformer_lens")
-    if not hasattr(tl, "HookedTransformer"):
+    if not has_hooked_transformer():
         pytest.skip("this transformer-lens has no HookedTransformer (TransformerLens 4)")
     return guard(make_hooked_twin())
 
@@ -213,14 +212,13 @@ def test_circuit_graphs_of_a_grouped_query_bridge_say_why(bridge):
 
 @pytest.mark.parametrize("method", ["eap", "eap-ig-inputs", "relp"])
 def test_edge_scores_agree_on_a_bridge_without_grouped_query_attention(method):
-    from tl_testing import make_bridge_llama, make_hooked_twin
+    from tl_testing import has_hooked_transformer, make_bridge_llama, make_hooked_twin
 
     from tl_funcnet.circuits import Graph, edge_scores, exact_edge_scores
     from tl_funcnet.patching import logit_diff
 
-    tl = pytest.importorskip("transformer_lens")
     bridge = make_bridge_llama(n_kv=4)
-    models = [bridge] + ([make_hooked_twin(n_kv=4)] if hasattr(tl, "HookedTransformer") else [])
+    models = [bridge] + ([make_hooked_twin(n_kv=4)] if has_hooked_transformer() else [])
     g = torch.Generator().manual_seed(5)
     clean, corrupted = torch.randint(0, 50, (2, 2, 6), generator=g)
     metric = logit_diff(torch.tensor([3, 7]), torch.tensor([9, 11]))
