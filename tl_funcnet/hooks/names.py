@@ -10,6 +10,7 @@ TransformerLens's bridge components, so a saved intervention records the table i
 from __future__ import annotations
 
 import re
+import weakref
 from functools import lru_cache
 from typing import Any, Mapping
 
@@ -21,6 +22,25 @@ _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 def is_bridge(model: Any) -> bool:
     """Whether ``model`` is a TransformerLens ``TransformerBridge`` (wraps a Hugging Face model)."""
     return hasattr(model, "original_model") and hasattr(model, "enable_compatibility_mode")
+
+
+_POINTS: "weakref.WeakKeyDictionary[Any, tuple[Any, dict[str, Any]]]" = weakref.WeakKeyDictionary()
+
+
+def hook_points(model: Any) -> dict[str, Any]:
+    """``model.hook_dict``, read once per change of the model's hook points.
+
+    A bridge rebuilds its alias table on every ``hook_dict`` access (about 10 ms for SmolLM2), so this keeps
+    the last one, keyed by the registry's size and the compatibility mode (what changes the names).
+    """
+    if not is_bridge(model):
+        return getattr(model, "hook_dict", {})
+    registry = getattr(model, "_hook_registry", None)
+    key = (len(registry) if registry is not None else None, bool(getattr(model, "compatibility_mode", False)))
+    hit = _POINTS.get(model)
+    if hit is None or hit[0] != key or registry is None:
+        hit = _POINTS[model] = (key, model.hook_dict)
+    return hit[1]
 
 
 def _first(value: Any) -> str:
@@ -67,7 +87,7 @@ def alias_map(model: Any) -> dict[str, str]:
     points by the legacy form, otherwise by the canonical one); on a HookedTransformer, from the installed
     TransformerLens's table.
     """
-    names = getattr(model, "hook_dict", {})
+    names = hook_points(model)
     table = alias_table()[_kind(model)]
     legacy_suffixes = set(table)
     if is_bridge(model):
@@ -123,7 +143,7 @@ def site_on(model: Any, site: str) -> str:
 
     Raises :class:`UnknownSiteError` naming both forms when neither is a hook point of the model.
     """
-    names = getattr(model, "hook_dict", {})
+    names = hook_points(model)
     if site in names:
         return site
     other = legacy_name(model, site)
@@ -174,5 +194,5 @@ def check_saved_aliases(saved: Any, where: str) -> None:
                     f"this version, or use the legacy names")
 
 
-__all__ = ["is_bridge", "alias_table", "alias_map", "legacy_name", "canonical_name", "site_on", "saved_aliases",
+__all__ = ["is_bridge", "hook_points", "alias_table", "alias_map", "legacy_name", "canonical_name", "site_on", "saved_aliases",
            "check_saved_aliases", "transformer_lens_version"]

@@ -70,7 +70,7 @@ def site_flags(site: str) -> set[str]:
 
 def require_hooked(model: Any) -> None:
     """Raise unless ``model`` offers the TransformerLens hook surface (``hook_dict`` and ``hooks()``)."""
-    if not (hasattr(model, "hook_dict") and hasattr(model, "hooks")):
+    if not ((names.is_bridge(model) or hasattr(model, "hook_dict")) and hasattr(model, "hooks")):
         raise FuncnetError(
             f"expected a TransformerLens hooked model (HookedTransformer, HookedEncoder or "
             f"HookedSAETransformer), got {type(model).__name__}; load one with tl_funcnet.models.load(...)"
@@ -80,7 +80,7 @@ def require_hooked(model: Any) -> None:
 def check_sites(model: Any, sites: Iterable[str]) -> None:
     """Raise :class:`UnknownSiteError` for the first site the model lacks, with the closest valid names."""
     require_hooked(model)
-    known = model.hook_dict
+    known = names.hook_points(model)
     for site in sites:
         if names.site_on(model, site) in known:  # either name form; both forms named when neither exists
             continue
@@ -115,22 +115,23 @@ def resolve_sites(model: Any, sites: str | Sequence[str], layers: Sequence[int] 
         if bad:
             raise FuncnetError(f"layers {bad} are out of range; the model has {n_layers} layers (0..{n_layers - 1})")
     out: list[str] = []
+    points = names.hook_points(model)
     for item in items:
         if "{layer}" in item:
-            names = [item.format(layer=l) for l in (range(n_layers) if chosen is None else chosen)]
-        elif item in model.hook_dict or (_LAYER.match(item) and names.site_on(model, item) in model.hook_dict):
+            found = [item.format(layer=l) for l in (range(n_layers) if chosen is None else chosen)]
+        elif item in points or (_LAYER.match(item) and names.site_on(model, item) in points):
             if chosen is not None:
                 suffix = _LAYER.sub(r"\2", item)
                 raise FuncnetError(f"{item!r} names one hook, so layers= does not apply; pass the per-layer suffix "
                                    f"{suffix!r} to choose layers")
-            names = [item]
-        elif f"blocks.0.{item}" in model.hook_dict or names.site_on(model, f"blocks.0.{item}") in model.hook_dict:
-            names = [f"blocks.{l}.{item}" for l in (range(n_layers) if chosen is None else chosen)]
+            found = [item]
+        elif f"blocks.0.{item}" in points or names.site_on(model, f"blocks.0.{item}") in points:
+            found = [f"blocks.{l}.{item}" for l in (range(n_layers) if chosen is None else chosen)]
         else:
             check_sites(model, [item])  # raises with suggestions
-            names = [item]
-        check_sites(model, names)
-        out.extend(n for n in names if n not in out)
+            found = [item]
+        check_sites(model, found)
+        out.extend(n for n in found if n not in out)
     return out
 
 

@@ -22,8 +22,47 @@ class _Stop(Exception):
 
 
 def starts_at_layer(model: Any) -> bool:
-    """Whether ``model(resid, start_at_layer=l)`` runs the blocks from ``l`` (not on a TransformerBridge)."""
+    """Whether ``model(resid, start_at_layer=l)`` runs the blocks from ``l`` (not on a TransformerBridge: use
+    :func:`embed` and :func:`run_blocks`, which work on both classes)."""
     return not is_bridge(model)
+
+
+def embed(model: Any, tokens: Int[Tensor, "batch pos"]) -> tuple[Float[Tensor, "batch pos d_model"], Any]:
+    """The residual stream entering block 0, and what the blocks need besides it (``None`` for a
+    HookedTransformer; for a bridge, the keyword arguments the wrapped model passes its layers: position
+    embeddings, attention mask), for :func:`run_blocks`."""
+    if not is_bridge(model):
+        return model(tokens, stop_at_layer=0), None
+    box: dict[str, Any] = {}
+
+    def grab(module: Any, args: tuple, kwargs: dict) -> None:
+        box["resid"], box["kwargs"] = args[0], dict(kwargs)
+        raise _Stop
+
+    handle = model.blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        model(tokens, return_type=None)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    kwargs = box["kwargs"]
+    for key in ("cache", "past_key_values", "past_key_value", "layer_past"):
+        kwargs.pop(key, None)  # block-by-block runs keep no KV cache
+    kwargs["use_cache"] = False
+    return box["resid"], kwargs
+
+
+def run_blocks(model: Any, resid: Float[Tensor, "batch pos d_model"], start: int, stop: int, context: Any
+               ) -> Float[Tensor, "batch pos d_model"]:
+    """Blocks ``start`` to ``stop - 1`` on ``resid`` (hook points inside them fire as in a full forward);
+    ``context`` from :func:`embed` on the same tokens."""
+    if context is None:
+        return model(resid, start_at_layer=start, stop_at_layer=stop)
+    for layer in range(start, stop):
+        out = model.blocks[layer](resid, **context)
+        resid = out[0] if isinstance(out, tuple) else out
+    return resid
 
 
 def final_resid(model: Any, tokens: Int[Tensor, "batch pos"], **kwargs: Any) -> Float[Tensor, "batch pos d_model"]:
@@ -86,4 +125,4 @@ def act_fn_normalizes(model: Any) -> bool:
     return str(getattr(cfg, "act_fn", "") or "").endswith("_ln")
 
 
-__all__ = ["starts_at_layer", "final_resid", "run_to_layer", "act_fn_normalizes", "kv_cache_works"]
+__all__ = ["starts_at_layer", "embed", "run_blocks", "final_resid", "run_to_layer", "act_fn_normalizes", "kv_cache_works"]

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..errors import FuncnetError
 from ..hooks import Hook, Intervention, detach
+from ..hooks.names import hook_points
 from ..hooks.registry import HookFn, register_op
 
 RULES = ("LN", "AH", "Identity", "Half")
@@ -111,7 +112,7 @@ def _mlp_rules(model: Any, layer: int, identity: bool, half: bool) -> Interventi
 def relp_rules(model: Any, rules: Iterable[str] | str | None = None) -> Intervention:
     """The hooks implementing ``rules`` on ``model`` (default all four); apply with ``.applied(model)``."""
     chosen = normalize_rules(rules)
-    names = list(model.hook_dict)
+    names = list(hook_points(model))
     stopped = [s for s in names if ("LN" in chosen and s.endswith("hook_scale"))
                or ("AH" in chosen and s.endswith("attn.hook_pattern"))]
     iv = detach(stopped) if stopped else Intervention()

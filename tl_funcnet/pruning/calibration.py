@@ -17,9 +17,9 @@ from torch import Tensor
 from ..activations.forward import model_device, run_batches
 from ..activations.tokens import TokenBatch, batches, pad_id, tokenize
 from ..errors import FuncnetError
-from ..hooks import Intervention, ablate, record, steer
+from ..hooks import Intervention, ablate, record
 from ..hooks.values import positive_int
-from ..models.surface import run_to_layer, starts_at_layer
+from ..models.surface import embed, run_blocks
 from .model_info import check_prunable
 
 POST = "blocks.{}.mlp.hook_post"
@@ -216,9 +216,8 @@ def compensation_means(model: Any, calibration: Calibration, pruned: Sequence[Bo
     dev = model_device(model)
     bs = list(calibration.batches(model))
     masks = [b.mask.bool().to(dev) for b in bs]
-    if not starts_at_layer(model):
-        return _compensation_means_from_tokens(model, bs, masks, pruned, widths, calibration.n_tokens)
-    resid = [model(b.tokens.to(dev), stop_at_layer=0) for b in bs]
+    starts = [embed(model, b.tokens.to(dev)) for b in bs]
+    resid, contexts = [r for r, _ in starts], [c for _, c in starts]
     means: list[Tensor] = []
     for l, p in enumerate(pruned):
         p = p.to(dev)
@@ -234,44 +233,13 @@ def compensation_means(model: Any, calibration: Calibration, pruned: Sequence[Bo
         with iv.applied(model):
             for i in range(len(bs)):
                 current["mask"] = masks[i]
-                resid[i] = model(resid[i], start_at_layer=l, stop_at_layer=l + 1)
+                resid[i] = run_blocks(model, resid[i], l, l + 1, contexts[i])
         full = torch.zeros(widths[l], dtype=torch.float32, device=dev)
         if len(units):
             mean = (total / calibration.n_tokens).to(resid[0].dtype)
             full[p] = mean.float()
             delta = mean @ model.blocks[l].mlp.W_out[p]
             resid = [r + delta for r in resid]
-        means.append(full.cpu())
-    return means
-
-
-def _compensation_means_from_tokens(model: Any, bs: list[Any], masks: list[Tensor], pruned: Sequence[Tensor],
-                                    widths: list[int], n_tokens: int) -> list[Tensor]:
-    """:func:`compensation_means` for models that run only from tokens (a TransformerBridge): block ``l`` is
-    measured by a forward up to it, with the earlier layers' pruning and compensation applied as hooks.
-    Same numbers; costs about ``n_layers / 2`` forward passes instead of one."""
-    dev = model_device(model)
-    before, means = Intervention(), []
-    for l, p in enumerate(pruned):
-        p = p.to(dev)
-        units = p.nonzero().flatten()
-        full = torch.zeros(widths[l], dtype=torch.float32, device=dev)
-        if len(units):
-            total = torch.zeros(len(units), dtype=torch.float64, device=dev)
-            current: dict[str, Tensor] = {}
-
-            def add_rows(site: str, act: Tensor) -> None:
-                nonlocal total
-                total += act[..., units][current["mask"]].double().sum(0)
-
-            with (before + record(POST.format(l), add_rows)).applied(model):
-                for i, b in enumerate(bs):
-                    current["mask"] = masks[i]
-                    run_to_layer(model, b.tokens.to(dev), l + 1)
-            mean = (total / n_tokens).float()
-            full[p] = mean
-            delta = mean @ model.blocks[l].mlp.W_out.detach()[p].float()
-            before = before + ablate(POST.format(l), units=units) + steer(f"blocks.{l}.hook_mlp_out", delta)
         means.append(full.cpu())
     return means
 

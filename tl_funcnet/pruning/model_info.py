@@ -7,13 +7,14 @@ from typing import Any, Sequence
 from ..errors import FuncnetError
 from ..hooks.values import index_list
 from ..models.mlp import mlp_widths, neuron_params
+from ..hooks.names import is_bridge
 from ..models.surface import act_fn_normalizes
 
 
 def check_prunable(model: Any) -> list[int]:
     """Raise unless ``model`` is a HookedTransformer whose blocks have plain (or gated) MLPs; return their widths."""
     cfg = getattr(model, "cfg", None)
-    if cfg is None or not hasattr(model, "blocks") or not hasattr(model, "hook_dict"):
+    if cfg is None or not hasattr(model, "blocks") or not (is_bridge(model) or hasattr(model, "hook_dict")):
         raise FuncnetError(f"pruning needs a TransformerLens HookedTransformer, got {type(model).__name__}")
     if getattr(cfg, "attn_only", False):
         raise FuncnetError("the model is attention-only (cfg.attn_only=True): it has no MLP neurons to prune")
