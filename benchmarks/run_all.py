@@ -37,6 +37,7 @@ BENCHMARKS = {
     "circuits": "circuits.py",
     "sae": "sae.py",
     "steering": "steering.py",
+    "bridge": "bridge.py",
 }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["hook_overhead", "collect", "funcnet_masking", "steering", "prune"]
+QUICK = ["hook_overhead", "collect", "funcnet_masking", "steering", "prune", "bridge"]
 
 
 def finite(x: Any) -> bool:
@@ -41,6 +41,20 @@ def check_hook_overhead(data: dict) -> None:
         assert r["intervention_minus_raw_per_hook_us"] == pytest.approx(
             (r["intervention_us"] - r["raw_tl_us"]) / r["n_hooks"])
     assert micro["max_abs_diff_raw_vs_intervention"] == 0.0
+
+
+def check_bridge(data: dict) -> None:
+    rows = data["rows"]
+    assert len(rows) >= 10 and {"forward", "RelP (mlp grid)"} <= {r["feature"] for r in rows}, rows
+    for r in rows:
+        assert finite(r["hooked_s"]) and finite(r["bridge_s"]) and r["hooked_s"] > 0 and r["bridge_s"] > 0, r
+        assert r["bridge_over_hooked"] == pytest.approx(r["bridge_s"] / r["hooked_s"], rel=0.01, abs=0.01), r
+        assert len(r["hooked_rounds"]) == len(r["bridge_rounds"]) == data["rounds"], r
+        assert r["goal_met"] == (r["bridge_s"] / r["hooked_s"] <= data["goal"]), r
+    p = data["parity"]
+    assert p["logits, forward: max relative difference"] < 1e-4, p
+    assert p["pruning plan: same pruned/kept decision (fraction of neurons)"] > 0.99, p
+    assert p["steered generation: same text"] is True, p
 
 
 def check_collect(data: dict) -> None:
@@ -134,7 +148,7 @@ def check_prune(data: dict) -> None:
 
 
 CHECKS = {"hook_overhead": check_hook_overhead, "collect": check_collect, "funcnet_masking": check_funcnet_masking,
-          "steering": check_steering, "prune": check_prune}
+          "steering": check_steering, "prune": check_prune, "bridge": check_bridge}
 
 
 @pytest.mark.slow

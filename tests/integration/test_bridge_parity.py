@@ -233,3 +233,14 @@ def test_sae_interventions_agree(pair):
     if "hooked" in out:
         assert _rel(out["bridge"][0], out["hooked"][0]) < 1e-3
         assert out["bridge"][1] == pytest.approx(out["hooked"][1], rel=1e-4)
+
+
+def test_the_command_line_runs_on_the_bridge(capsys):
+    import json
+
+    from tl_funcnet.cli import main
+
+    assert main(["patch", "--backend", "bridge", "--task", "capital", "--method", "atp", "--node", "mlp",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "atp" and out["task"]["answer_over_distractor"] >= 0.85

@@ -267,3 +267,38 @@ def test_a_saved_bridge_loads_back_as_the_same_bridge(bridge, toks, tmp_path):
     assert [int(b.mlp.W_out.shape[0]) for b in again.blocks] == [24, 24]
     with torch.no_grad():
         assert _rel(again(toks), small(toks)) < 1e-5
+
+
+def test_device_map_goes_to_hugging_faces_dispatcher(monkeypatch):
+    """The embedded model is read with ``device_map`` (and ``max_memory``) when given, and booted without
+    moving it; a hub model gets them at boot. Checked by recording the calls (no GPU here)."""
+    import transformers
+    from transformer_lens.model_bridge import TransformerBridge
+
+    from tl_funcnet.models import load
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_from_pretrained(*args, **kwargs):
+        seen["hf"] = kwargs
+        raise Stop
+
+    def fake_boot(name, **kwargs):
+        seen["boot"] = (name, kwargs)
+        raise Stop
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_from_pretrained)
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", fake_boot)
+    with pytest.raises(Stop):
+        load("smollm2-135m", backend="bridge", device_map="auto", max_memory={0: "10GiB", "cpu": "30GiB"})
+    assert seen["hf"]["device_map"] == "auto" and seen["hf"]["max_memory"] == {0: "10GiB", "cpu": "30GiB"}
+    with pytest.raises(Stop):
+        load("org/some-model", backend="bridge", device_map="auto", n_devices=2)
+    name, kwargs = seen["boot"]
+    assert name == "org/some-model" and kwargs["device_map"] == "auto" and kwargs["n_devices"] == 2
+    assert kwargs["device"] is None
+    with pytest.raises(FuncnetError, match="n_devices applies to hub models"):
+        load("smollm2-135m", backend="bridge", n_devices=2)

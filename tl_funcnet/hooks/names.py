@@ -139,24 +139,26 @@ def canonical_name(model: Any, site: str) -> str:
 
 
 def site_on(model: Any, site: str) -> str:
-    """The name under which ``site`` is registered on ``model``: itself, or its other form.
-
-    Raises :class:`UnknownSiteError` naming both forms when neither is a hook point of the model.
-    """
+    """The name under which ``site`` is registered on ``model``: itself, or its other form (legacy or
+    canonical); ``site`` itself when neither exists (:func:`other_form` names the alternative for errors)."""
     names = hook_points(model)
     if site in names:
         return site
+    other = other_form(model, site)
+    return other if other in names else site
+
+
+def other_form(model: Any, site: str) -> str:
+    """The legacy form of a canonical name, or the canonical form of a legacy one (``site`` if it has none)."""
     other = legacy_name(model, site)
-    if other == site:
-        other = canonical_name(model, site)
-    if other in names:
-        return other
-    if other != site:
-        cls = type(model).__name__
-        raise UnknownSiteError(
-            f"neither {site!r} nor its other form {other!r} is a hook point of {cls}; "
-            f"{'a HookedTransformer has only the legacy names' if not is_bridge(model) else 'check the layer'}")
-    return site  # unknown in any form: the caller's check names close matches
+    return canonical_name(model, site) if other == site else other
+
+
+def bridge_only(model: Any, site: str) -> bool:
+    """Whether ``site`` looks like a TransformerBridge name that a HookedTransformer cannot have."""
+    m = _BLOCK.match(site)
+    suffix = m.group(2) if m else site
+    return not is_bridge(model) and other_form(model, site) == site and suffix.endswith(("hook_in", "hook_out"))
 
 
 def saved_aliases(sites: list[str]) -> dict[str, Any]:
@@ -194,5 +196,5 @@ def check_saved_aliases(saved: Any, where: str) -> None:
                     f"this version, or use the legacy names")
 
 
-__all__ = ["is_bridge", "hook_points", "alias_table", "alias_map", "legacy_name", "canonical_name", "site_on", "saved_aliases",
+__all__ = ["is_bridge", "hook_points", "other_form", "bridge_only", "alias_table", "alias_map", "legacy_name", "canonical_name", "site_on", "saved_aliases",
            "check_saved_aliases", "transformer_lens_version"]

@@ -86,11 +86,16 @@ def check_sites(model: Any, sites: Iterable[str]) -> None:
             continue
         close = difflib.get_close_matches(site, list(known), n=3, cutoff=0.6)
         hint = f" Did you mean {close}?" if close else ""
+        other = names.other_form(model, site)
+        named = f"{site!r} (or its other form {other!r})" if other != site else repr(site)
+        if names.bridge_only(model, site):
+            hint += (f" {site!r} is a TransformerBridge (canonical) hook name with no HookedTransformer form; use "
+                     f"a legacy name such as 'blocks.0.hook_resid_post', or load the model with backend='bridge'.")
         if ".hook_sae_" in site:
             hint += (" SAE hook points exist only while the SAE is attached to a HookedSAETransformer: "
                      "model.add_sae(sae, use_error_term=True).")
         raise UnknownSiteError(
-            f"{site!r} is not a hook point of {type(model).__name__} "
+            f"{named} is not a hook point of {type(model).__name__} "
             f"({len(known)} hook points, e.g. 'blocks.0.hook_resid_post').{hint}"
         )
 
