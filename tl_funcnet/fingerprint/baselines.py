@@ -20,6 +20,8 @@ from jaxtyping import Float
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
+from ..activations.forward import is_encoder
+
 
 def same_tokens(ids_a: Sequence[Tensor], ids_b: Sequence[Tensor]) -> bool:
     """Whether two models tokenized every text identically."""
@@ -106,7 +108,7 @@ def parameter_cosine(victim: Any, suspect: Any) -> float | None:
 @torch.no_grad()
 def next_token_logprobs(model: Any, ids: Sequence[Tensor], stride: int = 4) -> Tensor | None:
     """Log-probabilities at every ``stride``-th position of each text (None for encoders)."""
-    if getattr(model.cfg, "attention_dir", "causal") == "bidirectional":
+    if is_encoder(model):
         return None
     out = []
     for seq in ids:

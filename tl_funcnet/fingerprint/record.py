@@ -15,6 +15,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from ..activations.forward import is_encoder
 from ..errors import FuncnetError
 from ..models.digest import weights_processing
 from .core import Fingerprint
@@ -57,7 +58,7 @@ def tokenize_with_offsets(model: Any, text: str, tokenizer: Tokenizer | str | No
         if tok is None:
             raise FuncnetError(f"{type(model).__name__} has no tokenizer; pass tokenizer='chars' or a callable "
                                "text -> (ids, [(start, end), ...])")
-        encoder = getattr(cfg, "attention_dir", "causal") == "bidirectional"
+        encoder = is_encoder(model)
         enc = tok(text, add_special_tokens=encoder, return_offsets_mapping=True)
         ids, offs = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
         if not encoder and getattr(cfg, "default_prepend_bos", False) and tok.bos_token_id is not None:
@@ -73,7 +74,7 @@ def tokenize_with_offsets(model: Any, text: str, tokenizer: Tokenizer | str | No
 @torch.no_grad()
 def record(model: Any, ids: Int[Tensor, "pos"]) -> Float[Tensor, "pos n_layers d_model"]:
     """``hook_resid_post`` of every layer for one sequence (no padding, so encoders need no mask)."""
-    from ..activations.forward import is_encoder, model_device
+    from ..activations.forward import model_device
     from ..hooks import capture
 
     names = [f"blocks.{l}.hook_resid_post" for l in range(model.cfg.n_layers)]

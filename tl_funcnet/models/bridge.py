@@ -14,7 +14,8 @@ import torch
 from ..errors import FuncnetError
 
 #: Hugging Face names of the embedded models, as the bridge's architecture adapters know them.
-HF_NAMES = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+HF_NAMES = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct",
+            "minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
 
 #: What ``load(..., backend="bridge")`` accepts besides device and dtype.
 OPTIONS = ("compatibility", "n_ctx", "device_map", "n_devices", "max_memory")
@@ -47,15 +48,45 @@ def _check(options: dict[str, Any]) -> None:
         raise FuncnetError(f"compatibility should be True or False, got {mode!r}")
 
 
+def _minilm_hf(dtype: torch.dtype) -> tuple[Any, Any]:
+    """all-MiniLM-L6-v2 as a ``BertForMaskedLM``: the wheel's bare encoder, with the placeholder MLM head the
+    HookedEncoder gets too (identity transform, unembedding tied to the embedding, zero biases), so the
+    model's MLM logits are meaningless; use hooks."""
+    import transformers
+    from safetensors.torch import load_file
+
+    from ._embedded import locate
+
+    folder = locate("minilm-l6")
+    config = transformers.BertConfig.from_pretrained(str(folder), local_files_only=True)
+    with torch.random.fork_rng():  # the head's random init must not move the caller's generator
+        hf = transformers.BertForMaskedLM(config)
+    encoder = {f"bert.{k}": v for k, v in load_file(str(folder / "model.safetensors")).items()
+               if not k.startswith("pooler.") and not k.endswith("position_ids")}
+    missing, unexpected = hf.load_state_dict(encoder, strict=False)
+    if unexpected or any(not k.startswith("cls.") for k in missing):
+        raise FuncnetError(f"{folder / 'model.safetensors'} does not fit BertForMaskedLM "
+                           f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+    with torch.no_grad():
+        head = hf.cls.predictions
+        head.transform.dense.weight.copy_(torch.eye(config.hidden_size))
+        head.transform.dense.bias.zero_()
+        head.transform.LayerNorm.weight.fill_(1.0)
+        head.transform.LayerNorm.bias.zero_()
+        head.bias.zero_()
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    return hf.to(dtype).eval(), tok
+
+
 def _embedded_hf(key: str, device: Any, dtype: torch.dtype, device_map: Any, max_memory: Any) -> tuple[Any, Any]:
     import transformers
 
     from ._embedded import locate
     from .smollm2 import gguf_tokenizer
 
-    if key not in HF_NAMES:
-        raise FuncnetError(f"the embedded model {key!r} has no TransformerBridge here (TransformerLens's BERT "
-                           f"bridge does not wrap a sentence-transformers encoder); use backend='hooked'")
+    if key == "minilm-l6":
+        hf, tok = _minilm_hf(dtype)
+        return (hf if device_map is not None else hf.to(device)), tok
     path = locate(key)
     kw: dict[str, Any] = {"dtype": dtype, "local_files_only": True}
     if device_map is not None:
@@ -88,7 +119,8 @@ def load_bridge(kind: str, what: str, *, device: Any = "cpu", dtype: torch.dtype
         hf, tok = _embedded_hf(what, device, dtype, device_map, max_memory)
         model = bridge_cls.boot_transformers(HF_NAMES[what], hf_model=hf, tokenizer=tok,
                                              device=None if device_map is not None else device, **kw)
-        model.cfg.default_prepend_bos = False  # as the embedded HookedTransformer: SmolLM2 uses no BOS
+        if what == "smollm2-135m":
+            model.cfg.default_prepend_bos = False  # as the embedded HookedTransformer: SmolLM2 uses no BOS
     elif kind == "hub":
         for key in ("device_map", "n_devices", "max_memory"):
             if options.get(key) is not None:
