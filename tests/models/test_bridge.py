@@ -302,3 +302,15 @@ def test_device_map_goes_to_hugging_faces_dispatcher(monkeypatch):
     assert kwargs["device"] is None
     with pytest.raises(FuncnetError, match="n_devices applies to hub models"):
         load("smollm2-135m", backend="bridge", n_devices=2)
+
+
+def test_fingerprint_transforms_that_edit_tl_parameters_refuse_a_bridge(bridge, toks):
+    from tl_funcnet.fingerprint import transforms
+
+    for name, kw in (("rotate_residual", {}), ("widen_mlp", {"extra": 2}), ("drop_layer", {"layer": 0}),
+                     ("random_init", {})):
+        with pytest.raises(FuncnetError, match="backend='hooked'"):
+            getattr(transforms, name)(bridge, **kw)
+    permuted = transforms.permute_mlp(bridge)  # function-preserving on both classes
+    with torch.no_grad():
+        assert _rel(permuted(toks), bridge(toks)) < 1e-5

@@ -44,3 +44,35 @@ def test_sae_ops_from_tensors_run_on_a_bridge():
         with ablate_features(params, [0, 1, 2]).applied(bridge):
             edited = bridge(toks)
     assert torch.allclose(same, base, atol=1e-5) and not torch.allclose(edited, base, atol=1e-5)
+
+
+def test_sae_lens_bridge_class_takes_the_same_interventions_and_patching():
+    """sae-lens's SAETransformerBridge registers an attached SAE's hook points under the canonical site name
+    (``blocks.0.hook_out.hook_sae_acts_post``); the legacy form works the same."""
+    sae_lens = pytest.importorskip("sae_lens")
+    from sae_testing import make_sae
+    from tl_testing import _tiny_hf_llama
+
+    from tl_funcnet.hooks import ablate
+    from tl_funcnet.hooks.sites import site_shape
+    from tl_funcnet.models import locate
+    from tl_funcnet.models.smollm2 import gguf_tokenizer
+    from tl_funcnet.patching import exact_patch, logit_diff, sae_feature_nodes
+
+    model = sae_lens.SAETransformerBridge.boot_transformers("tiny-llama", hf_model=_tiny_hf_llama(0),
+                                                           tokenizer=gguf_tokenizer(locate("smollm2-135m")))
+    model.enable_compatibility_mode(disable_warnings=True)
+    model.add_sae(make_sae(d_in=16, d_sae=24, hook_name="blocks.0.hook_resid_post"), use_error_term=True)
+    site = "blocks.0.hook_resid_post.hook_sae_acts_post"
+    assert site_shape(model, site) == (24,) == site_shape(model, "blocks.0.hook_out.hook_sae_acts_post")
+    g = torch.Generator().manual_seed(2)
+    toks = torch.randint(0, 50, (2, 5), generator=g)
+    with torch.no_grad():
+        base = model(toks)
+        with ablate(site, units=[1, 2, 3]).applied(model):
+            edited = model(toks)
+    assert not torch.allclose(base, edited)
+    clean, corrupted = torch.randint(0, 50, (2, 2, 5), generator=g)
+    result = exact_patch(model, clean, corrupted, sae_feature_nodes("blocks.0.hook_resid_post", [1, 2, 3]),
+                         logit_diff([1, 2], [3, 4]))
+    assert result.effects.shape == (3,) and result.effects.abs().max() > 0

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .._rng import generator, global_rng_preserved
 from ..errors import FuncnetError, ShapeError
+from ..hooks.names import is_bridge
 from ..models.mlp import append_neurons, mlp_widths, resize_neurons, select_neurons, sync_config
 
 # parameters that read from the residual stream: their d_model axis; and ones that write to it
@@ -27,6 +28,15 @@ def random_orthogonal(d: int, random_state: int = 0, dtype: torch.dtype = torch.
     """A Haar-random orthogonal matrix (QR of a Gaussian with the sign fix)."""
     q, r = torch.linalg.qr(torch.randn(d, d, generator=generator(random_state), dtype=torch.float64))
     return (q * torch.sign(torch.diagonal(r))).to(dtype)
+
+
+def _hooked_only(model: Any, what: str) -> None:
+    """These transforms edit HookedTransformer parameters by their TransformerLens names; a bridge holds the
+    Hugging Face modules instead, so the edit would silently do nothing there."""
+    if is_bridge(model):
+        raise FuncnetError(f"{what} edits HookedTransformer parameters (W_Q, W_in, ... by name); a "
+                           f"TransformerBridge holds the Hugging Face modules. Load the model with backend='hooked' "
+                           f"(permute_mlp and quantize_int8 work on both classes)")
 
 
 def _copy(model: Any) -> Any:
@@ -46,6 +56,7 @@ def rotate_residual(model: Any, R: Float[Tensor, "d_model d_model"] | None = Non
     Function-preserving when every norm before a read is rotation-invariant (``RMSPre``, or no norm);
     ``LN``/``LNPre`` centre along the basis and ``RMS`` has per-channel weights, so those are refused.
     """
+    _hooked_only(model, "rotate_residual")
     norm = getattr(model.cfg, "normalization_type", None)
     if norm not in ("RMSPre", None):
         raise FuncnetError(f"rotate_residual needs normalization_type 'RMSPre' or None, got {norm!r}; load the "
@@ -79,6 +90,7 @@ def permute_mlp(model: Any, random_state: int = 0) -> Any:
 
 def widen_mlp(model: Any, extra: int, *, random_state: int = 0) -> Any:
     """Add ``extra`` MLP units per layer with random input weights and zero output weights (function-preserving)."""
+    _hooked_only(model, "widen_mlp")
     new = _copy(model)
     g = generator(random_state)
     with torch.no_grad():
@@ -110,6 +122,7 @@ def quantize_int8(model: Any) -> Any:
 
 def drop_layer(model: Any, layer: int) -> Any:
     """Remove block ``layer`` (the residual stream skips it)."""
+    _hooked_only(model, "drop_layer")
     from .._compat import hooked_transformer_classes
 
     HookedTransformer, _ = hooked_transformer_classes("drop_layer")
@@ -148,6 +161,7 @@ def drop_layer(model: Any, layer: int) -> Any:
 def random_init(model: Any, random_state: int = 0) -> Any:
     """An independent model: the same architecture and tokenizer as ``model``, freshly initialised from
     ``random_state`` (the global random generators are left as they were)."""
+    _hooked_only(model, "random_init")
     from .._compat import hooked_transformer_classes
 
     HookedTransformer, _ = hooked_transformer_classes("random_init")

@@ -148,8 +148,18 @@ def site_on(model: Any, site: str) -> str:
     return other if other in names else site
 
 
+_SAE = re.compile(r"^(.+)(\.hook_sae_\w+)$")
+
+
 def other_form(model: Any, site: str) -> str:
-    """The legacy form of a canonical name, or the canonical form of a legacy one (``site`` if it has none)."""
+    """The legacy form of a canonical name, or the canonical form of a legacy one (``site`` if it has none).
+
+    The hook points of an attached SAE (``<site>.hook_sae_acts_post``) follow their site's name: sae-lens's
+    ``SAETransformerBridge`` registers them under the canonical form.
+    """
+    sae = _SAE.match(site)
+    if sae:
+        return other_form(model, sae.group(1)) + sae.group(2)
     other = legacy_name(model, site)
     return canonical_name(model, site) if other == site else other
 

@@ -92,8 +92,8 @@ def check_sites(model: Any, sites: Iterable[str]) -> None:
             hint += (f" {site!r} is a TransformerBridge (canonical) hook name with no HookedTransformer form; use "
                      f"a legacy name such as 'blocks.0.hook_resid_post', or load the model with backend='bridge'.")
         if ".hook_sae_" in site:
-            hint += (" SAE hook points exist only while the SAE is attached to a HookedSAETransformer: "
-                     "model.add_sae(sae, use_error_term=True).")
+            hint += (" SAE hook points exist only while the SAE is attached to a HookedSAETransformer or an "
+                     "SAETransformerBridge: model.add_sae(sae, use_error_term=True).")
         raise UnknownSiteError(
             f"{named} is not a hook point of {type(model).__name__} "
             f"({len(known)} hook points, e.g. 'blocks.0.hook_resid_post').{hint}"
@@ -164,9 +164,12 @@ def site_shape(model: Any, site: str) -> tuple[int, ...] | None:
     cfg = getattr(model, "cfg", None)
     if cfg is None:
         return None
-    site = names.legacy_name(model, site)
+    if not site.endswith((".hook_sae_acts_pre", ".hook_sae_acts_post")):
+        site = names.legacy_name(model, site)
     if site.endswith((".hook_sae_acts_pre", ".hook_sae_acts_post")):  # inside an SAE attached by sae-lens
-        sae = getattr(model, "acts_to_saes", {}).get(site.rsplit(".", 1)[0])
+        attached = getattr(model, "acts_to_saes", {})
+        base = site.rsplit(".", 1)[0]
+        sae = attached.get(base) or attached.get(names.other_form(model, base))
         return (int(sae.cfg.d_sae),) if sae is not None else None
     m = _LAYER.match(site)
     kind = _GLOBAL_SHAPES.get(site) if m is None else _TRAILING_SHAPES.get(m.group(2))
