@@ -64,7 +64,11 @@ def attached(model: Any, fwd: list[tuple[str, HookFn]], bwd: list[tuple[str, Hoo
         for direction, pairs in (("fwd", fwd), ("bwd", bwd)):
             for name, fn in pairs:
                 point = points[name]
-                model.check_hooks_to_add(name)  # a hook point switched off by a config flag says which
+                gated = getattr(model, "_gated_hook_reason", None)  # a hook point a config flag switches off
+                reason = gated(point.name or name) if callable(gated) else None
+                if reason is not None:
+                    raise FuncnetError(f"{name!r} does not fire while {reason} is False; turn it on with the "
+                                       f"bridge's set_{reason}(True)")
                 point.add_hook(fn, dir=direction, level=level)
                 added.append((point, direction))
         yield

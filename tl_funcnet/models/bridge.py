@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from .._rng import global_rng_preserved
 from ..errors import FuncnetError
 
 #: Hugging Face names of the embedded models, as the bridge's architecture adapters know them.
@@ -59,8 +60,7 @@ def _minilm_hf(dtype: torch.dtype) -> tuple[Any, Any]:
 
     folder = locate("minilm-l6")
     config = transformers.BertConfig.from_pretrained(str(folder), local_files_only=True)
-    with torch.random.fork_rng():  # the head's random init must not move the caller's generator
-        hf = transformers.BertForMaskedLM(config)
+    hf = transformers.BertForMaskedLM(config)  # the caller's generators are restored by load_bridge
     encoder = {f"bert.{k}": v for k, v in load_file(str(folder / "model.safetensors")).items()
                if not k.startswith("pooler.") and not k.endswith("position_ids")}
     missing, unexpected = hf.load_state_dict(encoder, strict=False)
@@ -107,6 +107,11 @@ def load_bridge(kind: str, what: str, *, device: Any = "cpu", dtype: torch.dtype
     ``device_map`` / ``n_devices`` / ``max_memory`` for models larger than one device.
     """
     _check(options)
+    with global_rng_preserved():  # building and booting may draw from the global generators
+        return _load_bridge(kind, what, device=device, dtype=dtype, **options)
+
+
+def _load_bridge(kind: str, what: str, *, device: Any, dtype: torch.dtype, **options: Any) -> Any:
     bridge_cls = require_bridge()
     compat = options.get("compatibility", True)
     device_map, max_memory = options.get("device_map"), options.get("max_memory")

@@ -164,6 +164,13 @@ def _fit_linears(hf: Any, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def _load_bridge(folder: Path, header: dict[str, Any], device: Any, dtype: Any) -> Any:
+    from .._rng import global_rng_preserved
+
+    with global_rng_preserved():  # from_config initialises weights from the global generator
+        return _boot_saved_bridge(folder, header, device, dtype)
+
+
+def _boot_saved_bridge(folder: Path, header: dict[str, Any], device: Any, dtype: Any) -> Any:
     import transformers
 
     from .bridge import require_bridge
