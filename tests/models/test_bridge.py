@@ -314,3 +314,14 @@ def test_fingerprint_transforms_that_edit_tl_parameters_refuse_a_bridge(bridge, 
     permuted = transforms.permute_mlp(bridge)  # function-preserving on both classes
     with torch.no_grad():
         assert _rel(permuted(toks), bridge(toks)) < 1e-5
+
+
+def test_a_name_the_hub_cannot_give_is_a_clear_error_with_close_names(capsys):
+    from tl_funcnet.cli import main
+    from tl_funcnet.models import load
+
+    with pytest.raises(FuncnetError, match=r"could not boot 'smolm2'.*did you mean \['smollm2'"):
+        load("smolm2", backend="bridge")  # offline here: the hub lookup fails at once
+    assert main(["patch", "--backend", "bridge", "--model", "smolm2", "--task", "capital"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tl-funcnet patch: error: could not boot 'smolm2'") and len(err.splitlines()) == 1

@@ -125,11 +125,12 @@ def existing_file(text: str) -> str:
 # --------------------------------------------------------------------------- checks before any work
 
 
-def check_model(spec: str) -> None:
-    """Raise a FuncnetError now if ``spec`` names no model (nothing is loaded)."""
+def check_model(spec: str, backend: str | None = None) -> None:
+    """Raise a FuncnetError now if ``spec`` names no model (nothing is loaded); with ``--backend bridge`` any
+    Hugging Face id is accepted (checked when it is booted)."""
     from ..models import resolve
 
-    resolve(spec)
+    resolve(spec, backend)
 
 
 def check_texts(spec: str) -> None:

@@ -81,7 +81,7 @@ def _check(args: argparse.Namespace) -> None:
     from ..models import resolve
     from ..patching.tasks import check_task_spec
 
-    check_model(args.model)
+    check_model(args.model, args.backend)
     if resolve(args.model) == ("embedded", "minilm-l6"):
         raise FuncnetError("circuits are defined for causal decoders such as smollm2-135m; minilm-l6 is an encoder "
                            "without next-token logits")

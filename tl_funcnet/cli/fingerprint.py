@@ -39,11 +39,11 @@ def _fingerprint(p: argparse.ArgumentParser) -> Handler:
             raise FuncnetError(f"{args.victim} is a file but not a readable fingerprint (expected a .safetensors "
                                f"written by --save or Fingerprint.save); it may be corrupt")
         if not victim_is_file:
-            check_model(args.victim)
+            check_model(args.victim, args.backend)
         if args.suspect is None and not args.save:
             raise FuncnetError("nothing to do: pass --suspect to compare, or --save to store the fingerprint")
         if args.suspect is not None:
-            check_model(args.suspect)
+            check_model(args.suspect, args.backend)
         if args.texts is not None:
             check_texts(args.texts)
         if args.save:

@@ -33,7 +33,7 @@ def _extract(p: argparse.ArgumentParser) -> Handler:
         from ..hooks import resolve_sites
         from ..models import load
 
-        check_model(args.model)
+        check_model(args.model, args.backend)
         check_texts(args.texts)
         check_out(args.out, KIND, args.overwrite)
         fn = FunctionalNetworks(args.n_networks, threshold=args.threshold, sides=args.sides, scope=args.scope,
@@ -79,7 +79,7 @@ def _ablate(p: argparse.ArgumentParser) -> Handler:
         from ..funcnet import FunctionalNetworks
         from ..models import load
 
-        check_model(args.model)
+        check_model(args.model, args.backend)
         fn = FunctionalNetworks.load(args.networks)
         texts = resolve_texts(args.texts)[: args.max_texts]
         kw = {"value": args.value, "gain": args.gain, "ablation": args.ablation}

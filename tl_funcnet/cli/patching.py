@@ -27,7 +27,7 @@ def _patch(p: argparse.ArgumentParser) -> Handler:
         from ..patching import load_task, node_grid, run_patching, task_report
         from ..patching.tasks import check_task_spec
 
-        check_model(args.model)
+        check_model(args.model, args.backend)
         check_task_spec(args.task)
         model = load(args.model, backend=args.backend)
         task = load_task(args.task, model, n_pairs=args.n_pairs)

@@ -39,7 +39,7 @@ def _prune(p: argparse.ArgumentParser) -> Handler:
         from ..models.store import KIND
         from ..pruning import prune
 
-        check_model(args.model)
+        check_model(args.model, args.backend)
         check_texts(args.texts)
         eval_texts = resolve_texts(args.eval_texts)[: args.max_eval_texts]
         check_out(args.out, KIND, args.overwrite)

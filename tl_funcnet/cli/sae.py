@@ -34,7 +34,7 @@ def _train_sae(p: argparse.ArgumentParser) -> Handler:
         require_sae_lens("tl-funcnet train-sae")  # before the model loads
         if args.k > args.d_sae:
             raise FuncnetError(f"--k ({args.k}) cannot exceed --d-sae ({args.d_sae})")
-        check_model(args.model)
+        check_model(args.model, args.backend)
         check_texts(args.texts)
         sites = args.sites or list(DEFAULT_SITES)
         for site in sites:

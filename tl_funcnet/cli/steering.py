@@ -30,7 +30,7 @@ def _steer(p: argparse.ArgumentParser) -> Handler:
         from ..models import load
         from ..steering import generate, mean_difference, pca_direction, read_prompts
 
-        check_model(args.model)
+        check_model(args.model, args.backend)
         if not args.prompt.strip():
             raise FuncnetError("--prompt is empty; give some text to continue")
         pos, neg = read_prompts(args.positive), read_prompts(args.negative)

@@ -65,9 +65,12 @@ def _cache_dir(key: str, dtype: torch.dtype, kwargs: dict[str, Any]) -> Path | N
     return Path(root).expanduser() / f"{key}-{hashlib.sha256(tag.encode()).hexdigest()[:12]}"
 
 
-def resolve(spec: Any) -> tuple[str, str]:
+def resolve(spec: Any, backend: str | None = None) -> tuple[str, str]:
     """What ``spec`` names, without loading anything: ``("embedded", key)``, ``("saved", folder)`` or
-    ``("hub", TransformerLens name)``; a FuncnetError (with close names) otherwise."""
+    ``("hub", TransformerLens name)``; a FuncnetError (with close names) otherwise. With
+    ``backend="bridge"`` any other name that is not a path is taken as a Hugging Face model id."""
+    if backend == "bridge":
+        return _hub_name(spec)
     if not isinstance(spec, (str, os.PathLike)) or not os.fspath(spec):
         raise FuncnetError(f"a model is named by a string or a folder path, got {type(spec).__name__} {spec!r:.40}")
     text = os.fspath(spec)
@@ -106,7 +109,7 @@ def _require_hooked_classes(what: str) -> None:
 def _hub_name(spec: Any) -> tuple[str, str]:
     """For the bridge: embedded, or any Hugging Face / TransformerLens name (resolved through TL's aliases)."""
     try:
-        return resolve(spec)
+        return resolve(spec, None)
     except FormatError:
         raise
     except FuncnetError:
@@ -139,7 +142,7 @@ def load(spec: str | os.PathLike[str], *, device: str | torch.device = "cpu",
     """
     if backend is not None and backend not in BACKENDS:
         raise FuncnetError(f"backend should be one of {list(BACKENDS)}, got {backend!r}")
-    kind, what = _hub_name(spec) if backend == "bridge" else resolve(spec)
+    kind, what = resolve(spec, backend)
     if kind == "saved":
         held = "bridge" if store.saved_class(what) == store.BRIDGE else "hooked"
         if backend is not None and backend != held:

@@ -130,7 +130,19 @@ def _load_bridge(kind: str, what: str, *, device: Any, dtype: torch.dtype, **opt
         for key in ("device_map", "n_devices", "max_memory"):
             if options.get(key) is not None:
                 kw[key] = options[key]
-        model = bridge_cls.boot_transformers(what, device=None if device_map is not None else device, **kw)
+        try:
+            model = bridge_cls.boot_transformers(what, device=None if device_map is not None else device, **kw)
+        except (OSError, ValueError, KeyError) as err:  # no hub, no such repository, unsupported architecture
+            import difflib
+
+            from ._load import ALIASES
+
+            close = difflib.get_close_matches(what.lower(), list(ALIASES), n=3, cutoff=0.6)
+            raise FuncnetError(
+                f"could not boot {what!r} as a TransformerBridge from the Hugging Face hub "
+                f"{f'(did you mean {close}?) ' if close else ''}"
+                f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). Expected an embedded "
+                f"model {sorted(HF_NAMES)} (offline) or a Hugging Face model id reachable from here") from None
     else:
         raise FuncnetError(f"{what} is a saved HookedTransformer folder; backend='bridge' boots embedded or hub "
                            f"models. Load it with backend='hooked'")
