@@ -91,6 +91,20 @@ from tl_funcnet.evaluate import evaluate
 texts = load_corpus("evaluation")[:4]
 print(evaluate(model, texts, progress=False))
 print(evaluate(model, texts, iv, progress=False))"""),
+    ("md", "## The same intervention on TransformerLens's `TransformerBridge`\n\nThe bridge wraps the Hugging Face "
+           "model itself (TransformerLens 4 has no other class). In compatibility mode it computes what the "
+           "`HookedTransformer` computes, and interventions take either the legacy hook names or the bridge's "
+           "canonical ones (`blocks.20.hook_out` is `blocks.20.hook_resid_post`)."),
+    ("code", """bridge = load("smollm2-135m", backend="bridge")   # offline too; compatibility mode on by default
+with iv.applied(bridge):
+    on_bridge = bridge(prompt)
+print("bridge:    ", next_token_probs(on_bridge))
+print("max relative difference to the HookedTransformer:",
+      f"{((on_bridge - edited).abs().max() / edited.abs().max()).item():.1e}")
+canonical = ablate("blocks.20.mlp.out.hook_in", units=list(range(200))) + steer("blocks.20.hook_out", rome_dir / rome_dir.norm(), scale=40.0)
+with canonical.applied(model):   # canonical names work on the HookedTransformer as well
+    assert torch.allclose(model(prompt), edited)
+del bridge"""),
     ("md", "## With sae-lens's `HookedSAETransformer`\n\n`add_sae` swaps the hook-point module, so hooks on "
            "that site stop firing; tl_funcnet never swaps modules, so its interventions also work on the hook "
            "points *inside* an attached SAE."),
