@@ -26,7 +26,7 @@ from torch import Tensor
 from ..errors import FormatError, FuncnetError, SiteConflictError
 from . import serialize
 from .registry import HookFn, OpSpec, get_op
-from .names import hook_points, is_bridge, site_on
+from .names import hook_points, is_bridge, site_keys, site_on
 from .sites import check_sites, require_hooked, site_flags
 
 
@@ -250,7 +250,12 @@ class Intervention:
     def __or__(self, other: "Intervention") -> "Intervention":
         if not isinstance(other, Intervention):
             return NotImplemented
-        clash = (self.written_sites & other.sites) | (self.sites & other.written_sites)
+        def keyed(sites: frozenset[str]) -> dict[str, str]:  # every spelling of a site -> the site as written
+            return {key: s for s in sites for key in site_keys(s)}
+
+        mine, theirs = keyed(self.sites), keyed(other.sites)
+        mine_w, theirs_w = keyed(self.written_sites), keyed(other.written_sites)
+        clash = {mine_w[k] for k in mine_w.keys() & theirs.keys()} | {mine[k] for k in mine.keys() & theirs_w.keys()}
         if clash:
             raise SiteConflictError(
                 f"both interventions touch {sorted(clash)} and at least one writes there, so their order "

@@ -171,6 +171,22 @@ def bridge_only(model: Any, site: str) -> bool:
     return not is_bridge(model) and other_form(model, site) == site and suffix.endswith(("hook_in", "hook_out"))
 
 
+def site_keys(site: str) -> frozenset[str]:
+    """Every spelling of ``site`` without a model: itself and its legacy / canonical forms under the installed
+    TransformerLens's table (both MLP kinds), so two names of one hook point share a key."""
+    keys = {site}
+    sae = _SAE.match(site)
+    base, tail = (sae.group(1), sae.group(2)) if sae else (site, "")
+    m = _BLOCK.match(base)
+    if m:
+        for table in alias_table().values():
+            back = {v: k for k, v in table.items()}
+            for suffix in (table.get(m.group(2)), back.get(m.group(2))):
+                if suffix:
+                    keys.add(f"blocks.{m.group(1)}.{suffix}{tail}")
+    return frozenset(keys)
+
+
 def saved_aliases(sites: list[str]) -> dict[str, Any]:
     """What a saved intervention records about its hook names: the TransformerLens version and, for each
     block-level suffix it uses, its legacy -> canonical pairs for plain and gated MLPs."""
@@ -206,5 +222,5 @@ def check_saved_aliases(saved: Any, where: str) -> None:
                     f"this version, or use the legacy names")
 
 
-__all__ = ["is_bridge", "hook_points", "other_form", "bridge_only", "alias_table", "alias_map", "legacy_name", "canonical_name", "site_on", "saved_aliases",
+__all__ = ["is_bridge", "hook_points", "other_form", "bridge_only", "site_keys", "alias_table", "alias_map", "legacy_name", "canonical_name", "site_on", "saved_aliases",
            "check_saved_aliases", "transformer_lens_version"]
