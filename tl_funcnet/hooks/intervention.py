@@ -57,6 +57,7 @@ def attached(model: Any, fwd: list[tuple[str, HookFn]], bwd: list[tuple[str, Hoo
             yield
         return
     points = hook_points(model)
+    gated = getattr(model, "_gated_hook_reason", None)  # why a config flag switches a hook point off, if it does
     level = int(model.context_level) + 1
     added: list[tuple[Any, str]] = []
     try:
@@ -64,7 +65,6 @@ def attached(model: Any, fwd: list[tuple[str, HookFn]], bwd: list[tuple[str, Hoo
         for direction, pairs in (("fwd", fwd), ("bwd", bwd)):
             for name, fn in pairs:
                 point = points[name]
-                gated = getattr(model, "_gated_hook_reason", None)  # a hook point a config flag switches off
                 reason = gated(point.name or name) if callable(gated) else None
                 if reason is not None:
                     raise FuncnetError(f"{name!r} does not fire while {reason} is False; turn it on with the "

@@ -70,6 +70,12 @@ def alias_table() -> dict[str, dict[str, str]]:
             "gated": {**common, **prefixed("mlp.", GatedMLPBridge.hook_aliases)}}
 
 
+@lru_cache(maxsize=1)
+def legacy_table() -> dict[str, dict[str, str]]:
+    """:func:`alias_table` read backwards: canonical -> legacy suffixes, for plain and gated MLPs."""
+    return {kind: {v: k for k, v in table.items()} for kind, table in alias_table().items()}
+
+
 def transformer_lens_version() -> str:
     from importlib.metadata import version
 
@@ -120,8 +126,7 @@ def legacy_name(model: Any, site: str) -> str:
     table = alias_table()[_kind(model)]
     if m.group(2) in table:
         return site
-    back = {v: k for k, v in table.items()}
-    suffix = back.get(m.group(2))
+    suffix = legacy_table()[_kind(model)].get(m.group(2))
     if suffix is None and is_bridge(model):
         inverse = {v: k for k, v in alias_map(model).items() if _BLOCK.match(k)}
         return inverse.get(site, site)
@@ -179,8 +184,7 @@ def site_keys(site: str) -> frozenset[str]:
     base, tail = (sae.group(1), sae.group(2)) if sae else (site, "")
     m = _BLOCK.match(base)
     if m:
-        for table in alias_table().values():
-            back = {v: k for k, v in table.items()}
+        for table, back in zip(alias_table().values(), legacy_table().values()):
             for suffix in (table.get(m.group(2)), back.get(m.group(2))):
                 if suffix:
                     keys.add(f"blocks.{m.group(1)}.{suffix}{tail}")
@@ -222,5 +226,6 @@ def check_saved_aliases(saved: Any, where: str) -> None:
                     f"this version, or use the legacy names")
 
 
-__all__ = ["is_bridge", "hook_points", "other_form", "bridge_only", "site_keys", "alias_table", "alias_map", "legacy_name", "canonical_name", "site_on", "saved_aliases",
-           "check_saved_aliases", "transformer_lens_version"]
+__all__ = ["is_bridge", "hook_points", "other_form", "bridge_only", "site_keys", "alias_table", "legacy_table",
+           "alias_map", "legacy_name", "canonical_name", "site_on", "saved_aliases", "check_saved_aliases",
+           "transformer_lens_version"]

@@ -62,8 +62,8 @@ def site_flags(site: str) -> set[str]:
     if not m:
         return set()
     suffix = m.group(2)
-    for table in names.alias_table().values():
-        suffix = {v: k for k, v in table.items()}.get(suffix, suffix)
+    for back in names.legacy_table().values():
+        suffix = back.get(suffix, suffix)
     flag = SITE_FLAGS.get(suffix)
     return {flag} if flag else set()
 

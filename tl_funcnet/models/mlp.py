@@ -36,10 +36,15 @@ _BRIDGE_LINEARS: Mapping[str, tuple[str, int, bool]] = {
     "W_in": ("in", 0, True), "W_gate": ("gate", 0, True), "W_out": ("out", 1, False)}
 
 
+def _wraps_hf(mlp: Any) -> bool:
+    """Whether ``mlp`` is a TransformerBridge MLP (its parameters live in the wrapped Hugging Face linears)."""
+    return hasattr(mlp, "original_component")
+
+
 def _slots(mlp: Any) -> dict[str, tuple[Any, str, int]]:
     """Every per-neuron parameter as ``(owner module, attribute, neuron axis)``, on either model class."""
     out: dict[str, tuple[Any, str, int]] = {}
-    if hasattr(mlp, "original_component"):  # a TransformerBridge MLP: edit the wrapped HF linears
+    if _wraps_hf(mlp):  # edit the wrapped HF linears
         for name, (attr, axis, has_bias) in _BRIDGE_LINEARS.items():
             linear = getattr(getattr(mlp, attr, None), "original_component", None)
             if isinstance(getattr(linear, "weight", None), torch.nn.Parameter):
@@ -70,8 +75,8 @@ def _sync_processed(mlp: Any) -> None:
     at the edited ones."""
     if not getattr(mlp, "_use_processed_weights", False):
         return
-    for attr, key in (("gate", "gate"), ("in", "in"), ("out", "out")):
-        linear = getattr(getattr(mlp, attr, None), "original_component", None)
+    for key in ("gate", "in", "out"):
+        linear = getattr(getattr(mlp, key, None), "original_component", None)
         if linear is not None:
             mlp.__dict__[f"_processed_W_{key}"] = linear.weight.detach()
             bias = getattr(linear, "bias", None)
@@ -81,7 +86,7 @@ def _sync_processed(mlp: Any) -> None:
 @torch.no_grad()
 def add_output_bias(mlp: Any, delta: Tensor) -> None:
     """Add ``delta`` (``[d_model]``) to the MLP's output bias, creating it on a bias-free bridge MLP."""
-    if not hasattr(mlp, "original_component"):
+    if not _wraps_hf(mlp):
         mlp.b_out.data = mlp.b_out.data + delta.to(mlp.b_out.device, mlp.b_out.dtype)
         return
     linear = getattr(mlp, "out").original_component
@@ -97,7 +102,7 @@ def select_neurons(mlp: Any, index: Int[Tensor, "n"]) -> None:
         p = getattr(owner, attr)
         _set(owner, attr, p.data.index_select(axis, index.to(p.device)).contiguous(), p)
     _sync_processed(mlp)
-    if not hasattr(mlp, "original_component"):
+    if not _wraps_hf(mlp):
         mlp.d_mlp = int(index.numel())
 
 
@@ -112,7 +117,7 @@ def append_neurons(mlp: Any, new: Mapping[str, Tensor]) -> None:
         p = getattr(owner, attr)
         _set(owner, attr, torch.cat([p.data, new[name].to(p.device, p.dtype)], dim=axis), p)
     _sync_processed(mlp)
-    if not hasattr(mlp, "original_component"):
+    if not _wraps_hf(mlp):
         mlp.d_mlp = int(getattr(mlp, "W_out").shape[0])
 
 
@@ -132,5 +137,5 @@ def sync_config(model: Any) -> None:
         model.cfg.d_mlp = max(widths)
 
 
-__all__ = ["NEURON_AXES", "mlp_widths", "neuron_params", "select_neurons", "add_output_bias", "append_neurons", "resize_neurons",
-           "sync_config"]
+__all__ = ["NEURON_AXES", "mlp_widths", "neuron_params", "select_neurons", "add_output_bias", "append_neurons",
+           "resize_neurons", "sync_config"]
