@@ -96,10 +96,32 @@ def remove_stale(target: Path) -> None:
 
 def check_target(path: str | os.PathLike[str], kind: Kind, *, overwrite: bool = False,
                  folder: bool = True) -> Path:
-    """Raise unless a save of ``kind`` may write ``path`` (see the module docstring); nothing is written.
+    """Raise unless a save of ``kind`` may write ``path`` (see the module docstring) and its folder is writable;
+    nothing is left behind.
 
     Call it before expensive work, so a run that could not save its result stops at once.
     """
+    target = _check_replace(path, kind, overwrite=overwrite, folder=folder)
+    _check_writable(target, kind)
+    return target
+
+
+def _check_writable(target: Path, kind: Kind) -> None:
+    """Raise unless a file can be created in the nearest existing folder above ``target`` (a save writes a
+    temporary sibling there first); probed with a file of our own that is removed at once."""
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    probe = _temp_name(folder / "probe", "tmp")
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    except OSError as e:
+        raise OverwriteError(f"cannot save the {kind.name} to {target}: {folder} is not writable "
+                             f"({e.strerror}); choose a folder you can write to") from None
+    probe.unlink(missing_ok=True)
+
+
+def _check_replace(path: str | os.PathLike[str], kind: Kind, *, overwrite: bool, folder: bool) -> Path:
     if not isinstance(overwrite, bool):
         raise FuncnetError(f"overwrite should be True or False, got {overwrite!r}")
     target = Path(path).expanduser()

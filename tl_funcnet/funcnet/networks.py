@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .._rng import generator
 from ..activations import Activations
-from ..errors import FuncnetError, NotFittedError
+from ..errors import FuncnetError, NotFittedError, ShapeError
 from ..hooks import Intervention, ablate, add, keep_only, scale
 from ..hooks.sites import site_layer
 from ..hooks.values import finite_number, index_list, positive_int
@@ -228,17 +228,32 @@ class FunctionalNetworks:
 
     def time_courses(self, acts: Activations | None = None, *, kind: str = "sources",
                      ids: Sequence[int] | None = None) -> Float[Tensor, "n_samples n_networks"]:
-        """Network activity per token: ICA sources (training data) or the mean activation of each network's units."""
+        """Network activity per token.
+
+        ``kind``: ``"sources"``, the ICA time courses of the training tokens; ``"mean"``, the mean activation of
+        each network's key units over ``acts``; ``"zscore"``, the mean of those units' activations z-scored with
+        the fitting tokens' mean and standard deviation (comparable across networks and texts).
+        """
         ids = self.network_ids(ids)
         if kind == "sources":
             if acts is not None:
-                raise FuncnetError("kind='sources' gives the training time courses; use kind='mean' for new activations")
+                raise FuncnetError("kind='sources' gives the training time courses; use kind='mean' or 'zscore' "
+                                   "for new activations")
             return self.sources_[:, ids]
-        if kind != "mean":
-            raise FuncnetError(f"kind should be 'sources' or 'mean', got {kind!r}")
+        if kind not in ("mean", "zscore"):
+            raise FuncnetError(f"kind should be 'sources', 'mean' or 'zscore', got {kind!r}")
         if acts is None:
-            raise FuncnetError("kind='mean' needs activations collected at the fitted sites")
+            raise FuncnetError(f"kind={kind!r} needs activations collected at the fitted sites")
+        missing = [s for s in self.sites_ if s not in acts.sites]
+        if missing:
+            raise FuncnetError(f"the activations lack the fitted sites {missing[:3]}; collect them at "
+                               f"networks.sites_ ({len(self.sites_)} sites)")
         X = acts.matrix(self.sites_, dtype=torch.float32)
+        if X.shape[1] != self.maps_.shape[1]:
+            raise ShapeError(f"the activations have {X.shape[1]} units at the fitted sites but the networks were "
+                             f"fitted on {self.maps_.shape[1]}; collect them from the same model")
+        if kind == "zscore":
+            X = (X - self.unit_mean_) / torch.where(self.unit_std_ > 1e-8, self.unit_std_, torch.ones_like(self.unit_std_))
         M = self.masks_[ids].float()
         return (X @ M.T) / M.sum(1).clamp_min(1)
 

@@ -240,6 +240,14 @@ class Intervention:
         inner = ", ".join(f"{h.op}@{h.site}" for h in self._hooks)
         return f"Intervention([{inner}])"
 
+    def describe(self) -> str:
+        """One line per hook, in the order they run: site, op and a short form of each parameter
+        (tensors by shape and norm, index lists by length), e.g. for a report or a log."""
+        if not self._hooks:
+            return "(no hooks: the model runs unchanged)"
+        return "\n".join(f"{i}. {h.site}: {h.op}(" + ", ".join(f"{k}={_brief(v)}" for k, v in h.params.items()) + ")"
+                         for i, h in enumerate(self._hooks, 1))
+
     # ----------------------------------------------------------------- algebra
 
     def __add__(self, other: "Intervention") -> "Intervention":
@@ -364,6 +372,21 @@ class Intervention:
             a[k].shape == b[k].shape and a[k].dtype == b[k].dtype
             and torch.allclose(a[k].double(), b[k].double(), rtol=rtol, atol=atol) for k in a
         )
+
+
+def _brief(v: Any) -> str:
+    """A parameter in a few characters (see :meth:`Intervention.describe`)."""
+    if isinstance(v, Tensor):
+        if v.numel() == 1:
+            return f"{float(v):.4g}"
+        return f"tensor{tuple(v.shape)} |{float(v.float().norm()):.3g}|"
+    if isinstance(v, (list, tuple)):
+        return f"[{len(v)} items]" if len(v) > 6 else repr(list(v))
+    if isinstance(v, Mapping):
+        return "{" + ", ".join(f"{k}: {_brief(x)}" for k, x in list(v.items())[:4]) + (", ..." if len(v) > 4 else "") + "}"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return repr(v) if not callable(v) else getattr(v, "__name__", type(v).__name__)
 
 
 __all__ = ["Hook", "Intervention", "flags_on", "attached"]
