@@ -36,6 +36,7 @@ class Card:
     example: Context | None = None
     example_label: str = ""
     contexts: list[Context] = field(default_factory=list)
+    numbers: dict[str, float] = field(default_factory=dict)  # the measured values behind ``facts``
 
     def to_html(self) -> str:
         """The card as HTML without the stylesheet (a report adds it once)."""
@@ -52,10 +53,12 @@ class Card:
             parts.append(f"<div class='tlfn-label'>Units per layer</div><div class='tlfn-strip'>{cells}</div>")
         if self.example is not None:
             parts.append(f"<div class='tlfn-label'>{esc(self.example_label)}</div>"
-                         + colored_tokens(self.example.tokens, self.example.values, scale=scale, peak=self.example.peak))
+                         + colored_tokens(self.example.tokens, self.example.values, scale=scale,
+                                          peak=self.example.peak))
         if self.contexts:
-            rows = "".join(f"<tr><td class='tlfn-v' title='corpus text {c.text}, token {c.position}'>{fmt(c.value, 3)}</td><td>"
-                           f"{colored_tokens(c.tokens, c.values, scale=scale, peak=c.peak)}</td></tr>"
+            rows = "".join(f"<tr><td class='tlfn-v' title='corpus text {c.text}, token {c.position}'>"
+                           f"{fmt(c.value, 3)}</td><td>{colored_tokens(c.tokens, c.values, scale=scale, peak=c.peak)}"
+                           f"</td></tr>"
                            for c in self.contexts)
             parts.append(f"<div class='tlfn-label'>Top-activating contexts (value at the outlined token)</div>"
                          f"<table class='tlfn-ctx'>{rows}</table>")
@@ -75,8 +78,12 @@ def _window(k: int, window: int) -> tuple[int, int]:
 
 
 def _check_text(text: Any) -> None:
-    if text is not None and (not isinstance(text, str) or not text.strip()):
-        raise FuncnetError(f"text should be a non-empty string to show activity on (or None), got {text!r:.60}")
+    if text is None or (isinstance(text, str) and text.strip()):
+        return
+    if isinstance(text, Tensor) and text.ndim == 1 and text.numel() and not text.is_floating_point():
+        return
+    raise FuncnetError(f"text should be a non-empty string or a 1-D tensor of token ids to show activity on (or "
+                       f"None), got {text!r:.60}")
 
 
 def _check_capacity(offsets: Tensor, k: int, window: int) -> None:
@@ -103,8 +110,9 @@ def _on_text(model: Any, scores: Float[Tensor, "n"], token_ids: Tensor, skip: in
     return Context(-1, peak, float(scores[peak]), tuple(token_strings(model, token_ids)), tuple(scores.tolist()), peak)
 
 
-def network_cards(model: Any, networks: Any, acts: Any, ids: Sequence[int] | None = None, *, text: str | None = None,
-                  k: int = 8, window: int = 6, eval_texts: Any = None, random_state: int = 0) -> list[Card]:
+def network_cards(model: Any, networks: Any, acts: Any, ids: Sequence[int] | None = None, *,
+                  text: str | Tensor | None = None, k: int = 8, window: int = 6, eval_texts: Any = None,
+                  random_state: int = 0) -> list[Card]:
     """One card per functional network (all by default).
 
     Activity is the mean z-scored activation of the network's key units
@@ -134,19 +142,22 @@ def network_cards(model: Any, networks: Any, acts: Any, ids: Sequence[int] | Non
                  "layers": (f"{min(layers)}-{max(layers)} ({len(layers)} with units)" if layers and None not in layers
                             else str(len(layers))),
                  "peak activity (z)": fmt(ctxs[0].value, 3) if ctxs else "-"}
+        numbers = {"key_units": float(sum(counts.values())), "peak": ctxs[0].value if ctxs else float("nan")}
         if effects is not None:
             facts["loss change, network masked alone"] = f"{effects[i][0]:+.4f}"
             facts["loss change, random units of the same size per layer"] = f"{effects[i][1]:+.4f}"
+            numbers.update(loss_change=effects[i][0], loss_change_random=effects[i][1])
         sizes = {f"L{site_layer(s)}" if site_layer(s) is not None else s: n for s, n in counts.items()}
         if on_text is not None:
             ex, label = _on_text(model, on_text[0][:, j], on_text[1]), "Activity over the text"
         else:
             ex, label = _example(model, scores[:, j], acts.token_ids, acts.offsets, ctxs[0].text, ctxs[0].position)
-        cards.append(Card(f"Network {i}", f"{facts['key units']} key units", facts, sizes, ex, label, ctxs))
+        cards.append(Card(f"Network {i}", f"{facts['key units']} key units", facts, sizes, ex, label, ctxs, numbers))
     return cards
 
 
-def _mask_effects(model: Any, networks: Any, ids: list[int], texts: Any, random_state: int) -> dict[int, tuple[float, float]]:
+def _mask_effects(model: Any, networks: Any, ids: list[int], texts: Any,
+                  random_state: int) -> dict[int, tuple[float, float]]:
     from ..evaluate import evaluate
 
     base = evaluate(model, texts, compare_to_base=False, progress=False).loss
@@ -160,8 +171,8 @@ def _mask_effects(model: Any, networks: Any, ids: list[int], texts: Any, random_
     return out
 
 
-def feature_cards(model: Any, sae: Any, features: Any, ids: Sequence[int], *, text: str | None = None, k: int = 8,
-                  window: int = 6, n_logits: int = 5, skip_positions: int = 0) -> list[Card]:
+def feature_cards(model: Any, sae: Any, features: Any, ids: Sequence[int], *, text: str | Tensor | None = None,
+                  k: int = 8, window: int = 6, n_logits: int = 5, skip_positions: int = 0) -> list[Card]:
     """One card per SAE feature in ``ids``.
 
     ``features`` is :func:`~tl_funcnet.sae.collect_features` of ``sae`` over a corpus. Facts: how often the
@@ -219,7 +230,8 @@ def feature_cards(model: Any, sae: Any, features: Any, ids: Sequence[int], *, te
         else:
             ex, label = None, ""
         sub = site.removesuffix(".hook_sae_acts_post") + ("" if ctxs else " - never active on this corpus")
-        cards.append(Card(f"Feature {f}", sub, facts, {}, ex, label, ctxs))
+        numbers = {"frequency": float(active.float().mean()), "max": float(counted.max())}
+        cards.append(Card(f"Feature {f}", sub, facts, {}, ex, label, ctxs, numbers))
     return cards
 
 
@@ -230,8 +242,8 @@ def pick_features(features: Any, n: int, *, min_frequency: float = 1e-3, max_fre
     when more than ``overlap`` of its 10 top tokens are top tokens of a feature already picked (so the cards
     show different things). Tokens before ``skip_positions`` in each text are not counted."""
     positive_int(n, "n")
-    x = features[features.sites[0]].float()[positions(features.offsets) >= positive_int(skip_positions, "skip_positions",
-                                                                                         minimum=0)]
+    skip = positive_int(skip_positions, "skip_positions", minimum=0)
+    x = features[features.sites[0]].float()[positions(features.offsets) >= skip]
     active = x > 0
     freq = active.float().mean(0)
     mean_on = (x * active).sum(0) / active.sum(0).clamp_min(1)

@@ -31,11 +31,12 @@ class Context:
 
 
 def token_strings(model: Any, ids: Int[Tensor, "n"] | list[int]) -> list[str]:
-    """Each token id as its own text (``" Paris"``, ``"\\n"``), decoded by the model's tokenizer."""
+    """Each token id as its own text (``" Paris"``, ``"\\n"``), decoded by the model's tokenizer; a model
+    without one shows ids as ``"<17>"``."""
+    ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
     tok = getattr(model, "tokenizer", None)
     if tok is None:
-        raise FuncnetError("the model has no tokenizer, so its tokens cannot be shown as text; attach one")
-    ids = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+        return [f"<{int(i)}>" for i in ids]
     return list(tok.batch_decode([[int(i)] for i in ids], clean_up_tokenization_spaces=False))
 
 

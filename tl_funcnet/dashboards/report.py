@@ -116,10 +116,16 @@ class Report:
         if image_format not in ("svg", "png"):
             raise FuncnetError(f"image_format should be 'svg' or 'png', got {image_format!r}")
         buf = io.BytesIO()
-        fig.savefig(buf, format=image_format, dpi=100, bbox_inches="tight")
+        # no date and fixed SVG ids, so the same figure gives the same bytes (reports compare and diff cleanly)
+        import matplotlib
+
+        with matplotlib.rc_context({"svg.hashsalt": "tl_funcnet"}):
+            fig.savefig(buf, format=image_format, dpi=100, bbox_inches="tight",
+                        metadata={"Date": None} if image_format == "svg" else {"Software": None})
         if image_format == "png":
             data = base64.b64encode(buf.getvalue()).decode("ascii")
-            return f"<img class='tlfn-img' id='{fid}' alt='figure {self._n_figures}' src='data:image/png;base64,{data}'>"
+            return (f"<img class='tlfn-img' id='{fid}' alt='figure {self._n_figures}' "
+                    f"src='data:image/png;base64,{data}'>")
         svg = buf.getvalue().decode("utf-8")
         return f"<div class='tlfn-svg' id='{fid}'>" + svg[svg.index("<svg"):] + "</div>"
 

@@ -54,9 +54,8 @@ def networks_section(st: DemoState) -> dict[str, Any]:
     # the loss effects of 21 masks are what cards cost: measured on two passages of ~64 tokens
     cards = network_cards(st.model, fn, st.acts, text=text, k=6 if st.quick else 8, window=5,
                           eval_texts=[_cut(t, 280) for t in st.evaluation[:2]])
-    st.mask_effects = {int(c.title.split()[-1]): (float(c.facts["loss change, network masked alone"]),
-                                                  float(c.facts["loss change, random units of the same size per layer"]))
-                       for c in cards}
+    st.mask_effects = {i: (c.numbers["loss_change"], c.numbers["loss_change_random"])
+                       for i, c in zip(fn.network_ids(), cards)}
     s = st.report.section("Functional networks",
                           f"{fn.n_networks_total} networks from one ICA over {st.acts.n_samples} tokens x "
                           f"{st.acts.n_units} MLP neurons of every layer ({fit_s:.1f} s). A neuron joins a network "
@@ -236,8 +235,8 @@ def pruning_section(st: DemoState) -> dict[str, Any]:
             series[method].append((r, evaluate(st.model, texts, iv, compare_to_base=False, progress=False).perplexity))
         st.log(f"      {method:10s} " + " ".join(f"{r:.0%}: {p:.1f}" for r, p in series[method][1:]))
     s = st.report.section("Pruning MLP neurons",
-                          f"Soft pruning (pruned neurons zeroed, no bias compensation) of {', '.join(f'{r:.0%}' for r in ratios)} "
-                          f"of the MLP neurons of the unprotected layers, scored on {cal.n_tokens} calibration tokens: "
+                          f"Soft pruning (pruned neurons zeroed, no bias compensation) of "
+                          f"{', '.join(f'{r:.0%}' for r in ratios)} of the MLP neurons of the unprotected layers, scored on {cal.n_tokens} calibration tokens: "
                           f"fn keeps the key neurons of functional networks (CanICA with 32 components per layer, "
                           f"one restart), wanda (the baseline) scores |W| x input activation norm. Perplexity on "
                           f"{len(texts)} held-out passages; `tl-funcnet prune` and benchmarks/prune.py run the "
@@ -263,7 +262,8 @@ def sae_section(st: DemoState) -> dict[str, Any]:
     cards = feature_cards(st.model, sae, feats, ids, text=_held_out_text(st), k=6, window=5, skip_positions=1)
     s = st.report.section("SAE features",
                           f"A top-k sparse autoencoder (sae-lens, 1152 features, k=16) trained for {n_train:,} tokens "
-                          f"at {site} - a quick run, far from converged. Explained variance {m.explained_variance:.2f}, "
+                          f"at {site} - a quick run, far from converged. Explained variance "
+                          f"{m.explained_variance:.2f}, "
                           f"L0 {m.l0:.1f}, next-token loss with the SAE spliced in {m.ce_loss_sae:.3f} (without: "
                           f"{m.ce_loss_base:.3f}). Cards for features firing on 0.1-5% "
                           f"of {feats.n_samples} tokens (each text's first token, an attention sink, left out), "
