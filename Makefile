@@ -12,7 +12,7 @@ OUT    ?= demo_out
 # processed SmolLM2 weights are cached here after the first load (GGUF conversion ~15 s, cached load ~3 s)
 export TL_FUNCNET_CACHE ?= $(CURDIR)/.cache/models
 
-.PHONY: setup setup-tl4 demo test test-fast test-tl4 bench bench-quick notebooks clean
+.PHONY: setup setup-tl4 browser demo test test-fast test-tl4 bench bench-quick notebooks clean
 
 setup: $(STAMP)
 
@@ -40,14 +40,20 @@ $(STAMP_TL4): pyproject.toml requirements-embedded.txt
 	rm -f $(VENV_TL4)/.installed-*
 	touch $(STAMP_TL4)
 
-demo: setup
-	$(VENV)/bin/tl-funcnet demo --out $(OUT) --overwrite
+# Debian's chromium for the report's browser tests (tests/browser_testing.py); they skip, saying why, without it
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }; } || \
+	  echo "chromium could not be installed (apt-get needs root and Debian's package index): the browser tests will skip"
 
-test: setup
-	$(PY) -m pytest -q -p no:cacheprovider --durations=15 --nbmake --nbmake-timeout=900 tests notebooks
+demo: setup
+	MPLBACKEND=Agg $(VENV)/bin/tl-funcnet demo --out $(OUT) --overwrite
+
+test: setup browser
+	MPLBACKEND=Agg $(PY) -m pytest -q -p no:cacheprovider --durations=15 --nbmake --nbmake-timeout=900 tests notebooks
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	MPLBACKEND=Agg $(PY) -m pytest -q -m "not slow"
 
 # the tests marked `bridge`, on TransformerLens 4 (TransformerBridge; no HookedTransformer, no sae-lens)
 test-tl4: setup-tl4

@@ -24,6 +24,8 @@ def _cases(root: Path) -> dict[str, list[str]]:
         "demo unknown model": ["demo", "--model", "nosuch", "--out", out],
         "demo out is a user's file": ["demo", "--out", str(root / "thesis.txt")],
         "demo out holds user files": ["demo", "--out", str(root)],
+        "demo out in an unwritable folder": ["demo", "--out", "/proc/tl_funcnet_demo"],
+        "demo unknown backend": ["demo", "--backend", "onnx", "--out", out],
         "extract n-networks 0": ["extract", "--n-networks", "0", "--out", out],
         "extract n-networks abc": ["extract", "--n-networks", "abc", "--out", out],
         "extract threshold -1": ["extract", "--threshold", "-1", "--out", out],

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .._io import Kind, atomic_dir, check_target, write_json_atomic
+from ..errors import FuncnetError
 
 # "*.png": folders written by earlier versions of the demo (plots as files) are still recognised as demo reports
 KIND = Kind("demo report", "summary.json", "tl_funcnet.demo", ("report.html", "summary.json", "*.png", "networks"))
@@ -19,7 +20,7 @@ def run_demo(model_name: str = "smollm2-135m", out: str | Path = "demo_out", *, 
     ``out``; the folder appears only when everything succeeded."""
     from ..models import resolve
 
-    resolve(model_name)  # an unknown model fails before anything is written
+    resolve(model_name, backend)  # an unknown model fails before anything is written
     check_target(out, KIND, overwrite=overwrite)
     with atomic_dir(out, KIND, overwrite=overwrite) as tmp:
         result = _run(model_name, tmp, quick=quick, backend=backend, log=log)
@@ -28,26 +29,34 @@ def run_demo(model_name: str = "smollm2-135m", out: str | Path = "demo_out", *, 
     return result
 
 
-def _run(model_name: str, out: Path, *, quick: bool, backend: str | None, log: Callable[[str], None]) -> dict[str, Any]:
+def _run(model_name: str, out: Path, *, quick: bool, backend: str | None,
+         log: Callable[[str], None]) -> dict[str, Any]:
     from ..dashboards import Report
     from ..data import load_corpus
     from ..models import load
-    from .sections import SECTIONS, DemoState
+    from .sections import FULL, QUICK, SECTIONS, TITLES, DemoState
 
     t0 = time.perf_counter()
     log(f"[1/{len(SECTIONS) + 1}] loading {model_name} (offline)")
-    model = load(model_name) if backend is None else load(model_name, backend=backend)
+    model = load(model_name, backend=backend)
     report = Report(f"tl_funcnet demo on {model_name}",
                     subtitle="Functional networks, masking, steering, patching, circuits, pruning, SAE features and "
                              "fingerprints, each run as composable hooks on the model. Figures are interactive: hover "
                              "for values, drag to zoom.")
-    st = DemoState(model, model_name, report, out, quick, log, calibration=load_corpus("calibration"),
-                   evaluation=load_corpus("evaluation")[: (6 if quick else 8)])
+    st = DemoState(model, model_name, report, out, QUICK if quick else FULL, log,
+                   calibration=load_corpus("calibration"), evaluation=load_corpus("evaluation"))
     result: dict[str, Any] = {"model": model_name, "quick": quick, "sections": {}, "seconds_per_section": {}}
     for i, (name, section) in enumerate(SECTIONS, 2):
         log(f"[{i}/{len(SECTIONS) + 1}] {name}")
         t = time.perf_counter()
-        result["sections"][name] = section(st)
+        try:
+            result["sections"][name] = section(st)
+        except FuncnetError as e:  # a method this model cannot run (e.g. edge circuits of a GQA bridge)
+            if name in ("networks", "masking"):
+                raise
+            log(f"      skipped: {e}")
+            report.section(TITLES[name], f"Not run on this model: {e}")
+            result["sections"][name] = {"skipped": str(e)}
         result["seconds_per_section"][name] = round(time.perf_counter() - t, 2)
     masking = result["sections"]["masking"]
     rows = masking["rows"]

@@ -16,6 +16,33 @@ from ..dashboards import (Report, bars, curves, feature_cards, network_cards, ne
                           pick_features)
 
 
+@dataclass(frozen=True)
+class Sizes:
+    """How much each section runs (``FULL`` for the demo, ``QUICK`` for smoke runs and the tests)."""
+
+    fit_tokens: int = 2048  # calibration tokens for the functional networks
+    contexts: int = 8  # top-activating contexts per card
+    card_eval_texts: int = 2  # held-out passages (~64 tokens) for each network's masking effect
+    eval_texts: int = 8  # held-out passages for the masking section
+    new_tokens: int = 10  # greedy tokens per steering sample
+    patch_pairs: int = 4
+    circuit_pairs: int = 3
+    ig_steps: int = 3
+    prune_tokens: int = 1024
+    prune_ratios: tuple[float, ...] = (0.2, 0.4)
+    prune_eval_texts: int = 4
+    sae_tokens: int = 16_384
+    sae_texts: int = 24  # calibration texts whose features the cards rank
+    sae_cards: int = 6
+    fingerprint_texts: int = 4
+
+
+FULL = Sizes()
+QUICK = Sizes(fit_tokens=768, contexts=5, card_eval_texts=1, eval_texts=3, new_tokens=6, patch_pairs=2,
+              circuit_pairs=1, ig_steps=2, prune_tokens=512, prune_ratios=(0.3,), prune_eval_texts=2,
+              sae_tokens=4096, sae_texts=12, sae_cards=3, fingerprint_texts=2)
+
+
 @dataclass
 class DemoState:
     """What the sections share."""
@@ -24,7 +51,7 @@ class DemoState:
     model_name: str
     report: Report
     out: Path
-    quick: bool
+    size: Sizes
     log: Callable[[str], None]
     calibration: list[Any] = field(default_factory=list)
     evaluation: list[Any] = field(default_factory=list)
@@ -40,7 +67,7 @@ def networks_section(st: DemoState) -> dict[str, Any]:
     from ..hooks import resolve_sites
 
     sites = resolve_sites(st.model, "mlp.hook_post")
-    n_tokens = 768 if st.quick else 2048
+    n_tokens = st.size.fit_tokens
     st.log(f"collecting {len(sites)} x {st.model.cfg.d_mlp} MLP neurons over {n_tokens} calibration tokens; "
            f"fitting 10 networks with ICA")
     st.acts = collect(st.model, st.calibration, sites, max_tokens=n_tokens, max_tokens_per_seq=128, progress=False)
@@ -52,11 +79,11 @@ def networks_section(st: DemoState) -> dict[str, Any]:
     text = _held_out_text(st)
     st.log("network cards: top contexts, activity over a held-out text, loss of masking each network alone")
     # the loss effects of 21 masks are what cards cost: measured on two passages of ~64 tokens
-    cards = network_cards(st.model, fn, st.acts, text=text, k=6 if st.quick else 8, window=5,
-                          eval_texts=[_cut(t, 280) for t in st.evaluation[:2]])
+    cards = network_cards(st.model, fn, st.acts, text=text, k=st.size.contexts, window=5,
+                          eval_texts=[_cut(t, 280) for t in st.evaluation[:st.size.card_eval_texts]])
     st.mask_effects = {i: (c.numbers["loss_change"], c.numbers["loss_change_random"])
                        for i, c in zip(fn.network_ids(), cards)}
-    s = st.report.section("Functional networks",
+    s = st.report.section(TITLES["networks"],
                           f"{fn.n_networks_total} networks from one ICA over {st.acts.n_samples} tokens x "
                           f"{st.acts.n_units} MLP neurons of every layer ({fit_s:.1f} s). A neuron joins a network "
                           f"when its z-scored loading reaches 3.6: {summary['n_units']} key units "
@@ -88,7 +115,7 @@ def masking_section(st: DemoState) -> dict[str, Any]:
     from ..evaluate import evaluate
 
     fn = st.networks
-    texts = st.evaluation
+    texts = st.evaluation[:st.size.eval_texts]
     base = evaluate(st.model, texts, compare_to_base=False, progress=False)
     conditions = [("functional networks", fn.to_intervention("mask"))]
     conditions += [(f"random per layer (random_state {r})", fn.to_intervention("mask", control="per_layer",
@@ -103,7 +130,7 @@ def masking_section(st: DemoState) -> dict[str, Any]:
         st.log(f"      {name:36s} loss {r.loss:.3f}")
     rand = [r["loss"] for r in rows if r["condition"].startswith("random per layer")]
     ratio = (rows[1]["loss"] - base.loss) / max(1e-9, sum(rand) / len(rand) - base.loss)
-    s = st.report.section("Masking against controls of the same size",
+    s = st.report.section(TITLES["masking"],
                           f"Next-token loss on {len(texts)} held-out passages when the {n_units} key units of all "
                           f"networks are zeroed, beside controls that zero as many units: random units with the same "
                           f"count per layer (two draws), random units anywhere, and the units of highest variance "
@@ -125,7 +152,7 @@ def steering_section(st: DemoState) -> dict[str, Any]:
     from ..steering.prompts import load_pairs
 
     pairs = load_pairs("sentiment")
-    layer, scale, n_new = 15, 1.0, 10
+    layer, scale, n_new = 15, 1.0, st.size.new_tokens
     site = f"blocks.{layer}.hook_resid_post"
     v = mean_difference(st.model, pairs.positive, pairs.negative, site)
     prompts = list(pairs.test_prompts[:1])
@@ -147,7 +174,7 @@ def steering_section(st: DemoState) -> dict[str, Any]:
         rows.append({"intervention": name, "P(positive words)": m["pos_mass"], "P(negative words)": m["neg_mass"],
                      "log-odds positive vs negative": m["log_odds"]})
     text = generate(st.model, prompts[0], composed, max_new_tokens=n_new)
-    s = st.report.section("Steering, and stacking it with a network mask",
+    s = st.report.section(TITLES["steering"],
                           f"A mean-difference (CAA-style) sentiment vector at {site}, from {len(pairs)} shipped "
                           f"positive/negative sentence pairs, added at every position with scale {scale:g}; "
                           f"{n_new} greedy tokens.")
@@ -167,9 +194,9 @@ def patching_section(st: DemoState) -> dict[str, Any]:
     """Exact activation patching beside its attribution estimates (AtP, RelP) on IOI, per MLP output and token."""
     from ..patching import correlation, load_task, run_patching
 
-    task = load_task("ioi", st.model, n_pairs=4)
+    task = load_task("ioi", st.model, n_pairs=st.size.patch_pairs)
     results = {m: run_patching(st.model, task, method=m, nodes="mlp") for m in ("exact", "atp", "relp")}
-    s = st.report.section("Activation patching on IOI",
+    s = st.report.section(TITLES["patching"],
                           f"{len(task)} indirect-object prompt pairs (clean: {task.prompts[0][0]!r}; corrupted: "
                           f"{task.prompts[0][1]!r}). Each cell is the change of the logit difference (right name "
                           f"minus wrong name) when one MLP output at one token is patched from the corrupted run "
@@ -191,10 +218,11 @@ def circuit_section(st: DemoState) -> dict[str, Any]:
     from ..circuits.circuit import Circuit
     from ..patching import load_task
 
-    task = load_task("ioi", st.model, n_pairs=2 if st.quick else 3)
+    task = load_task("ioi", st.model, n_pairs=st.size.circuit_pairs)
     graph = Graph.from_model(st.model)
     metric = task.metric()
-    ig = edge_scores(st.model, graph, task.clean, task.corrupted, metric, method="eap-ig-inputs", steps=3)
+    ig = edge_scores(st.model, graph, task.clean, task.corrupted, metric, method="eap-ig-inputs",
+                      steps=st.size.ig_steps)
     ablated = ablated_values(st.model, graph, "patching", corrupted=task.corrupted)
     n = 300
     best = ig.circuit(n)
@@ -205,8 +233,8 @@ def circuit_section(st: DemoState) -> dict[str, Any]:
         mask[torch.randperm(graph.n_edges, generator=g)[:n]] = True
         randoms.append(Circuit(graph, mask))
     f = faithfulness(st.model, [best, *randoms], task.clean, metric, ablated=ablated)
-    s = st.report.section("An edge circuit for IOI",
-                          f"EAP-IG (integrated gradients over the inputs, 3 steps) scores all {graph.n_edges:,} edges "
+    s = st.report.section(TITLES["circuit"],
+                          f"EAP-IG (integrated gradients over the inputs, {st.size.ig_steps} steps) scores all {graph.n_edges:,} edges "
                           f"of the model's graph on {len(task)} IOI pairs. The {n} best edges, run as an "
                           f"intervention with every other edge patched from the corrupted prompt, keep "
                           f"{f[0]:.1%} of the model's logit difference (faithfulness); {n} random edges keep "
@@ -220,9 +248,9 @@ def pruning_section(st: DemoState) -> dict[str, Any]:
     from ..evaluate import evaluate
     from ..pruning import Calibration, plan_from_scores, score
 
-    cal = Calibration.from_texts(st.model, st.calibration, max_tokens=1024)
-    ratios = (0.2, 0.4)
-    texts = st.evaluation[:4]
+    cal = Calibration.from_texts(st.model, st.calibration, max_tokens=st.size.prune_tokens)
+    ratios = st.size.prune_ratios
+    texts = st.evaluation[:st.size.prune_eval_texts]
     base = evaluate(st.model, texts, compare_to_base=False, progress=False).perplexity
     series: dict[str, list[tuple[float, float]]] = {}
     # fn with 32 CanICA components and one restart per layer (the paper: 128 and 10) keeps the demo quick
@@ -234,7 +262,7 @@ def pruning_section(st: DemoState) -> dict[str, Any]:
             iv = plan_from_scores(st.model, sc, r, method).to_intervention(bias_compensation=False)
             series[method].append((r, evaluate(st.model, texts, iv, compare_to_base=False, progress=False).perplexity))
         st.log(f"      {method:10s} " + " ".join(f"{r:.0%}: {p:.1f}" for r, p in series[method][1:]))
-    s = st.report.section("Pruning MLP neurons",
+    s = st.report.section(TITLES["pruning"],
                           f"Soft pruning (pruned neurons zeroed, no bias compensation) of "
                           f"{', '.join(f'{r:.0%}' for r in ratios)} of the MLP neurons of the unprotected layers, scored on {cal.n_tokens} calibration tokens: "
                           f"fn keeps the key neurons of functional networks (CanICA with 32 components per layer, "
@@ -251,16 +279,16 @@ def sae_section(st: DemoState) -> dict[str, Any]:
     from ..sae import collect_features, evaluate_sae, train_sae
 
     site = "blocks.6.hook_resid_post"
-    n_train = 8192 if st.quick else 16_384
+    n_train = st.size.sae_tokens
     sae = train_sae(st.model, site, st.calibration, d_sae=1152, k=16, training_tokens=n_train,
                     train_batch_size_tokens=256, n_batches_in_buffer=8, lr=4e-3, random_state=0)
-    feats = collect_features(st.model, sae, st.calibration[: 16 if st.quick else 24])
+    feats = collect_features(st.model, sae, st.calibration[:st.size.sae_texts])
     m = evaluate_sae(st.model, sae, st.evaluation[:2])
     # SmolLM2 prepends no BOS: each text's first token is an attention sink with a huge residual norm, which
     # would top every feature; it is left out of the picking and the contexts
-    ids = pick_features(feats, 3 if st.quick else 6, skip_positions=1)
+    ids = pick_features(feats, st.size.sae_cards, skip_positions=1)
     cards = feature_cards(st.model, sae, feats, ids, text=_held_out_text(st), k=6, window=5, skip_positions=1)
-    s = st.report.section("SAE features",
+    s = st.report.section(TITLES["sae"],
                           f"A top-k sparse autoencoder (sae-lens, 1152 features, k=16) trained for {n_train:,} tokens "
                           f"at {site} - a quick run, far from converged. Explained variance "
                           f"{m.explained_variance:.2f}, "
@@ -280,7 +308,7 @@ def fingerprint_section(st: DemoState) -> dict[str, Any]:
     from ..fingerprint import compare, fingerprint
     from ..fingerprint.transforms import permute_mlp, random_init
 
-    texts = st.evaluation[:4]
+    texts = st.evaluation[:st.size.fingerprint_texts]
     victim = fingerprint(st.model, texts, name="original")
     rows = []
     for name, make in (("neurons permuted (derived)", lambda: permute_mlp(st.model, random_state=1)),
@@ -289,12 +317,23 @@ def fingerprint_section(st: DemoState) -> dict[str, Any]:
         d = compare(victim, fingerprint(suspect, texts, name=name)).to_dict()
         rows.append({"suspect": name, "score": d["score"], "p_value": d["p_value"], "verdict": d["verdict"]})
         del suspect
-    st.report.section("Functional-network fingerprints",
+    st.report.section(TITLES["fingerprint"],
                       f"Fingerprints from {len(texts)} held-out texts; a derived copy (MLP neurons permuted, same "
                       f"function) should be called derived and an independently initialised model independent."
                       ).table(rows)
     return {"rows": rows}
 
+
+TITLES = {
+    "networks": "Functional networks",
+    "masking": "Masking against controls of the same size",
+    "steering": "Steering, and stacking it with a network mask",
+    "patching": "Activation patching on IOI",
+    "circuit": "An edge circuit for IOI",
+    "pruning": "Pruning MLP neurons",
+    "sae": "SAE features",
+    "fingerprint": "Functional-network fingerprints",
+}
 
 SECTIONS: tuple[tuple[str, Callable[[DemoState], dict[str, Any]]], ...] = (
     ("networks", networks_section),
@@ -307,4 +346,4 @@ SECTIONS: tuple[tuple[str, Callable[[DemoState], dict[str, Any]]], ...] = (
     ("fingerprint", fingerprint_section),
 )
 
-__all__ = ["DemoState", "SECTIONS"]
+__all__ = ["FULL", "QUICK", "DemoState", "SECTIONS", "Sizes", "TITLES"]
