@@ -91,6 +91,21 @@ from tl_funcnet.evaluate import evaluate
 texts = load_corpus("evaluation")[:4]
 print(evaluate(model, texts, progress=False))
 print(evaluate(model, texts, iv, progress=False))"""),
+    ("code", """# an intervention reads as a list of its hooks, and any result goes into a self-contained HTML report
+# (plotly.js, figures and cards inside one file: it opens offline and can be mailed)
+from tl_funcnet.dashboards import Report, bars
+print(iv.describe())
+report = Report("Quickstart")
+s = report.section("The edit", "Zero 200 neurons in layer 20, then steer toward ' Rome'.").code(iv.describe())
+with iv.applied(model):
+    p_edit = model(prompt)[0, -1].softmax(-1)
+p_base = base[0, -1].softmax(-1)
+s.figure(bars({"P(' Paris') before": float(p_base[paris]), "P(' Paris') after": float(p_edit[paris]),
+               "P(' Rome') before": float(p_base[rome]), "P(' Rome') after": float(p_edit[rome])},
+              title="Next-token probabilities", x_title="probability"))
+with tempfile.TemporaryDirectory() as tmp:
+    path = report.save(pathlib.Path(tmp) / "report.html")
+    print(path.name, round(path.stat().st_size / 1e6, 1), "MB")"""),
     ("md", "## The same intervention on TransformerLens's `TransformerBridge`\n\nThe bridge wraps the Hugging Face "
            "model itself (TransformerLens 4 has no other class). In compatibility mode it computes what the "
            "`HookedTransformer` computes, and interventions take either the legacy hook names or the bridge's "
@@ -143,6 +158,18 @@ fn = FunctionalNetworks(n_networks=10, threshold=3.6, sides="one", random_state=
 s = fn.summary()
 print(s["n_units"], "key neurons =", round(100 * s["fraction"], 2), "% of", s["total_units"])
 print("per network:", s["network_sizes"])"""),
+    ("md", "## What does each network respond to?\n\nA card per network: its key units per layer, its activity "
+           "(the mean z-scored activation of its key units) over a text with each token coloured (hover for the "
+           "value), the calibration contexts where it peaks, and the loss change when only this network is masked "
+           "beside random units of the same number per layer. The stacked bars are interactive (plotly)."),
+    ("code", """from tl_funcnet.dashboards import network_cards, network_sizes
+network_sizes(fn)"""),
+    ("code", """from IPython.display import display
+cards = network_cards(model, fn, acts, ids=[0, 1], text="The capital of France is Paris. In 1889 the Eiffel Tower "
+                      "opened, and visitors have climbed it ever since.", eval_texts=load_corpus("evaluation")[:2])
+for card in cards:
+    display(card)
+{c.title: {k: round(v, 3) for k, v in c.numbers.items()} for c in cards}"""),
     ("code", """# the plot functions return matplotlib Figures (no global backend is touched); save them with fig.savefig
 import tempfile, pathlib
 from IPython.display import Image, display
@@ -293,6 +320,19 @@ with splice(again, use_error_term=False).applied(model):
     spliced = model(prompt)
 with splice(sae, use_error_term=False).applied(model):
     assert torch.allclose(model(prompt), spliced, atol=1e-5)"""),
+    ("md", "## Feature cards\n\nWhat a feature responds to: how often it fires, the tokens its decoder direction "
+           "promotes and suppresses through the unembedding, its activity over a text, and its top-activating "
+           "contexts. SmolLM2 prepends no BOS token, so each text's first token acts as an attention sink with a "
+           "huge residual norm; `skip_positions=1` leaves it out."),
+    ("code", """from IPython.display import display
+from tl_funcnet.data import load_corpus
+from tl_funcnet.dashboards import feature_cards, pick_features
+from tl_funcnet.sae import collect_features
+feats = collect_features(model, sae, load_corpus("calibration")[:16])
+ids = pick_features(feats, 3, skip_positions=1)  # firing on 0.1-5% of tokens, strongest first, distinct
+for card in feature_cards(model, sae, feats, ids, text="The capital of France is Paris, so we took the train.",
+                          skip_positions=1):
+    display(card)"""),
 ]
 
 NOTEBOOKS["03_pruning"] = [
@@ -409,6 +449,21 @@ with tempfile.TemporaryDirectory() as tmp:
                              ("relp", relp, "RelP, MLP outputs, IOI")]:
         res.plot(title=title).savefig(pathlib.Path(tmp) / f"{name}.png", dpi=80)
         display(Image(filename=str(pathlib.Path(tmp) / f"{name}.png")))"""),
+    ("code", """# the same grid as an interactive plotly heatmap with the prompt's tokens on the position axis (hover a
+# cell for its value and every token the prompts hold at that position)
+from tl_funcnet.dashboards import patching_heatmap
+patching_heatmap(exact, model=model, tokens=task.clean, title="exact patching: MLP outputs, IOI")"""),
+    ("code", """# attention patterns of the layer whose heads matter most (AtP per head), drawn with circuitsvis; its
+# JavaScript bundle ships in the wheel, so local_src shows offline too
+import circuitsvis as cv
+from IPython.display import HTML
+heads = run_patching(model, task, method="atp", nodes="head")  # grid (layer, pos, head)
+g = heads.grid().abs().nan_to_num()
+layer = heads.nodes.meta["layers"][int(g.flatten(1).sum(1).argmax())]
+_, cache = model.run_with_cache(task.clean[:1], names_filter=f"blocks.{layer}.attn.hook_pattern")
+pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]  # (head, query, key)
+print("layer", layer, "| heads by |AtP effect|:", g[layer].sum(0).argsort(descending=True)[:3].tolist())
+HTML(cv.attention.attention_patterns(tokens=model.to_str_tokens(task.clean[0]), attention=pattern).local_src)"""),
     ("code", """# results are tables too
 df = exact.to_frame()
 df.sort_values("effect", ascending=False).head(5)"""),
