@@ -15,6 +15,10 @@ import torch
 # Third-party libraries change the process when first imported (scikit-learn sets KMP_INIT_AT_FORK, each BLAS
 # or OpenMP library appears once loaded): import them before any snapshot, so only tl_funcnet's own calls count.
 import matplotlib.figure  # noqa: F401,E402
+import plotly.graph_objects  # noqa: F401,E402
+import plotly.graph_objs._deprecations  # noqa: F401,E402  (adds a warning filter when first imported)
+import plotly.offline  # noqa: F401,E402  (plotly.tools adds a warning filter when first imported)
+import plotly.tools  # noqa: F401,E402
 import scipy.linalg  # noqa: F401,E402
 import sklearn  # noqa: F401,E402
 import tl_funcnet.cli  # noqa: F401,E402
@@ -38,6 +42,7 @@ def _state() -> dict:
         "python_rng": random.getstate(),
         "warning_filters": list(warnings.filters),
         "matplotlib_backend": matplotlib.get_backend(),
+        "matplotlib_rc": {k: repr(v) for k, v in matplotlib.rcParams.items() if k != "backend"},
         "blas_threads": {i["filepath"]: i["num_threads"] for i in threadpool_info()},
         "grad_enabled": torch.is_grad_enabled(),
         "default_dtype": torch.get_default_dtype(),
@@ -178,6 +183,23 @@ def _intervention(model, tmp_path):
     Intervention.load(tmp_path / "iv")
 
 
+def _dashboards(model, tmp_path):
+    from matplotlib.figure import Figure
+
+    from tl_funcnet.activations import collect
+    from tl_funcnet.dashboards import Report, network_cards, network_sizes
+    from tl_funcnet.funcnet import FunctionalNetworks
+
+    acts = collect(model, _tokens(12, 12), "mlp.hook_post", progress=False)
+    fn = FunctionalNetworks(3, threshold=1.5, max_iter=50).fit(acts)
+    cards = network_cards(model, fn, acts, k=2, window=1, eval_texts=_tokens(2, 8))
+    fig = Figure()
+    fig.subplots().plot([1, 2])
+    report = Report("r")
+    report.section("s").figure(network_sizes(fn)).figure(fig).figure(fig, image_format="png").cards(cards)
+    report.save(tmp_path / "report.html")
+
+
 def _cli(model, tmp_path):
     from tl_funcnet.cli import main
 
@@ -188,7 +210,7 @@ def _cli(model, tmp_path):
 ENTRY_POINTS = {
     "collect": _collect, "evaluate": _evaluate, "functional networks": _networks, "ica estimators": _estimators,
     "pruning": _pruning, "fingerprint": _fingerprint, "patching": _patching, "steering": _steering,
-    "models save/load": _models, "intervention save/load": _intervention, "cli": _cli,
+    "models save/load": _models, "intervention save/load": _intervention, "dashboards": _dashboards, "cli": _cli,
 }
 
 
