@@ -8,6 +8,12 @@ from pathlib import Path
 
 from ..errors import EmbeddedModelMissingError
 
+#: names the embedded models answer to (lower case) -> their key in ``EMBEDDED``
+ALIASES = {
+    "smollm2-135m": "smollm2-135m", "smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m",
+    "minilm-l6": "minilm-l6", "minilm": "minilm-l6", "all-minilm-l6-v2": "minilm-l6",
+}
+
 
 @dataclass(frozen=True)
 class EmbeddedSpec:

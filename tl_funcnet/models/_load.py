@@ -11,12 +11,7 @@ import torch
 
 from ..errors import FormatError, FuncnetError
 from . import store
-from ._embedded import EMBEDDED
-
-ALIASES = {
-    "smollm2-135m": "smollm2-135m", "smollm2": "smollm2-135m", "smollm2-135m-instruct": "smollm2-135m",
-    "minilm-l6": "minilm-l6", "minilm": "minilm-l6", "all-minilm-l6-v2": "minilm-l6",
-}
+from ._embedded import ALIASES, EMBEDDED
 
 
 def _tl_names() -> tuple[list[str], dict[str, str]]:

@@ -135,7 +135,7 @@ def _load_bridge(kind: str, what: str, *, device: Any, dtype: torch.dtype, **opt
         except (OSError, ValueError, KeyError) as err:  # no hub, no such repository, unsupported architecture
             import difflib
 
-            from ._load import ALIASES
+            from ._embedded import ALIASES
 
             close = difflib.get_close_matches(what.lower(), list(ALIASES), n=3, cutoff=0.6)
             raise FuncnetError(
