@@ -130,3 +130,11 @@ def test_pick_features_keeps_cards_distinct_and_refuses_an_empty_range(sae_featu
     with pytest.raises(FuncnetError, match="no feature fires"):
         pick_features(feats, 3, min_frequency=0.999, max_frequency=1.0)
     assert len(set(pick_features(feats, 5, min_frequency=0.0, max_frequency=1.0))) <= 5
+
+
+def test_skip_positions_that_leave_nothing_are_refused(gpt2_tiny, sae_features):
+    sae, feats = sae_features
+    with pytest.raises(FuncnetError, match="leaves no token"):
+        feature_cards(gpt2_tiny, sae, feats, [0], k=1, skip_positions=12)
+    (card,) = feature_cards(gpt2_tiny, sae, feats, [0], k=1, skip_positions=11)
+    assert all(c.position >= 11 for c in card.contexts)

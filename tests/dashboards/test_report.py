@@ -58,6 +58,8 @@ def test_figures_of_another_kind_and_bad_titles_are_refused():
         report.section("s").figure(torch.zeros(3))
     with pytest.raises(FuncnetError, match="image_format"):
         report.section("t").figure(_matplotlib_figure(), image_format="jpg")
+    with pytest.raises(FuncnetError, match="Card objects"):
+        report.section("u").cards(["not a card"])
     for bad in ("", "  ", None):
         with pytest.raises(FuncnetError):
             Report(bad)

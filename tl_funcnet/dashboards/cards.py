@@ -40,7 +40,8 @@ class Card:
 
     def to_html(self) -> str:
         """The card as HTML without the stylesheet (a report adds it once)."""
-        scale = max([abs(c.value) for c in self.contexts] + [1e-12])
+        peaks = [abs(c.value) for c in self.contexts] or [abs(v) for v in (self.example.values if self.example else ())]
+        scale = max(peaks + [1e-12])
         parts = [f"<div class='tlfn-card'><h3>{esc(self.title)}<span class='tlfn-sub'>{esc(self.subtitle)}</span></h3>"]
         if self.facts:
             parts.append("<table class='tlfn-facts'>" + "".join(
@@ -200,6 +201,9 @@ def feature_cards(model: Any, sae: Any, features: Any, ids: Sequence[int], *, te
     _check_capacity(features.offsets, k, window)
     acts = features[site][:, ids].float()
     keep = positions(features.offsets) >= positive_int(skip_positions, "skip_positions", minimum=0)
+    if not bool(keep.any()):
+        raise FuncnetError(f"skip_positions={skip_positions} leaves no token of the corpus to count; lower it or "
+                           f"collect longer texts")
     on_text = None
     if text is not None:
         from ..sae.features import collect_features

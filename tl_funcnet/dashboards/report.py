@@ -81,6 +81,9 @@ class Section:
 
     def cards(self, cards: Sequence[Any]) -> "Section":
         """Network or feature cards (:mod:`tl_funcnet.dashboards.cards`)."""
+        bad = [type(c).__name__ for c in cards if not callable(getattr(c, "to_html", None))]
+        if bad:
+            raise FuncnetError(f"cards should be Card objects (network_cards, feature_cards), got {bad[:3]}")
         self.parts.append("".join(c.to_html() for c in cards))
         return self
 
