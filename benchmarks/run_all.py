@@ -38,6 +38,8 @@ BENCHMARKS = {
     "sae": "sae.py",
     "steering": "steering.py",
     "bridge": "bridge.py",
+    # the main job: `tl-funcnet demo` end to end and its report in headless Chromium (--quick: the demo's sizes)
+    "report": "report.py",
 }
 
 
