@@ -16,7 +16,7 @@ from tl_funcnet.cli import build_parser, main
 from tl_funcnet.cli._base import COMMANDS
 
 EXPECTED_COMMANDS = {"info", "demo", "extract", "ablate", "prune", "fingerprint", "patch", "circuit", "train-sae",
-                     "steer"}
+                     "steer", "dashboard"}
 HEAVY = ("torch", "transformer_lens", "sae_lens")
 
 

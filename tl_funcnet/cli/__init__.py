@@ -23,6 +23,7 @@ from . import patching  # noqa: F401
 from . import circuits  # noqa: F401
 from . import sae  # noqa: F401
 from . import steering  # noqa: F401
+from . import dashboards  # noqa: F401
 from ._base import COMMANDS, Handler, traceback_wanted
 
 PROG = "tl-funcnet"
