@@ -38,9 +38,9 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(fit_tokens=768, contexts=5, card_eval_texts=1, eval_texts=3, new_tokens=6, patch_pairs=2,
-              circuit_pairs=1, ig_steps=2, prune_tokens=512, prune_ratios=(0.3,), prune_eval_texts=2,
-              sae_tokens=4096, sae_texts=12, sae_cards=3, fingerprint_texts=2)
+QUICK = Sizes(fit_tokens=512, contexts=5, card_eval_texts=1, eval_texts=2, new_tokens=4, patch_pairs=2,
+              circuit_pairs=1, ig_steps=2, prune_tokens=256, prune_ratios=(0.3,), prune_eval_texts=2,
+              sae_tokens=4096, sae_texts=8, sae_cards=3, fingerprint_texts=2)
 
 
 @dataclass
@@ -271,6 +271,11 @@ def pruning_section(st: DemoState) -> dict[str, Any]:
                           f"full settings with bias compensation.")
     s.figure(curves(series, title="Held-out perplexity against the fraction of MLP neurons pruned",
                     x_title="fraction pruned", y_title="perplexity", log_y=True))
+    (r, fn_ppl), (_, wanda_ppl) = series["fn"][-1], series["wanda"][-1]
+    s.text(f"At {r:.0%}: fn {fn_ppl:.1f}, wanda {wanda_ppl:.1f} (unpruned {base:.1f}). "
+           + ("Functional-network pruning does not beat the Wanda-style baseline here, as in BENCHMARKS.md's full "
+              "run; fn_guided (Wanda with each layer's strongest network units kept) matches Wanda there."
+              if fn_ppl > wanda_ppl else "Functional-network pruning keeps perplexity lower than the baseline here."))
     return {"ratios": list(ratios), "perplexity": series}
 
 
