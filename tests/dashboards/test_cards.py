@@ -138,3 +138,10 @@ def test_skip_positions_that_leave_nothing_are_refused(gpt2_tiny, sae_features):
         feature_cards(gpt2_tiny, sae, feats, [0], k=1, skip_positions=12)
     (card,) = feature_cards(gpt2_tiny, sae, feats, [0], k=1, skip_positions=11)
     assert all(c.position >= 11 for c in card.contexts)
+
+
+def test_a_network_without_key_units_says_so(gpt2_tiny, fitted):
+    acts, _ = fitted
+    empty = FunctionalNetworks(3, threshold=50.0, random_state=0).fit(acts)
+    (card,) = network_cards(gpt2_tiny, empty, acts, ids=[0], k=2, window=1)
+    assert card.subtitle == "no key units at this threshold" and card.numbers["key_units"] == 0

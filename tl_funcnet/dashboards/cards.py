@@ -153,7 +153,8 @@ def network_cards(model: Any, networks: Any, acts: Any, ids: Sequence[int] | Non
             ex, label = _on_text(model, on_text[0][:, j], on_text[1]), "Activity over the text"
         else:
             ex, label = _example(model, scores[:, j], acts.token_ids, acts.offsets, ctxs[0].text, ctxs[0].position)
-        cards.append(Card(f"Network {i}", f"{facts['key units']} key units", facts, sizes, ex, label, ctxs, numbers))
+        sub = f"{facts['key units']} key units" if numbers["key_units"] else "no key units at this threshold"
+        cards.append(Card(f"Network {i}", sub, facts, sizes, ex, label, ctxs, numbers))
     return cards
 
 
