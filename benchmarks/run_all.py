@@ -34,6 +34,7 @@ BENCHMARKS = {
     "fingerprint": "fingerprint.py",
     "patching": "patching.py",
     "patching_speed": "patching_speed.py",
+    "illusion": "illusion.py",
     "circuits": "circuits.py",
     "sae": "sae.py",
     "steering": "steering.py",

@@ -464,6 +464,28 @@ _, cache = model.run_with_cache(task.clean[:1], names_filter=f"blocks.{layer}.at
 pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]  # (head, query, key)
 print("layer", layer, "| heads by |AtP effect|:", g[layer].sum(0).argsort(descending=True)[:3].tolist())
 HTML(cv.attention.attention_patterns(tokens=model.to_str_tokens(task.clean[0]), attention=pattern).local_src)"""),
+    ("md", "## Is a subspace patch an illusion?\n\nPatching only the component of an activation along a direction "
+           "`v` can change the output through a *dormant pathway* (Makelov et al., ICLR 2024): `v` may mix a part "
+           "that varies between the runs but that nothing downstream reads (the null space of the MLP's `W_out`) "
+           "with a part that is read but does not vary. `subspace_illusion` splits `v` into the two parts, patches "
+           "each of them, `v` and the whole MLP output, and says where the patched coefficient comes from. "
+           "`benchmarks/illusion.py` runs it across layers and kinds of directions."),
+    ("code", """from tl_funcnet.hooks import capture, patch_subspace
+from tl_funcnet.patching import subspace_illusion
+site = "blocks.15.mlp.hook_post"
+acts = {}
+with torch.no_grad():
+    with capture(site, acts).applied(model):
+        model(task.corrupted)
+    corrupted_acts = acts.pop(site)
+    with capture(site, acts).applied(model):
+        model(task.clean)
+v = (corrupted_acts - acts[site])[:, -1].mean(0)  # the mean difference at the last position
+check = subspace_illusion(model, task, site, v, pos=-1)  # corrupted values into the clean run, last position
+assert abs(check.effects["null_space"]) < 1e-3  # nothing reads W_out's null space
+print(check.reason)
+{**{k: round(x, 3) for k, x in check.effects.items()}, "null fraction": round(check.null_fraction, 3),
+ "coefficient from null space": round(check.coefficient_shares["null_space"], 3)}"""),
     ("code", """# results are tables too
 df = exact.to_frame()
 df.sort_values("effect", ascending=False).head(5)"""),

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["hook_overhead", "collect", "funcnet_masking", "steering", "prune", "bridge"]
+QUICK = ["hook_overhead", "collect", "funcnet_masking", "steering", "prune", "bridge", "illusion"]
 
 
 def finite(x: Any) -> bool:
@@ -147,8 +147,19 @@ def check_prune(data: dict) -> None:
         assert 0 < p["params_after"] < p["params_before"] and 0 < p["mlp_param_ratio"] <= r + 0.05
 
 
+def check_illusion(data: dict) -> None:
+    rows = data["rows"]
+    assert {r["direction"] for r in rows} == {"mean difference", "gradient", "top neuron", "random"}, rows
+    for r in rows:
+        assert 0 <= r["null fraction"] <= 1 and 0 <= r["coefficient from null space"] <= 1, r
+        assert abs(r["null space"]) < 1e-6, r  # nothing reads the null space of W_out
+        assert all(finite(r[k]) for k in ("subspace", "row space", "whole MLP")), r
+        if r["direction"] == "gradient":  # the gradient lies in W_out's row space
+            assert r["null fraction"] < 1e-6 and r["subspace"] == pytest.approx(r["row space"], abs=1e-4), r
+
+
 CHECKS = {"hook_overhead": check_hook_overhead, "collect": check_collect, "funcnet_masking": check_funcnet_masking,
-          "steering": check_steering, "prune": check_prune, "bridge": check_bridge}
+          "steering": check_steering, "prune": check_prune, "bridge": check_bridge, "illusion": check_illusion}
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import torch
 
 from tl_funcnet.errors import NotSerializableError
 from tl_funcnet.hooks import (Intervention, ablate, add, capture, capture_grad, clamp, custom, detach, keep_only, patch,
-                              project_onto, project_out, record, scale, steer)
+                              patch_subspace, project_onto, project_out, record, scale, steer)
 from tl_funcnet.patching import relp_rules
 from tl_funcnet.sae import (ablate_features, capture_features, clamp_features, scale_features, set_features, splice,
                             steer_features)
@@ -72,6 +72,7 @@ BUILDERS: dict[str, Callable[[Any], Intervention]] = {
     "patch": lambda m: patch(SITE, torch.randn(2, 10, 16), where=torch.rand(4, 10, 16) > 0.5),
     "project_out": lambda m: project_out(SITE, torch.randn(2, 16)),
     "project_onto": lambda m: project_onto(SITE, torch.randn(16)),
+    "patch_subspace": lambda m: patch_subspace(SITE, torch.randn(2, 16), torch.randn(2, 10, 16), pos=[1, 3]),
     "clamp": lambda m: clamp(POST, min=-0.1, max=0.2, units=[0, 1]),
     "detach": lambda m: detach([SITE, POST]),
     "networks mask": lambda m: _networks(m).to_intervention("mask"),

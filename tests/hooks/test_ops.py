@@ -12,7 +12,7 @@ import torch
 from tl_testing import count_hooks, guard
 from tl_funcnet.errors import ShapeError, SiteConflictError
 from tl_funcnet.hooks import (Intervention, ablate, capture, clamp, custom, detach, keep_only, last_token_positions,
-                              patch, project_onto, project_out, record, scale, steer)
+                              patch, patch_subspace, project_onto, project_out, record, scale, steer)
 
 POST = "blocks.0.mlp.hook_post"
 RESID = "blocks.0.hook_resid_post"
@@ -132,6 +132,21 @@ def test_project_out_and_onto(gpt2_tiny, tokens):
     onto = captured(gpt2_tiny, tokens, project_onto(RESID, d), RESID)
     base = captured(gpt2_tiny, tokens, ablate(RESID, units=[]), RESID)
     torch.testing.assert_close(out + onto, base, atol=1e-5, rtol=1e-5)
+
+
+def test_patch_subspace_moves_only_the_spanned_component(gpt2_tiny, tokens):
+    base = captured(gpt2_tiny, tokens, ablate(RESID, units=[]), RESID)
+    src = torch.randn_like(base)
+    d = torch.randn(2, 16)
+    out = captured(gpt2_tiny, tokens, patch_subspace(RESID, d, src), RESID)
+    q, _ = torch.linalg.qr(d.T)  # (16, 2) orthonormal basis of the span
+    torch.testing.assert_close(out @ q, src @ q, atol=1e-5, rtol=1e-5)  # the spanned part comes from the source
+    rest = torch.eye(16) - q @ q.T
+    torch.testing.assert_close(out @ rest, base @ rest, atol=1e-5, rtol=1e-5)  # the rest keeps its own value
+    full = captured(gpt2_tiny, tokens, patch_subspace(RESID, torch.eye(16), src), RESID)
+    torch.testing.assert_close(full, src, atol=1e-5, rtol=1e-5)  # the whole space: the patch itself
+    last = captured(gpt2_tiny, tokens, patch_subspace(RESID, d, src, pos=-1), RESID)
+    torch.testing.assert_close(last[:, :-1], base[:, :-1])
 
 
 def test_clamp_units(gpt2_tiny, tokens):

@@ -9,8 +9,8 @@ import torch
 
 from reliability_tally import try_bad_input
 from tl_funcnet.errors import FuncnetError, ShapeError, UnknownOpError, UnknownSiteError
-from tl_funcnet.hooks import (Hook, Intervention, ablate, add, capture, clamp, detach, keep_only, patch, project_onto,
-                              project_out, record, register_op, scale, steer)
+from tl_funcnet.hooks import (Hook, Intervention, ablate, add, capture, clamp, detach, keep_only, patch, patch_subspace,
+                              project_onto, project_out, record, register_op, scale, steer)
 
 
 RESID = "blocks.0.hook_resid_post"
@@ -112,6 +112,10 @@ BAD_CONSTRUCTIONS = {
     "project_out 3-D directions": lambda: project_out(RESID, torch.randn(2, 2, 16)),
     "project_out nan direction": lambda: project_out(RESID, torch.full((16,), NAN)),
     "patch 1-D activation": lambda: patch(RESID, torch.ones(16)),
+    "patch_subspace zero direction": lambda: patch_subspace(RESID, torch.zeros(16), torch.ones(3, 16)),
+    "patch_subspace source of another width": lambda: patch_subspace(RESID, torch.ones(16), torch.ones(3, 8)),
+    "patch_subspace 1-D source": lambda: patch_subspace(RESID, torch.ones(16), torch.ones(16)),
+    "patch_subspace nan source": lambda: patch_subspace(RESID, torch.ones(16), torch.full((3, 16), NAN)),
     "patch nan activation": lambda: patch(RESID, torch.full((10, 16), NAN)),
     "patch where not bool": lambda: patch(RESID, torch.ones(10, 16), where=torch.ones(1, 10, 16)),
     "patch where 2-D": lambda: patch(RESID, torch.ones(10, 16), where=torch.ones(10, 16, dtype=torch.bool)),

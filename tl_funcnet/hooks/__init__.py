@@ -14,6 +14,7 @@ from .builders import custom as custom
 from .builders import detach as detach
 from .builders import keep_only as keep_only
 from .builders import patch as patch
+from .builders import patch_subspace as patch_subspace
 from .builders import project_onto as project_onto
 from .builders import project_out as project_out
 from .builders import record as record
@@ -31,6 +32,7 @@ from .sites import site_shape as site_shape
 
 __all__ = [
     "Intervention", "Hook", "SCHEMA_VERSION", "OPS", "register_op", "check_sites", "resolve_sites", "site_shape",
-    "steer", "add", "scale", "ablate", "keep_only", "patch", "project_out", "project_onto", "clamp", "detach",
+    "steer", "add", "scale", "ablate", "keep_only", "patch", "patch_subspace", "project_out", "project_onto",
+    "clamp", "detach",
     "capture", "capture_grad", "record", "custom", "last_token_positions",
 ]

@@ -81,6 +81,14 @@ def project_onto(site: str, directions: Float[Tensor, "*k d"], *, pos: PosSpec =
     return _one(site, "project_onto", directions=directions, pos=pos)
 
 
+def patch_subspace(site: str, directions: Float[Tensor, "*k d"], activation: Float[Tensor, "*batch pos d"], *,
+                   pos: PosSpec = None) -> Intervention:
+    """Patch only the activation's component in the span of ``directions`` from a stored ``activation``:
+    ``a <- a + Q Qᵀ (activation - a)`` (subspace activation patching; see
+    :func:`tl_funcnet.patching.subspace_illusion` for the check that such a patch is not an illusion)."""
+    return _one(site, "patch_subspace", directions=directions, activation=activation, pos=pos)
+
+
 def clamp(site: str, *, min: float | Tensor | None = None, max: float | Tensor | None = None,  # noqa: A002
           units: UnitSpec = None, pos: PosSpec = None) -> Intervention:
     """Clamp the selected units into ``[min, max]``."""

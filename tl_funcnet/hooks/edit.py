@@ -1,4 +1,5 @@
-"""The built-in ops that change an activation: add, scale, ablate, keep_only, replace, projections, clamp, detach.
+"""The built-in ops that change an activation: add, scale, ablate, keep_only, replace, projections, subspace
+patching, clamp, detach.
 
 Every op returns a new tensor and never edits the activation in place. Tensors held in params move to the
 activation's device and dtype once per application. ``units`` and ``pos`` follow :mod:`.select`.
@@ -293,6 +294,40 @@ def project_onto_op(directions: Tensor, pos: PosSpec = None) -> HookFn:
     def hook_fn(act: Tensor, hook: Any = None) -> Tensor:
         q = basis.like(act)
         return where_pos(pos, (act @ q.T) @ q, act, getattr(hook, "name", "?"))
+
+    return hook_fn
+
+
+def _p_patch_subspace(p: dict[str, Any]) -> dict[str, Any]:
+    _p_project({k: v for k, v in p.items() if k == "directions"})  # the same checks as the projections
+    p["directions"] = real_tensor(p.get("directions"), "directions")
+    act = real_tensor(p.get("activation"), "activation")
+    if act.ndim < 2:
+        raise ShapeError(f"a source activation is (pos, d) or (batch, pos, d), got shape {tuple(act.shape)}")
+    if act.shape[-1] != p["directions"].shape[-1]:
+        raise ShapeError(f"directions have width {p['directions'].shape[-1]} but the source activation has width "
+                         f"{act.shape[-1]}")
+    p["activation"] = act
+    return _common(p)
+
+
+def _v_patch_subspace(model: Any, site: str, p: Mapping[str, Any]) -> None:
+    _v_project(model, site, p)
+    _v_replace(model, site, {"activation": p["activation"], "units": None})
+
+
+@register_op("patch_subspace", prepare=_p_patch_subspace, validate=_v_patch_subspace)
+def patch_subspace_op(directions: Tensor, activation: Tensor, pos: PosSpec = None) -> HookFn:
+    """Patch only the component in the span of ``directions``: ``a <- a + Q Qᵀ (source - a)`` (``Q`` an
+    orthonormal basis of the span); the rest of the activation keeps its own value."""
+    basis = _Cached(_orthonormal(directions))
+    src = _Cached(activation)
+
+    def hook_fn(act: Tensor, hook: Any = None) -> Tensor:
+        site = getattr(hook, "name", "?")
+        q = basis.like(act)
+        diff = _rows_like(src.like(act), act, site) - act
+        return where_pos(pos, act + (diff @ q.T) @ q, act, site)
 
     return hook_fn
 

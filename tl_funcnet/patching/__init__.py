@@ -30,6 +30,8 @@ from .relp import RULES as RULES
 from .relp import relp_rules as relp_rules
 from .result import PatchResult as PatchResult
 from .result import correlation as correlation
+from .subspace import IllusionCheck as IllusionCheck
+from .subspace import subspace_illusion as subspace_illusion
 from .tasks import TASKS as TASKS
 from .tasks import Task as Task
 from .tasks import load_task as load_task
@@ -39,5 +41,5 @@ __all__ = [
     "run_patching", "METHODS", "exact_patch", "attribution_patch", "relp_rules", "RULES",
     "LogitDiff", "AnswerProb", "Normalized", "logit_diff", "answer_prob", "normalized_logit_diff",
     "Node", "NodeSet", "node_grid", "units_nodes", "concat", "network_nodes", "sae_feature_nodes", "PatchResult",
-    "correlation", "Task", "TASKS", "load_task", "task_report",
+    "correlation", "Task", "TASKS", "load_task", "task_report", "IllusionCheck", "subspace_illusion",
 ]
