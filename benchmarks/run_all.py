@@ -35,6 +35,7 @@ BENCHMARKS = {
     "patching": "patching.py",
     "patching_speed": "patching_speed.py",
     "illusion": "illusion.py",
+    "concept_neurons": "concept_neurons.py",
     "circuits": "circuits.py",
     "sae": "sae.py",
     "steering": "steering.py",

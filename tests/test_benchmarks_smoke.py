@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["hook_overhead", "collect", "funcnet_masking", "steering", "prune", "bridge", "illusion"]
+QUICK = ["hook_overhead", "collect", "funcnet_masking", "steering", "prune", "bridge", "illusion", "concept_neurons"]
 
 
 def finite(x: Any) -> bool:
@@ -158,8 +158,18 @@ def check_illusion(data: dict) -> None:
             assert r["null fraction"] < 1e-6 and r["subspace"] == pytest.approx(r["row space"], abs=1e-4), r
 
 
+def check_concept_neurons(data: dict) -> None:
+    rows = data["rows"]
+    assert rows[0]["neurons"] == "none" and {r["method"] for r in rows[1:]} == {"attribution", "contrast"}, rows
+    kinds = {r["neurons"] for r in rows[1:]}
+    assert kinds == {"top (concept)", "random per layer (0)", "random per layer (1)", "top variance per layer"}
+    for r in rows:
+        assert 0 <= r["P(capital)"] <= 1 and 0 <= r["capital top-1"] <= 1 and finite(r["loss"]), r
+
+
 CHECKS = {"hook_overhead": check_hook_overhead, "collect": check_collect, "funcnet_masking": check_funcnet_masking,
-          "steering": check_steering, "prune": check_prune, "bridge": check_bridge, "illusion": check_illusion}
+          "steering": check_steering, "prune": check_prune, "bridge": check_bridge, "illusion": check_illusion,
+          "concept_neurons": check_concept_neurons}
 
 
 @pytest.mark.slow

@@ -12,6 +12,8 @@ patched. Importing this package registers the ``relp_mlp`` op.
 from .api import METHODS as METHODS
 from .api import run_patching as run_patching
 from .attribution import attribution_patch as attribution_patch
+from .concepts import NeuronScores as NeuronScores
+from .concepts import neuron_scores as neuron_scores
 from .exact import exact_patch as exact_patch
 from .metrics import AnswerProb as AnswerProb
 from .metrics import LogitDiff as LogitDiff
@@ -42,4 +44,5 @@ __all__ = [
     "LogitDiff", "AnswerProb", "Normalized", "logit_diff", "answer_prob", "normalized_logit_diff",
     "Node", "NodeSet", "node_grid", "units_nodes", "concat", "network_nodes", "sae_feature_nodes", "PatchResult",
     "correlation", "Task", "TASKS", "load_task", "task_report", "IllusionCheck", "subspace_illusion",
+    "NeuronScores", "neuron_scores",
 ]
