@@ -25,6 +25,7 @@ from ..hooks import Intervention, ablate, add, keep_only, scale
 from ..hooks.sites import site_layer
 from ..hooks.values import finite_number, index_list, positive_int
 
+METHODS = ("ica", "snmf")  # the decompositions FunctionalNetworks can fit
 SCOPES = ("joint", "per_layer", "window")
 MODES = ("mask", "preserve", "amplify")
 CONTROLS = ("per_layer", "global", "top_variance", "variance_matched")
@@ -43,14 +44,17 @@ class FunctionalNetworks:
     """Fit functional networks from collected activations and turn them into interventions.
 
     Args:
-        n_networks: ICA components per fit (per layer with ``scope="per_layer"``, per window with ``"window"``).
+        n_networks: components per fit (per layer with ``scope="per_layer"``, per window with ``"window"``).
+        method: ``"ica"`` (:class:`~tl_funcnet.funcnet.FastICA`, the papers') or ``"snmf"``
+            (:class:`~tl_funcnet.funcnet.SNMF`: non-negative token coefficients, loadings kept sparse by
+            winner-take-all with ``sparsity`` the fraction of units each component keeps).
         threshold: z-score a unit's loading must reach to join a network (papers: 3.6).
         sides: ``"one"`` keeps units with ``z >= threshold``; ``"two"`` keeps ``|z| >= threshold``.
         scope: ``"joint"`` (one ICA over all sites), ``"per_layer"`` (one per site) or ``"window"``
             (sliding windows of ``window`` consecutive sites).
         standardize: z-score each unit over tokens before ICA (as the pruning paper's CanICA does).
-        fun, max_iter, tol, random_state, dtype: passed to :class:`~tl_funcnet.funcnet.ica.FastICA`
-            (``dtype`` "float32" or "float64").
+        fun, max_iter, tol, random_state, dtype: passed to :class:`~tl_funcnet.funcnet.ica.FastICA` or
+            :class:`~tl_funcnet.funcnet.SNMF` (``fun`` is ICA's only; ``dtype`` "float32" or "float64").
 
     Fitted attributes: ``sites_``, ``widths_``, ``maps_`` (n_networks_total × n_units, z-scored),
     ``masks_`` (bool, same shape), ``sources_`` (n_samples × n_networks_total, training time courses),
@@ -59,8 +63,11 @@ class FunctionalNetworks:
 
     def __init__(self, n_networks: int = 10, *, threshold: float = 3.6, sides: str = "one", scope: str = "joint",
                  window: int = 3, standardize: bool = False, fun: str = "logcosh", max_iter: int = 200,
-                 tol: float = 1e-4, random_state: int | None = 0, dtype: str = "float32"):
+                 tol: float = 1e-4, random_state: int | None = 0, dtype: str = "float32", method: str = "ica",
+                 sparsity: float = 0.01):
         self.n_networks = n_networks
+        self.method = method
+        self.sparsity = sparsity
         self.threshold = threshold
         self.sides = sides
         self.scope = scope
@@ -75,6 +82,11 @@ class FunctionalNetworks:
     # ------------------------------------------------------------------ fitting
 
     def _check_params(self, n_sites: int) -> None:
+        if self.method not in METHODS:
+            raise FuncnetError(f"method should be one of {list(METHODS)}, got {self.method!r}")
+        if isinstance(self.sparsity, bool) or not isinstance(self.sparsity, (int, float)) or not 0 < self.sparsity <= 1:
+            raise FuncnetError(f"sparsity should be the fraction of units an SNMF component keeps, in (0, 1], got "
+                               f"{self.sparsity!r}")
         if self.sides not in ("one", "two"):
             raise FuncnetError(f"sides should be 'one' or 'two', got {self.sides!r}")
         if self.scope not in SCOPES:
@@ -103,6 +115,7 @@ class FunctionalNetworks:
     def fit(self, acts: Activations, sites: Sequence[str] | None = None) -> "FunctionalNetworks":
         """Run ICA over ``acts`` (tokens of all texts concatenated: group ICA) and threshold the maps."""
         from .ica import FastICA
+        from .snmf import SNMF
 
         sites = tuple(getattr(acts, "sites", ()) if sites is None else sites)
         self._validate(acts, sites)
@@ -132,8 +145,12 @@ class FunctionalNetworks:
             if float(Xg.std(0).max()) == 0.0:
                 raise FuncnetError(f"every unit of {sites[g[0]]!r}..{sites[g[-1]]!r} is constant over the tokens; "
                                    f"there is no activity to decompose")
-            ica = FastICA(self.n_networks, fun=self.fun, max_iter=self.max_iter, tol=self.tol,
-                          random_state=self.random_state, dtype=str(dtype).removeprefix("torch."))
+            if self.method == "snmf":
+                ica: Any = SNMF(self.n_networks, sparsity=self.sparsity, max_iter=self.max_iter, tol=self.tol,
+                                random_state=self.random_state, dtype=str(dtype).removeprefix("torch."))
+            else:
+                ica = FastICA(self.n_networks, fun=self.fun, max_iter=self.max_iter, tol=self.tol,
+                              random_state=self.random_state, dtype=str(dtype).removeprefix("torch."))
             S = ica._fit(Xg, warn=False)  # Xg is a tensor, so S is one
             conv = conv and ica.converged_
             full = torch.zeros(self.n_networks, X.shape[1], dtype=torch.float32)
@@ -357,7 +374,7 @@ class FunctionalNetworks:
 
     def _params(self) -> dict[str, Any]:
         p = {k: getattr(self, k) for k in ("n_networks", "threshold", "sides", "scope", "window", "standardize",
-                                            "fun", "max_iter", "tol", "random_state")}
+                                            "fun", "max_iter", "tol", "random_state", "method", "sparsity")}
         p["dtype"] = str(self.dtype).removeprefix("torch.")
         return p
 
@@ -417,4 +434,4 @@ def _variance_matched(std: Float[Tensor, "width"], members: Bool[Tensor, "width"
     return torch.cat(picks) if picks else torch.zeros(0, dtype=torch.long)
 
 
-__all__ = ["FunctionalNetworks", "Block", "SCOPES", "MODES", "CONTROLS"]
+__all__ = ["FunctionalNetworks", "Block", "SCOPES", "MODES", "CONTROLS", "METHODS"]

@@ -18,11 +18,12 @@ from sklearn.utils.estimator_checks import check_estimator
 from threadpoolctl import threadpool_info
 
 from tl_funcnet.errors import ShapeError
-from tl_funcnet.funcnet import CanICA, FastICA
+from tl_funcnet.funcnet import SNMF, CanICA, FastICA
 from tl_funcnet.funcnet.ica.iteration import one_blas_thread
 
 EXPECTED_FAILED_CHECKS = {
     "FastICA": {},
+    "SNMF": {},
     "CanICA": {
         "check_fit_check_is_fitted": (
             "the check fits 100 samples x 2 features. CanICA's ICA runs over the features, and the top "
@@ -37,7 +38,7 @@ EXPECTED_FAILED_CHECKS = {
 # FastICA does not converge on one check's data (20 samples of uniform noise with the default seed; neither
 # does scikit-learn's FastICA): a ConvergenceWarning there is the estimator's honest answer, not a failure.
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-@pytest.mark.parametrize("estimator", [FastICA(), CanICA()], ids=lambda est: type(est).__name__)
+@pytest.mark.parametrize("estimator", [FastICA(), CanICA(), SNMF(2, sparsity=0.5)], ids=lambda est: type(est).__name__)
 def test_check_estimator(estimator):
     expected = EXPECTED_FAILED_CHECKS[type(estimator).__name__]
     results = check_estimator(estimator, expected_failed_checks=expected, on_skip=None)
