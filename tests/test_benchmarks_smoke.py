@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK = ["hook_overhead", "collect", "funcnet_masking", "steering", "prune", "bridge", "illusion", "concept_neurons"]
+QUICK = ["hook_overhead", "collect", "funcnet_masking", "steering", "prune", "bridge", "illusion", "concept_neurons",
+         "snmf"]
 
 
 def finite(x: Any) -> bool:
@@ -167,9 +168,16 @@ def check_concept_neurons(data: dict) -> None:
         assert 0 <= r["P(capital)"] <= 1 and 0 <= r["capital top-1"] <= 1 and finite(r["loss"]), r
 
 
+def check_snmf(data: dict) -> None:
+    rows = data["masking"]
+    assert {r["method"] for r in rows} == {"ica", "snmf"} and len(rows) == 8, rows
+    assert all(finite(r["loss"]) and finite(r["d loss"]) for r in rows), rows
+    assert set(data["fit_seconds"]) == {"ica", "snmf"} and data["steering"] == []  # quick: masking only
+
+
 CHECKS = {"hook_overhead": check_hook_overhead, "collect": check_collect, "funcnet_masking": check_funcnet_masking,
           "steering": check_steering, "prune": check_prune, "bridge": check_bridge, "illusion": check_illusion,
-          "concept_neurons": check_concept_neurons}
+          "concept_neurons": check_concept_neurons, "snmf": check_snmf}
 
 
 @pytest.mark.slow
