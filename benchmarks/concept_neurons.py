@@ -3,8 +3,8 @@ random model and random tasks).
 
 Scores (``tl_funcnet.patching.neuron_scores``) on half of the capital prompts against half of the agreement
 prompts; the top 0.1 / 0.5 / 1% of MLP neurons are zero-ablated and measured on the *other* halves (held out):
-the probability of the right capital and top-1 accuracy, agreement accuracy (the control task), and the loss on
-held-out text. Beside each: as many random neurons per layer (two draws) and the highest-variance neurons per
+the probability of the right capital and top-1 accuracy, how often agreement prefers the right verb form over the
+wrong one (the control task), and the loss on held-out text. Beside each: as many random neurons per layer (two draws) and the highest-variance neurons per
 layer. A concept neuron set is specific when it hurts capitals far more than its controls while leaving agreement
 and the loss alone.
 
@@ -34,12 +34,14 @@ def split(task: Any, part: int) -> Any:
 
 
 @torch.no_grad()
-def recall(model: Any, task: Any, iv: Any) -> tuple[float, float]:
-    """Mean probability of the answer and top-1 accuracy at the last position."""
+def recall(model: Any, task: Any, iv: Any) -> tuple[float, float, float]:
+    """Mean probability of the answer, top-1 accuracy, and how often the answer beats the distractor."""
     with iv.applied(model):
-        logits = model(task.clean.to(model.cfg.device))[:, -1].float()
-    p = logits.softmax(-1)[torch.arange(len(task)), task.answer.to(logits.device)]
-    return float(p.mean()), float((logits.argmax(-1).cpu() == task.answer).float().mean())
+        logits = model(task.clean.to(model.cfg.device))[:, -1].float().cpu()
+    rows = torch.arange(len(task))
+    p = logits.softmax(-1)[rows, task.answer]
+    beats = logits[rows, task.answer] > logits[rows, task.distractor]
+    return float(p.mean()), float((logits.argmax(-1) == task.answer).float().mean()), float(beats.float().mean())
 
 
 def main() -> None:
@@ -67,11 +69,11 @@ def main() -> None:
     fit_k, test_k = split(control, 0), split(control, 1)
 
     def measure(name: str, method: str, fraction: float | None, iv: Any) -> dict[str, Any]:
-        p, acc = recall(model, test_c, iv)
-        _, ctl_acc = recall(model, test_k, iv)
+        p, acc, _ = recall(model, test_c, iv)
+        _, _, ctl_acc = recall(model, test_k, iv)
         loss = evaluate(model, texts, iv, compare_to_base=False, progress=False).loss
         return {"method": method, "fraction": fraction, "neurons": name, "P(capital)": round(p, 4),
-                "capital top-1": round(acc, 3), "agreement top-1": round(ctl_acc, 3), "loss": round(loss, 4)}
+                "capital top-1": round(acc, 3), "agreement right over wrong": round(ctl_acc, 3), "loss": round(loss, 4)}
 
     rows = [measure("none", "-", None, Intervention())]
     seconds = {}
@@ -92,8 +94,8 @@ def main() -> None:
     print(f"concept {concept.name}: scored on {len(fit_c)} prompts against {len(fit_k)} {control.name} prompts; "
           f"measured on the other {len(test_c)} and {len(test_k)}; loss on {len(texts)} held-out passages; "
           f"scoring took " + ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
-    print(markdown_table(rows, ["method", "fraction", "neurons", "P(capital)", "capital top-1", "agreement top-1",
-                                "loss"]))
+    print(markdown_table(rows, ["method", "fraction", "neurons", "P(capital)", "capital top-1",
+                                "agreement right over wrong", "loss"]))
 
 
 if __name__ == "__main__":

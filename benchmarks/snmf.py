@@ -53,7 +53,7 @@ def steering(model: Any, nets: dict[str, Any], kl_budget: float) -> list[dict[st
 
     pairs = load_pairs("sentiment")
     neutral = NeutralReference(model, "evaluation")
-    scales = [2.0, 4.0, 8.0, 16.0]
+    scales = [8.0, 32.0, 128.0, 512.0]  # unit-norm directions; MLP activations at late layers are large
     mean_diffs: dict[str, Any] = {}
     rows = []
     for name, fn in nets.items():
@@ -119,7 +119,7 @@ def main() -> None:
     print(f"{acts.n_samples} tokens x {acts.n_units} MLP neurons; fit seconds {fit_s}; network sizes {sizes}")
     print(markdown_table(mask_rows, ["method", "units", "mask", "loss", "d loss"]))
     if steer_rows:
-        print(f"steering (KL budget {args.kl_budget} on neutral text; unit-norm directions, scales 2-16):")
+        print(f"steering (KL budget {args.kl_budget} on neutral text; unit-norm directions, scales 8-512):")
         print(markdown_table(steer_rows, ["direction", "site", "cosine with mean difference", "best scale", "shift",
                                           "KL", "random shift"]))
 

@@ -193,6 +193,22 @@ for control in ("per_layer", "global", "top_variance", "variance_matched"):
 {k: round(v, 3) for k, v in rows.items()}"""),
     ("md", "The top-variance control matters: networks largely pick high-variance units, so a fair claim "
            "compares against it, not only against random masks."),
+    ("md", "## A second decomposition: SNMF\n\n`method=\"snmf\"` factorises the same activity as `X ≈ Y Zᵀ` "
+           "with non-negative token coefficients `Y` (a network is on or off, never negative) and sparse neuron "
+           "loadings `Z` (winner-take-all: each component keeps its `sparsity` fraction of neurons), after "
+           "Shafran, Geiger and Geva (2025). Everything downstream (masks, controls, cards, patching nodes, "
+           "steering directions) works unchanged; `benchmarks/snmf.py` compares the two on masking and steering."),
+    ("code", """snmf = FunctionalNetworks(n_networks=10, method="snmf", sparsity=0.01, random_state=0).fit(acts)
+assert float(snmf.sources_.min()) >= 0  # non-negative time courses
+ss = snmf.summary()
+print("SNMF:", ss["n_units"], "key neurons; per network:", ss["network_sizes"])
+# overlap of the two methods' key units, and the SNMF networks' mask against the same controls
+both = (fn.union() & snmf.union()).sum().item()
+print("key units in both:", both, "of", s["n_units"], "(ICA) and", ss["n_units"], "(SNMF)")
+{"mask SNMF networks": round(evaluate(model, texts, snmf.to_intervention("mask"), progress=False,
+                                      compare_to_base=False).loss, 3),
+ "control: per_layer": round(evaluate(model, texts, snmf.to_intervention("mask", control="per_layer"),
+                                      progress=False, compare_to_base=False).loss, 3)}"""),
     ("code", """# network time courses and the connectivity matrix (their correlations)
 from matplotlib.figure import Figure
 conn = fn.connectivity()

@@ -166,6 +166,7 @@ def check_concept_neurons(data: dict) -> None:
     assert kinds == {"top (concept)", "random per layer (0)", "random per layer (1)", "top variance per layer"}
     for r in rows:
         assert 0 <= r["P(capital)"] <= 1 and 0 <= r["capital top-1"] <= 1 and finite(r["loss"]), r
+        assert 0 <= r["agreement right over wrong"] <= 1, r
 
 
 def check_snmf(data: dict) -> None:
