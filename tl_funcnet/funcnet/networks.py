@@ -56,8 +56,9 @@ class FunctionalNetworks:
         fun, max_iter, tol, random_state, dtype: passed to :class:`~tl_funcnet.funcnet.ica.FastICA` or
             :class:`~tl_funcnet.funcnet.SNMF` (``fun`` is ICA's only; ``dtype`` "float32" or "float64").
 
-    Fitted attributes: ``sites_``, ``widths_``, ``maps_`` (n_networks_total × n_units, z-scored),
-    ``masks_`` (bool, same shape), ``sources_`` (n_samples × n_networks_total, training time courses),
+    Fitted attributes: ``sites_``, ``widths_``, ``maps_`` (n_networks_total × n_units, z-scored, each flipped so
+    its largest-magnitude loading is positive), ``masks_`` (bool, same shape), ``sources_`` (n_samples ×
+    n_networks_total, training time courses; for SNMF the non-negative coefficients, never flipped),
     ``unit_mean_``, ``unit_std_``, ``blocks_``, ``converged_`` (False if an ICA stopped at max_iter).
     """
 
@@ -163,7 +164,9 @@ class FunctionalNetworks:
             full[:, cols] = z * flip
             start = sum(m.shape[0] for m in maps)
             maps.append(full)
-            sources.append(S.float() * flip.T)
+            # ICA's sign is arbitrary, so a map and its time course flip together; SNMF's coefficients are the
+            # non-negative activity of the component and keep their sign (only the map is sign-normalised)
+            sources.append(S.float() if self.method == "snmf" else S.float() * flip.T)
             blocks.append(Block(tuple(sites[i] for i in g), (start, start + self.n_networks)))
         self.maps_ = torch.cat(maps)
         self.sources_ = torch.cat(sources, dim=1)
