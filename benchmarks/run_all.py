@@ -40,6 +40,7 @@ BENCHMARKS = {
     "circuits": "circuits.py",
     "sae": "sae.py",
     "steering": "steering.py",
+    "lineas": "lineas.py",
     "bridge": "bridge.py",
     # the main job: `tl-funcnet demo` end to end and its report in headless Chromium (--quick: the demo's sizes)
     "report": "report.py",

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["hook_overhead", "collect", "funcnet_masking", "steering", "prune", "bridge", "illusion", "concept_neurons",
-         "snmf"]
+         "snmf", "lineas"]
 
 
 def finite(x: Any) -> bool:
@@ -176,9 +176,19 @@ def check_snmf(data: dict) -> None:
     assert set(data["fit_seconds"]) == {"ica", "snmf"} and data["steering"] == []  # quick: masking only
 
 
+def check_lineas(data: dict) -> None:
+    rows = data["rows"]
+    assert {r["method"] for r in rows} == {"LinEAS", "mean difference"}, rows
+    assert all(finite(r["shift"]) and finite(r["KL"]) and r["KL"] >= 0 for r in rows), rows
+    assert data["losses"][-1] < data["losses"][0]  # training lowers the Wasserstein loss
+    lineas = [r["KL"] for r in rows if r["method"] == "LinEAS"]
+    assert lineas == sorted(lineas)  # more strength, more change
+
+
 CHECKS = {"hook_overhead": check_hook_overhead, "collect": check_collect, "funcnet_masking": check_funcnet_masking,
           "steering": check_steering, "prune": check_prune, "bridge": check_bridge, "illusion": check_illusion,
-          "concept_neurons": check_concept_neurons, "snmf": check_snmf}
+          "concept_neurons": check_concept_neurons, "snmf": check_snmf,
+          "lineas": check_lineas}
 
 
 @pytest.mark.slow

@@ -126,5 +126,5 @@ def custom(site: str, fn: Callable[..., Any]) -> Intervention:
     return Intervention((Hook.custom(site, fn),))
 
 
-__all__ = ["steer", "add", "scale", "ablate", "keep_only", "patch", "project_out", "project_onto", "clamp",
-           "detach", "capture", "capture_grad", "record", "custom"]
+__all__ = ["steer", "add", "scale", "ablate", "keep_only", "patch", "patch_subspace", "project_out", "project_onto",
+           "clamp", "detach", "capture", "capture_grad", "record", "custom"]

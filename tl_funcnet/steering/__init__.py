@@ -22,6 +22,8 @@ from .evaluation import plot_sweep as plot_sweep
 from .evaluation import sweep as sweep
 from .evaluation import target_metrics as target_metrics
 from .generation import generate as generate
+from .lineas import LinEASMaps as LinEASMaps
+from .lineas import train_lineas as train_lineas
 from .ops import GEN_MODES as GEN_MODES
 from .prompts import PromptPairs as PromptPairs
 from .prompts import load_pairs as load_pairs
@@ -33,4 +35,5 @@ __all__ = [
     "SteeringVector", "random_like", "mean_difference", "mean_differences", "pca_direction", "entropy_weighted",
     "from_network", "from_sae", "read_examples", "generate", "GEN_MODES", "sweep", "best_config", "plot_sweep",
     "NeutralReference", "target_metrics", "prompt_logprobs", "PromptPairs", "load_pairs", "read_prompts",
+    "LinEASMaps", "train_lineas",
 ]
