@@ -280,6 +280,29 @@ with tempfile.TemporaryDirectory() as tmp:
     fig.savefig(pathlib.Path(tmp) / "sweep.png", dpi=80)
     display(Image(filename=str(pathlib.Path(tmp) / "sweep.png")))"""),
     ("code", """best_config(df, kl_budget=0.5)"""),
+    ("md", "## LinEAS: affine maps trained end to end\n\nInstead of one added vector, LinEAS (Rodriguez et al., "
+           "NeurIPS 2025) learns at several layers a per-unit map `h ← w·h + b` that moves the activations of "
+           "*source* texts (here the negative sentences) to the distribution of *target* texts (the positive "
+           "ones), unpaired, with a Wasserstein loss measured with every map applied (so later maps see what "
+           "earlier ones changed) and a sparse-group-lasso step that can switch units and layers off. The trained "
+           "maps are an ordinary `Intervention` (`scale` then `add` per site); `strength` interpolates from the "
+           "identity. `benchmarks/lineas.py` compares it with the mean difference at equal KL."),
+    ("code", """from tl_funcnet.steering import train_lineas
+from tl_funcnet.steering.evaluation import NeutralReference, prompt_logprobs, target_metrics, word_ids
+maps = train_lineas(model, list(pairs.negative), list(pairs.positive), "hook_resid_post", layers=[9, 15, 21],
+                    steps=20, lr=0.01)
+print(f"loss {maps.losses[0]:.3f} -> {maps.losses[-1]:.3f}; units changed per site: {maps.active()}")
+pos_ids, neg_ids = word_ids(model, pairs.positive_words), word_ids(model, pairs.negative_words)
+neutral = NeutralReference(model, load_corpus("evaluation")[:2])
+base = target_metrics(prompt_logprobs(model, pairs.test_prompts[:4]), pos_ids, neg_ids)["log_odds"]
+rows = {}
+for strength in (0.5, 1.0, 2.0):
+    iv = maps.to_intervention(strength)
+    m = target_metrics(prompt_logprobs(model, pairs.test_prompts[:4], iv), pos_ids, neg_ids)
+    rows[f"LinEAS strength {strength}"] = {"shift": round(m["log_odds"] - base, 3),
+                                           "kl": round(neutral.side_effects(iv)["kl"], 3)}
+print(generate(model, pairs.test_prompts[0], maps.to_intervention(1.0), max_new_tokens=10))
+rows"""),
 ]
 
 NOTEBOOKS["06_sae_features"] = [
