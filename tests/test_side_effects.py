@@ -123,6 +123,9 @@ def _estimators(model, tmp_path):
     X = np.random.default_rng(0).standard_t(3, size=(200, 12))
     FastICA(3, max_iter=400, tol=1e-3).fit(X)
     CanICA(3, n_restarts=2, max_iter=400, tol=1e-3).fit(X)
+    from tl_funcnet.funcnet import SNMF
+
+    SNMF(3, sparsity=0.5).fit(np.abs(X))
 
 
 def _pruning(model, tmp_path):
@@ -155,6 +158,10 @@ def _patching(model, tmp_path):
     for method in ("exact", "atp", "relp"):
         res = run_patching(model, task, method=method, nodes=node_grid(model, "mlp", task.n_pos))
     res.plot().savefig(tmp_path / "heat.png")
+    from tl_funcnet.patching import neuron_scores, subspace_illusion
+
+    neuron_scores(model, task, task).to_intervention(0.1, control="random", random_state=None)
+    subspace_illusion(model, task, "blocks.0.mlp.hook_post", torch.ones(model.cfg.d_mlp))
     _ = logit_diff
 
 
@@ -165,6 +172,9 @@ def _steering(model, tmp_path):
     sv = mean_difference(model, pos, neg, "blocks.1.hook_resid_post")
     generate(model, torch.tensor([[1, 2, 3]]), sv, scale=2.0, pos="generated", max_new_tokens=3, return_tokens=True)
     df = sweep(model, [sv], [1.0], [[1, 2, 3]], [4], [5], neutral=_tokens(2, 8))
+    from tl_funcnet.steering import train_lineas
+
+    train_lineas(model, _tokens(2, 8, seed=4), _tokens(2, 8, seed=5), "blocks.1.hook_resid_post", steps=2)
     plot_sweep(df).savefig(tmp_path / "sweep.png")
 
 
