@@ -21,7 +21,7 @@ from torch import Tensor
 from ..errors import FuncnetError
 from ..hooks.sites import site_layer
 from ..hooks.values import index_list, positive_int
-from .contexts import Context, context_capacity, positions, token_strings, top_contexts
+from .contexts import Context, check_capacity, positions, token_strings, top_contexts
 from .html import colored_tokens, esc, fmt, styled
 
 
@@ -87,14 +87,6 @@ def _check_text(text: Any) -> None:
                        f"None), got {text!r:.60}")
 
 
-def _check_capacity(offsets: Tensor, k: int, window: int) -> None:
-    cap = context_capacity(offsets, window)
-    if cap < k:
-        raise FuncnetError(f"the corpus ({int(offsets[-1])} tokens in {len(offsets) - 1} texts) holds only {cap} "
-                           f"separate contexts of +-{window} tokens, fewer than k={k}; collect more text, or lower "
-                           f"k or window")
-
-
 def _example(model: Any, scores: Float[Tensor, "n"], token_ids: Tensor, offsets: Tensor, peak_text: int,
              peak_pos: int, span: int = 24) -> tuple[Context, str]:
     """The corpus text around a peak, as the card's example (when the user gives no text)."""
@@ -125,7 +117,7 @@ def network_cards(model: Any, networks: Any, acts: Any, ids: Sequence[int] | Non
     ids = networks.network_ids(ids)
     k, window = _window(k, window)
     _check_text(text)
-    _check_capacity(acts.offsets, k, window)
+    check_capacity(acts.offsets, k, window)
     scores = networks.time_courses(acts, kind="zscore", ids=ids)
     on_text = None
     if text is not None:
@@ -199,7 +191,7 @@ def feature_cards(model: Any, sae: Any, features: Any, ids: Sequence[int], *, te
     bad = [i for i in ids if i >= width]
     if bad or not ids:
         raise FuncnetError(f"feature ids {bad or ids} are out of range; the SAE has {width} features (0..{width - 1})")
-    _check_capacity(features.offsets, k, window)
+    check_capacity(features.offsets, k, window)
     acts = features[site][:, ids].float()
     keep = positions(features.offsets) >= positive_int(skip_positions, "skip_positions", minimum=0)
     if not bool(keep.any()):

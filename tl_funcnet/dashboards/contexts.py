@@ -46,6 +46,15 @@ def context_capacity(offsets: Int[Tensor, "n_texts_plus_1"], window: int) -> int
     return int(sum(-(-int(n) // (2 * window + 1)) for n in lengths))
 
 
+def check_capacity(offsets: Int[Tensor, "n_texts_plus_1"], k: int, window: int) -> None:
+    """Refuse a corpus that cannot hold ``k`` separate contexts of ``+-window`` tokens."""
+    cap = context_capacity(offsets, window)
+    if cap < k:
+        raise FuncnetError(f"the corpus ({int(offsets[-1])} tokens in {len(offsets) - 1} texts) holds only {cap} "
+                           f"separate contexts of +-{window} tokens, fewer than k={k}; collect more text, or lower "
+                           f"k or window")
+
+
 def positions(offsets: Int[Tensor, "n_texts_plus_1"]) -> Int[Tensor, "n_samples"]:
     """Each collected token's position inside its own text."""
     n = int(offsets[-1])
@@ -75,10 +84,7 @@ def top_contexts(model: Any, scores: Float[Tensor, "n_samples"], token_ids: Int[
     if not bool(torch.isfinite(scores).all()):
         raise FuncnetError(f"the scores hold {int((~torch.isfinite(scores)).sum())} NaN or infinite values; check "
                            f"the activations they come from")
-    cap = context_capacity(offsets, window)
-    if cap < k:
-        raise FuncnetError(f"the corpus ({n} tokens in {len(offsets) - 1} texts) holds only {cap} separate contexts "
-                           f"of +-{window} tokens, fewer than k={k}; collect more text, or lower k or window")
+    check_capacity(offsets, k, window)
     text_of = torch.searchsorted(offsets, torch.arange(n), right=True) - 1
     ranked = scores.masked_fill(positions(offsets) < skip_positions, float("-inf"))
     taken: dict[int, list[int]] = {}
@@ -100,4 +106,4 @@ def top_contexts(model: Any, scores: Float[Tensor, "n_samples"], token_ids: Int[
     return out
 
 
-__all__ = ["Context", "context_capacity", "positions", "token_strings", "top_contexts"]
+__all__ = ["Context", "check_capacity", "context_capacity", "positions", "token_strings", "top_contexts"]

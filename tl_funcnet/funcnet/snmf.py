@@ -70,16 +70,20 @@ def _start(X: Float[Tensor, "n f"], k: int, g: torch.Generator) -> Float[Tensor,
 
 def _coefficients(X: Float[Tensor, "n f"], Z: Float[Tensor, "f k"], n_iter: int) -> Float[Tensor, "n k"]:
     """Non-negative coefficients of ``X`` for fixed loadings ``Z``: least squares made positive, then updates."""
-    gram = Z.T @ Z + _EPS * torch.eye(Z.shape[1], dtype=Z.dtype, device=Z.device)
-    Y = torch.linalg.solve(gram, Z.T @ X.T).T.clamp_min(0) + 1e-6
+    Y = _least_squares(Z, X.T).clamp_min(0) + 1e-6
     for _ in range(n_iter):
         Y = _update_y(X, Y, Z)
     return Y
 
 
+def _least_squares(F: Float[Tensor, "m k"], B: Float[Tensor, "m p"]) -> Float[Tensor, "p k"]:
+    """``C`` minimising ``||B - F C^T||`` (a tiny ridge keeps ``F^T F`` invertible)."""
+    gram = F.T @ F + _EPS * torch.eye(F.shape[1], dtype=F.dtype, device=F.device)
+    return torch.linalg.solve(gram, F.T @ B).T
+
+
 def _loadings(X: Tensor, Y: Tensor, keep: int) -> Tensor:
-    gram = Y.T @ Y + _EPS * torch.eye(Y.shape[1], dtype=Y.dtype, device=Y.device)
-    return _winner_take_all(torch.linalg.solve(gram, Y.T @ X).T, keep)
+    return _winner_take_all(_least_squares(Y, X), keep)
 
 
 class SNMF(ICAEstimator):  # the input checks, tags and feature names FastICA and CanICA use

@@ -20,10 +20,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from ..activations.tokens import tokenize
+from ..activations.tokens import batches, tokenize
 from ..errors import FuncnetError
 from ..hooks import Intervention, add, capture, custom, resolve_sites, scale
-from ..hooks.sites import site_shape
+from ..hooks.sites import site_layer, site_shape
 from ..hooks.values import finite_number, positive_int
 
 
@@ -106,21 +106,17 @@ def train_lineas(model: Any, source: Any, target: Any, sites: str | Sequence[str
     q = torch.linspace(0.0, 1.0, n_quantiles, device=dev)
 
     def padded(seqs: list[Tensor]) -> tuple[Tensor, Tensor]:
-        width = max(len(x) for x in seqs)
-        toks = torch.zeros(len(seqs), width, dtype=torch.long)
-        mask = torch.zeros(len(seqs), width, dtype=torch.long)
-        for i, x in enumerate(seqs):
-            toks[i, : len(x)] = x
-            mask[i, skip: len(x)] = 1
+        batch = next(batches(seqs, len(seqs), sort_by_length=False))  # one right-padded batch of every text
+        mask = batch.mask.clone()
+        mask[:, :skip] = 0
         if not bool(mask.any()):
             raise FuncnetError(f"skip_positions={skip} leaves no token of the texts; lower it or pass longer texts")
-        return toks.to(dev), mask.to(dev)
+        return batch.tokens.to(dev), mask.to(dev)
 
     src_tok, src_mask = padded(src_seqs)
     tgt_tok, tgt_mask = padded(tgt_seqs)
-    last = max(int(s.split(".")[1]) for s in names if s.startswith("blocks.")) if all(
-        s.startswith("blocks.") for s in names) else None
-    stop = {"stop_at_layer": last + 1} if last is not None else {}
+    layers_of = [site_layer(s) for s in names]
+    stop = {"stop_at_layer": max(layers_of) + 1} if None not in layers_of else {}  # no block after the last site
     store: dict[str, Tensor] = {}
     with torch.no_grad(), capture(names, store).applied(model):
         model(tgt_tok, return_type=None, **stop)
