@@ -39,6 +39,7 @@ BENCHMARKS = {
     "concept_neurons": "concept_neurons.py",
     "circuits": "circuits.py",
     "sae": "sae.py",
+    "topafa": "topafa.py",
     "steering": "steering.py",
     "lineas": "lineas.py",
     "bridge": "bridge.py",

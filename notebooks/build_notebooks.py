@@ -371,7 +371,34 @@ feats = collect_features(model, sae, load_corpus("calibration")[:16])
 ids = pick_features(feats, 3, skip_positions=1)  # firing on 0.1-5% of tokens, strongest first, distinct
 for card in feature_cards(model, sae, feats, ids, text="The capital of France is Paris, so we took the train.",
                           skip_positions=1):
-    display(card)"""),
+    display(card)"""),    ("md", "## Top-AFA: no k to tune\n\nA top-AFA SAE (Lee et al., arXiv 2503.24277) keeps, for each token, the "
+           "largest latents whose joint norm best matches the norm of the input minus `b_dec` (approximate "
+           "feature activation: with quasi-orthogonal decoder atoms the two norms agree), so a token with a "
+           "large input gets more active latents. Train one with the settings above and compare it with the "
+           "top-k SAE: sparsity, reconstruction, and the AFA diagnostics (AFA ratio `||g|| / ||x - b_dec||`, "
+           "1 is ideal; `eps_lbo`, a lower bound on how far the decoder atoms are from orthogonal). "
+           "`benchmarks/topafa.py` runs the full-size comparison, with a top-k SAE at the same mean L0."),
+    ("code", """afa = train_sae(model, site, "calibration", architecture="topafa", d_sae=1152, training_tokens=16_384,
+                train_batch_size_tokens=256, n_batches_in_buffer=8, lr=4e-3, random_state=0)
+m_afa = evaluate_sae(model, afa, load_corpus("evaluation")[:3])
+keys = ["l0", "explained_variance", "ce_loss_recovered", "dead_fraction", "afa_ratio_mean", "eps_lbo"]
+{name: {k: round(getattr(r, k), 3) for k in keys} for name, r in (("top-k (k=16)", m), ("top-AFA", m_afa))}"""),
+    ("code", """# the ZF plot (input norm against feature norm) and the active count per token of both SAEs
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+fig = make_subplots(1, 2, subplot_titles=("ZF plot: ||g|| against ||x - b_dec||", "active latents per token"))
+for name, r in (("top-k (k=16)", m), ("top-AFA", m_afa)):
+    fig.add_trace(go.Scattergl(x=r.zf_x_norm, y=r.zf_f_norm, mode="markers", name=name, marker_size=3), 1, 1)
+    fig.add_trace(go.Scattergl(x=r.zf_x_norm, y=r.token_l0, mode="markers", name=name, marker_size=3,
+                               showlegend=False), 1, 2)
+top = float(max(m.zf_x_norm.max(), m_afa.zf_x_norm.max()))
+fig.add_trace(go.Scatter(x=[0, top], y=[0, top], mode="lines", name="||g|| = ||x - b_dec||",
+                         line=dict(dash="dot", color="gray")), 1, 1)
+fig.update_xaxes(title_text="||x - b_dec||")
+fig.update_yaxes(title_text="||g||", row=1, col=1)
+fig.update_yaxes(title_text="L0", row=1, col=2)
+fig.update_layout(height=380)
+fig"""),
 ]
 
 NOTEBOOKS["03_pruning"] = [

@@ -10,6 +10,9 @@ def make_sae(architecture: str = "standard", d_in: int = 16, d_sae: int = 48, *,
     """A sae-lens inference SAE of ``architecture`` with random weights and non-trivial biases/thresholds."""
     from sae_lens.registry import get_sae_class
 
+    from tl_funcnet.sae import require_sae_lens
+
+    require_sae_lens()  # registers tl_funcnet's own architectures (top-AFA)
     sae_cls, cfg_cls = get_sae_class(architecture)
     cfg = cfg_cls(d_in=d_in, d_sae=d_sae, **cfg_kwargs)
     cfg.metadata.hook_name = hook_name or None

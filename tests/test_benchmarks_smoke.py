@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["hook_overhead", "collect", "funcnet_masking", "steering", "prune", "bridge", "illusion", "concept_neurons",
-         "snmf", "lineas"]
+         "snmf", "lineas", "topafa"]
 
 
 def finite(x: Any) -> bool:
@@ -185,10 +185,21 @@ def check_lineas(data: dict) -> None:
     assert lineas == sorted(lineas)  # more strength, more change
 
 
+def check_topafa(data: dict) -> None:
+    rows = {r["sae"]: r for r in data["rows"]}
+    assert {"topafa", "topafa_no_afa_loss", "topk_4"} <= set(rows) and data["k_matched"] >= 1, rows
+    afa = rows["topafa"]
+    assert afa["l0 p10"] < afa["l0 p90"]  # the active count varies per token
+    assert rows["topk_4"]["l0"] <= 4
+    for r in rows.values():
+        assert all(finite(r[k]) for k in ("mse", "explained_variance", "afa_ratio_mean", "eps_lbo")), r
+        assert 0 <= r["eps_lbo"] <= r["max_decoder_cos"] + 1e-6, r
+
+
 CHECKS = {"hook_overhead": check_hook_overhead, "collect": check_collect, "funcnet_masking": check_funcnet_masking,
           "steering": check_steering, "prune": check_prune, "bridge": check_bridge, "illusion": check_illusion,
           "concept_neurons": check_concept_neurons, "snmf": check_snmf,
-          "lineas": check_lineas}
+          "lineas": check_lineas, "topafa": check_topafa}
 
 
 @pytest.mark.slow

@@ -199,6 +199,8 @@ BAD_ARGS = [
     ("train-sae-k-0", ["train-sae", "--k", "0", "--out", "X"], "X", "argument --k: expected an integer >= 1"),
     ("train-sae-k-above-d-sae", ["train-sae", "--k", "64", "--d-sae", "32", "--out", "X"], "X",
      r"--k (64) cannot exceed --d-sae (32)"),
+    ("train-sae-bad-architecture", ["train-sae", "--architecture", "relu", "--out", "X"], "X",
+     "argument --architecture: invalid choice: 'relu'"),
     ("train-sae-missing-texts", ["train-sae", "--texts", "missing/", "--out", "X"], "X", "does not exist"),
     ("train-sae-out-below-file", ["train-sae", "--out", "plain.txt"], None, "is a file, not a folder"),
     ("ablate-missing-networks", ["ablate", "--networks", "missing"], None, "missing is missing; expected a folder"),

@@ -27,6 +27,11 @@ import tl_funcnet.patching  # noqa: F401,E402
 import tl_funcnet.pruning  # noqa: F401,E402
 import tl_funcnet.steering  # noqa: F401,E402
 
+try:  # datasets (urllib3, through requests, adds a warning filter when first imported) and sae-lens: the
+    import datasets  # noqa: F401  TransformerLens 4 lane has neither
+    import tl_funcnet.sae.lens_topafa  # noqa: F401
+except ImportError:
+    pass
 
 
 def _state() -> dict:
@@ -210,6 +215,20 @@ def _dashboards(model, tmp_path):
     report.save(tmp_path / "report.html")
 
 
+def _sae(model, tmp_path):
+    from tl_funcnet.sae import ablate_features, evaluate_sae, load_sae, save_sae, train_sae
+
+    d = model.cfg.d_model
+    sae = train_sae(model, "blocks.0.hook_resid_post", _tokens(8, 16), architecture="topafa", d_sae=2 * d,
+                    training_tokens=256, context_size=8, train_batch_size_tokens=32, n_batches_in_buffer=4,
+                    store_batch_size_prompts=2)
+    save_sae(sae, tmp_path / "sae")
+    sae = load_sae(tmp_path / "sae")
+    evaluate_sae(model, sae, _tokens(2, 8))
+    with ablate_features(sae, [0]).applied(model):
+        model(torch.tensor([[1, 2, 3]]))
+
+
 def _cli(model, tmp_path):
     from tl_funcnet.cli import main
 
@@ -220,7 +239,8 @@ def _cli(model, tmp_path):
 ENTRY_POINTS = {
     "collect": _collect, "evaluate": _evaluate, "functional networks": _networks, "ica estimators": _estimators,
     "pruning": _pruning, "fingerprint": _fingerprint, "patching": _patching, "steering": _steering,
-    "models save/load": _models, "intervention save/load": _intervention, "dashboards": _dashboards, "cli": _cli,
+    "models save/load": _models, "intervention save/load": _intervention, "dashboards": _dashboards, "sae": _sae,
+    "cli": _cli,
 }
 
 

@@ -19,6 +19,9 @@ CASES = [
     ("topk", {"k": 5, "rescale_acts_by_decoder_norm": True}),
     ("abstopk", {"k": 4}),
     ("gated", {}),
+    ("topafa", {}),
+    ("topafa", {"rescale_acts_by_decoder_norm": True}),
+    ("topafa", {"apply_b_dec_to_input": False, "normalize_activations": "layer_norm"}),
 ]
 
 

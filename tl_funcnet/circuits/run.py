@@ -46,6 +46,8 @@ def check_tokens(model: Any, tokens: Any, name: str) -> Int[Tensor, "batch pos"]
 def group_weights(model: Any, graph: Graph) -> dict[int, Float[Tensor, "units d_model"]]:
     """For each unit-group sender, the rows that write its units' share of the MLP's output: ``W_out`` rows of
     its neurons, or ``W_dec`` rows of its SAE features (check the graph against the model first)."""
+    from ..sae.params import rescales_by_decoder_norm
+
     out = {}
     for u in range(graph.n_senders):
         part = graph.group_of(u)
@@ -55,7 +57,7 @@ def group_weights(model: Any, graph: Graph) -> dict[int, Float[Tensor, "units d_
         if layer in graph.saes:
             p = graph.saes[layer]
             w = p["W_dec"].detach()[list(units)]
-            if p["architecture"] in ("topk", "abstopk") and p.get("rescale_acts_by_decoder_norm", False):
+            if rescales_by_decoder_norm(p):
                 w = w / w.norm(dim=-1, keepdim=True)  # decode divides those features by their decoder norms
             out[u] = w.to(model.cfg.dtype)
         else:

@@ -1,6 +1,7 @@
 """SAE features as composable hooks: sae-lens SAEs as ``sae_edit``/``sae_capture`` ops, metrics, training.
 
-Importing this package registers the ``sae_edit`` and ``sae_capture`` ops. Training (:func:`train_sae`)
+Importing this package registers the ``sae_edit`` and ``sae_capture`` ops. Top-AFA SAEs (``"topafa"``,
+:mod:`~tl_funcnet.sae.topafa`) join sae-lens's architectures whenever tl_funcnet uses sae-lens. Training (:func:`train_sae`)
 and loading (:func:`load_sae`) import sae-lens lazily: it is the optional ``sae`` extra, and it requires
 transformer-lens<4, so under TransformerLens 4 they raise :class:`~tl_funcnet.errors.FuncnetError` (see
 :func:`require_sae_lens`); the ops, builders and metrics need only the SAE's tensors.
@@ -25,6 +26,7 @@ from .params import ARCHITECTURES as ARCHITECTURES
 from .params import decode as decode
 from .params import encode as encode
 from .params import sae_params as sae_params
+from .topafa import top_afa as top_afa
 from .train import DEFAULT_SITES as DEFAULT_SITES
 from .train import train_and_save as train_and_save
 from .train import load_sae as load_sae
@@ -37,4 +39,5 @@ __all__ = [
     "clamp_features", "capture_features", "collect_features", "feature_site", "SAEMetrics", "evaluate_sae",
     "max_decoder_cos", "ARCHITECTURES", "sae_params", "encode", "decode", "train_sae", "token_dataset",
     "save_sae", "load_sae", "DEFAULT_SITES", "train_and_save", "require_sae_lens",
+    "top_afa",
 ]

@@ -17,9 +17,13 @@ SAE_LENS_MISSING = ("needs sae-lens, which requires transformer-lens<4; pip inst
 
 
 def require_sae_lens(feature: str = "this SAE feature") -> ModuleType:
-    """Return the ``sae_lens`` module, or raise :class:`FuncnetError` saying ``feature`` needs it."""
+    """Return the ``sae_lens`` module with the top-AFA architecture registered in it, or raise
+    :class:`FuncnetError` saying ``feature`` needs it."""
     try:
         import sae_lens
     except ImportError as err:  # not installed, or an install that cannot import against this TransformerLens
         raise FuncnetError(f"{feature} {SAE_LENS_MISSING} (import sae_lens failed: {err})") from err
+    from .lens_topafa import register_top_afa
+
+    register_top_afa()
     return sae_lens

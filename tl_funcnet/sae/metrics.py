@@ -6,14 +6,17 @@ for ``hook_z``; ``x̂`` the SAE reconstruction without error term; ``f`` the fea
 - ``mse``: mean over tokens and dimensions of ``(x - x̂)²``.
 - ``explained_variance``: ``1 - Σ_t ‖x_t - x̂_t‖² / Σ_t ‖x_t - x̄‖²`` with ``x̄`` the mean over all tokens
   (pooled; sae-lens averages a per-batch version instead).
-- ``l0``: mean number of non-zero features per token. ``dead_fraction``: fraction of features that are
+- ``l0``: mean number of non-zero features per token (``token_l0``: per token, for a top-AFA SAE's
+  input-dependent count). ``dead_fraction``: fraction of features that are
   never non-zero on these tokens.
 - ``ce_loss_recovered``: ``(L_zero - L_sae) / (L_zero - L_base)`` where ``L`` is the mean next-token loss of
   the unmodified model (base), with the site replaced by ``x̂`` (sae), and with the site zeroed (zero).
 - AFA (Lee et al., arXiv 2503.24277: ‖f‖₂ ≈ ‖x‖₂ when decoder atoms are quasi-orthogonal): with unit atoms
   ``u_i = d_i / ‖d_i‖`` and coefficients ``g_i`` such that ``x̂ - b_dec = Σ g_i u_i`` (``g_i = f_i ‖d_i‖``,
-  or ``f_i`` for top-k SAEs trained with ``rescale_acts_by_decoder_norm``), the per-token ratio is
-  ``‖g‖₂ / ‖x̃‖₂`` with ``x̃`` the SAE input (normalized ``x`` minus ``b_dec`` when the SAE subtracts it).
+  or ``f_i`` for top-k / top-AFA SAEs with ``rescale_acts_by_decoder_norm``), the per-token ratio is
+  ``‖g‖₂ / ‖x̃‖₂`` with ``x̃`` the normalized input minus ``b_dec`` (what ``Σ g_i u_i`` reconstructs; also
+  the target of top-AFA's selection, so a top-AFA SAE stays below 1 only where all its positive
+  coefficients together fall short).
   ``afa_ratio_mean``/``afa_ratio_median`` summarize it (1 is ideal; < 1 under-, > 1 over-activation: the
   ZF plot is ``zf_x_norm`` against ``zf_f_norm``) and ``afa_norm_corr`` is the Pearson r of the two norms.
 - ``max_decoder_cos``: ``max_{i≠j} |cos(d_i, d_j)|`` over all decoder atoms: the smallest ε for which the
@@ -41,7 +44,7 @@ from ..errors import FuncnetError
 from ..evaluate import next_token_logprobs, next_token_nll, target_mask
 from ..hooks import ablate, capture
 from .builders import _site, splice
-from .params import Normalizer, decode, encode, sae_input, sae_params
+from .params import Normalizer, afa_target, decode, encode, rescales_by_decoder_norm, sae_input, sae_params
 
 
 @dataclass
@@ -66,12 +69,13 @@ class SAEMetrics:
     ce_loss_recovered: float | None = None
     zf_x_norm: Tensor | None = field(default=None, repr=False)
     zf_f_norm: Tensor | None = field(default=None, repr=False)
+    token_l0: Tensor | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        """Scalars only (the ZF-plot tensors are left out)."""
+        """Scalars only (the per-token tensors are left out)."""
         d = asdict(self)
-        d.pop("zf_x_norm")
-        d.pop("zf_f_norm")
+        for name in ("zf_x_norm", "zf_f_norm", "token_l0"):
+            d.pop(name)
         return d
 
 
@@ -90,7 +94,7 @@ def max_decoder_cos(W_dec: Float[Tensor, "d_sae d_in"], *, chunk: int = 2048) ->
 def _unit_coefficients(p: dict[str, Any], f: Tensor) -> Tensor:
     """``g`` with ``x̂ - b_dec = Σ g_i u_i`` for unit atoms ``u_i``."""
     norms = p["W_dec"].to(f).norm(dim=-1)
-    if p["architecture"] in ("topk", "abstopk") and p.get("rescale_acts_by_decoder_norm", False):
+    if rescales_by_decoder_norm(p):
         return f
     return f * norms
 
@@ -108,7 +112,7 @@ def token_afa(p: dict[str, Any], x: Float[Tensor, "n d_in"]) -> dict[str, Tensor
     denom = g.abs().sum(-1) ** 2 - g2
     eps = torch.where(denom > 1e-6 * g2.clamp_min(1e-12), ((recon_c * recon_c).sum(-1) - g2).abs() / denom,
                       torch.full_like(g2, float("nan")))
-    return {"x_norm": s.norm(dim=-1), "f_norm": g2.sqrt(), "eps": eps}
+    return {"x_norm": afa_target(p, s), "f_norm": g2.sqrt(), "eps": eps}
 
 
 @torch.no_grad()
@@ -127,7 +131,7 @@ def evaluate_sae(model: Any, sae: Any, texts: Any, *, site: str | None = None, b
     n = 0
     sse = sum_sq = 0.0
     sum_x = None
-    l0_sum = 0.0
+    l0_tokens = []
     ever = torch.zeros(d_sae, dtype=torch.bool)
     x_norms, f_norms, eps_all = [], [], []
     loss = {"base": 0.0, "sae": 0.0, "zero": 0.0}
@@ -143,7 +147,7 @@ def evaluate_sae(model: Any, sae: Any, texts: Any, *, site: str | None = None, b
         sse += float(((x - x_hat) ** 2).sum())
         sum_sq += float((x.double() ** 2).sum())
         sum_x = x.double().sum(0) if sum_x is None else sum_x + x.double().sum(0)
-        l0_sum += float((f != 0).sum())
+        l0_tokens.append((f != 0).sum(-1).cpu())
         ever |= (f != 0).any(0).cpu()
         afa = token_afa(p, x)
         x_norms.append(afa["x_norm"].cpu())
@@ -161,7 +165,7 @@ def evaluate_sae(model: Any, sae: Any, texts: Any, *, site: str | None = None, b
         raise FuncnetError("no tokens to evaluate on; pass non-empty texts")
     d_in = int(p["W_enc"].shape[0])
     total_var = sum_sq - float((sum_x * sum_x).sum()) / n
-    xn, fn, eps = torch.cat(x_norms), torch.cat(f_norms), torch.cat(eps_all)
+    xn, fn, eps, l0 = torch.cat(x_norms), torch.cat(f_norms), torch.cat(eps_all), torch.cat(l0_tokens)
     ok = xn > 0
     ratio = fn[ok] / xn[ok]
     corr = float(torch.corrcoef(torch.stack([xn, fn]))[0, 1]) if n > 1 else float("nan")
@@ -169,12 +173,12 @@ def evaluate_sae(model: Any, sae: Any, texts: Any, *, site: str | None = None, b
     out = SAEMetrics(
         site=site, n_tokens=n, d_sae=d_sae, mse=sse / (n * d_in),
         explained_variance=1.0 - sse / total_var if total_var > 0 else float("nan"),
-        l0=l0_sum / n, dead_fraction=float((~ever).float().mean()),
+        l0=float(l0.double().mean()), dead_fraction=float((~ever).float().mean()),
         afa_ratio_mean=float(ratio.mean()) if ratio.numel() else float("nan"),
         afa_ratio_median=float(ratio.median()) if ratio.numel() else float("nan"),
         afa_norm_corr=corr if math.isfinite(corr) else float("nan"),
         eps_lbo=float(eps_valid.max()) if eps_valid.numel() else float("nan"),
-        max_decoder_cos=max_decoder_cos(p["W_dec"]), zf_x_norm=xn, zf_f_norm=fn,
+        max_decoder_cos=max_decoder_cos(p["W_dec"]), zf_x_norm=xn, zf_f_norm=fn, token_l0=l0,
     )
     if compute_ce and n_pred:
         out.ce_loss_base, out.ce_loss_sae, out.ce_loss_zero = (loss[k] / n_pred for k in ("base", "sae", "zero"))

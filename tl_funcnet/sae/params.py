@@ -7,8 +7,9 @@ sae-lens release wires its hook points. :func:`encode` and :func:`decode` re-imp
 ``sae.decode``.
 
 Supported architectures: ``standard`` (ReLU), ``jumprelu`` (also what a trained ``batchtopk`` SAE saves
-as), ``topk``, ``abstopk`` and ``gated``; input normalization ``none``, ``expected_average_only_in``
-(treated as ``none``, as sae-lens does at inference), ``constant_norm_rescale`` and ``layer_norm``;
+as), ``topk``, ``abstopk``, ``gated`` and ``topafa`` (top-AFA, :mod:`tl_funcnet.sae.topafa`); input
+normalization ``none``, ``expected_average_only_in`` (treated as ``none``, as sae-lens does at inference),
+``constant_norm_rescale`` and ``layer_norm``;
 ``reshape_activations`` ``none`` or ``hook_z`` (heads flattened into ``d_in``).
 """
 
@@ -21,6 +22,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from ..errors import FuncnetError
+from .topafa import top_afa
 
 #: Architectures :func:`encode` knows, and the extra tensors each needs besides W_enc, W_dec, b_dec.
 ARCHITECTURES: dict[str, tuple[str, ...]] = {
@@ -29,7 +31,10 @@ ARCHITECTURES: dict[str, tuple[str, ...]] = {
     "topk": ("b_enc",),
     "abstopk": ("b_enc",),
     "gated": ("b_gate", "b_mag", "r_mag"),
+    "topafa": ("b_enc",),
 }
+#: Architectures that may select features on decoder-norm-scaled pre-activations (``rescale_acts_by_decoder_norm``).
+_RESCALABLE = ("topk", "abstopk", "topafa")
 _NORMS = ("none", "expected_average_only_in", "constant_norm_rescale", "layer_norm")
 SAEParams = dict[str, Any]
 
@@ -40,7 +45,8 @@ def sae_params(sae: Any) -> SAEParams:
     Tensors are detached clones, so later training of the SAE does not change an intervention built
     from it. Keys: ``architecture``, ``d_in``, ``d_sae``, ``W_enc`` (d_in, d_sae), ``W_dec`` (d_sae, d_in),
     ``b_dec``, the architecture's extra tensors, ``apply_b_dec_to_input``, ``normalize_activations``,
-    ``reshape_activations``, ``k`` and ``rescale_acts_by_decoder_norm`` (top-k only), ``hook_name``.
+    ``reshape_activations``, ``k`` (top-k only), ``rescale_acts_by_decoder_norm`` (top-k and top-AFA),
+    ``hook_name``.
     """
     if isinstance(sae, Mapping):
         check_params(sae)
@@ -70,6 +76,7 @@ def sae_params(sae: Any) -> SAEParams:
         p[name] = getattr(sae, name).detach().clone()
     if arch in ("topk", "abstopk"):
         p["k"] = int(cfg.k)
+    if arch in _RESCALABLE:
         p["rescale_acts_by_decoder_norm"] = bool(getattr(cfg, "rescale_acts_by_decoder_norm", False))
     check_params(p)
     return p
@@ -133,6 +140,19 @@ def sae_input(p: Mapping[str, Any], x: Float[Tensor, "... d_in"], norm: Normaliz
     return x
 
 
+def rescales_by_decoder_norm(p: Mapping[str, Any]) -> bool:
+    """Whether features are coefficients of unit decoder atoms: ``decode`` divides them by the atoms' norms."""
+    return p["architecture"] in _RESCALABLE and bool(p.get("rescale_acts_by_decoder_norm", False))
+
+
+def afa_target(p: Mapping[str, Any], s: Float[Tensor, "... d_in"]) -> Float[Tensor, "..."]:
+    """The norm AFA expects of the unit-atom coefficients: ``‖normalized x - b_dec‖`` from the encoder input
+    ``s`` (which already lacks ``b_dec`` when the SAE subtracts it)."""
+    if not p.get("apply_b_dec_to_input", True):
+        s = s - _like(p["b_dec"], s)
+    return s.norm(dim=-1)
+
+
 def encode(p: Mapping[str, Any], x: Float[Tensor, "... d_in"],
            norm: Normalizer | None = None) -> Float[Tensor, "... d_sae"]:
     """Feature activations, as the architecture's ``sae.encode`` computes them (``x`` already flat)."""
@@ -149,8 +169,12 @@ def encode(p: Mapping[str, Any], x: Float[Tensor, "... d_in"],
         return torch.relu(pre)
     if arch == "jumprelu":
         return torch.relu(pre) * (pre > _like(p["threshold"], x)).to(x.dtype)
-    if p.get("rescale_acts_by_decoder_norm", False):
+    if rescales_by_decoder_norm(p):
         pre = pre * _like(p["W_dec"], x).norm(dim=-1)
+    if arch == "topafa":
+        acts = torch.relu(pre)
+        coefficients = acts if rescales_by_decoder_norm(p) else acts * _like(p["W_dec"], x).norm(dim=-1)
+        return acts * top_afa(coefficients, afa_target(p, s))
     k = min(int(p["k"]), pre.shape[-1])
     if arch == "topk":
         vals, idx = torch.topk(pre, k=k, dim=-1, sorted=False)
@@ -163,7 +187,7 @@ def decode(p: Mapping[str, Any], feature_acts: Float[Tensor, "... d_sae"],
            norm: Normalizer | None = None) -> Float[Tensor, "... d_in"]:
     """Reconstruction ``feature_acts @ W_dec + b_dec``, un-normalized with the ``norm`` used to encode."""
     W_dec = _like(p["W_dec"], feature_acts)
-    if p["architecture"] in ("topk", "abstopk") and p.get("rescale_acts_by_decoder_norm", False):
+    if rescales_by_decoder_norm(p):
         feature_acts = feature_acts / W_dec.norm(dim=-1)
     out = feature_acts @ W_dec + _like(p["b_dec"], feature_acts)
     return norm.undo(out) if norm is not None else out
@@ -175,4 +199,4 @@ def decoder_norms(p: Mapping[str, Any]) -> Float[Tensor, "d_sae"]:
 
 
 __all__ = ["ARCHITECTURES", "SAEParams", "sae_params", "check_params", "encode", "decode", "Normalizer",
-           "sae_input", "decoder_norms"]
+           "sae_input", "decoder_norms", "rescales_by_decoder_norm", "afa_target"]

@@ -19,6 +19,7 @@ from typing import Any, Iterator
 import torch
 
 from .._io import Kind, atomic_dir
+from .._rng import global_rng_preserved
 from ..errors import FuncnetError
 from ..hooks.sites import check_sites
 from ..hooks.values import positive_int
@@ -84,10 +85,13 @@ def train_sae(model: Any, site: str, texts: Any = "calibration", *, d_sae: int |
         texts: what :func:`token_dataset` accepts; cut into ``context_size`` rows (epochs repeat).
         d_sae: number of features (default 4 x the site width).
         architecture: a sae-lens training architecture (``"topk"``, ``"standard"``, ``"jumprelu"``,
-            ``"batchtopk"``, ...); ``k`` is used by top-k types, ``l1_coefficient`` by ``"standard"``.
+            ``"batchtopk"``, ...) or ``"topafa"`` (top-AFA: as many active latents per token as match the
+            input's norm, :mod:`tl_funcnet.sae.lens_topafa`; option ``afa_loss_coefficient``); ``k`` is used by
+            top-k types, ``l1_coefficient`` by ``"standard"``.
         training_tokens, train_batch_size_tokens, lr, ...: passed to ``LanguageModelSAERunnerConfig``.
         sae_kwargs: extra fields of the architecture's ``TrainingSAEConfig`` (unknown names are refused).
-        random_state: the training seed (sae-lens seeds its own generators from it).
+        random_state: the training seed (sae-lens seeds the global generators from it; their states are
+            restored afterwards).
     """
     require_sae_lens("train_sae")
     from sae_lens import SAE, LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
@@ -124,7 +128,7 @@ def train_sae(model: Any, site: str, texts: Any = "calibration", *, d_sae: int |
         extra.setdefault("l1_coefficient", l1_coefficient)
     sae_cfg = cfg_cls(d_in=d_in, d_sae=d_sae or 4 * d_in, device=device, **extra)
     dataset = token_dataset(model, texts, context_size)
-    with _quiet(verbose):
+    with _quiet(verbose), global_rng_preserved():  # sae-lens seeds torch, numpy and random globally from seed
         cfg = LanguageModelSAERunnerConfig(
             sae=sae_cfg, model_name=str(getattr(model.cfg, "model_name", "custom")), hook_name=site,
             dataset_path="", is_dataset_tokenized=True, streaming=False, context_size=context_size,
