@@ -10,7 +10,7 @@ import torch
 
 from tl_funcnet.errors import NotSerializableError
 from tl_funcnet.hooks import (Intervention, ablate, add, capture, capture_grad, clamp, custom, detach, keep_only, patch,
-                              patch_subspace, project_onto, project_out, record, scale, steer)
+                              patch_subspace, project_onto, project_out, record, scale, sparsify, steer)
 from tl_funcnet.patching import relp_rules
 from tl_funcnet.sae import (ablate_features, capture_features, clamp_features, scale_features, set_features, splice,
                             steer_features)
@@ -75,6 +75,9 @@ BUILDERS: dict[str, Callable[[Any], Intervention]] = {
     "patch_subspace": lambda m: patch_subspace(SITE, torch.randn(2, 16), torch.randn(2, 10, 16), pos=[1, 3]),
     "clamp": lambda m: clamp(POST, min=-0.1, max=0.2, units=[0, 1]),
     "detach": lambda m: detach([SITE, POST]),
+    "sparsify": lambda m: sparsify(POST, torch.rand(32) * 0.1, weight=torch.rand(32) + 0.5),
+    "sparsify through activation": lambda m: sparsify("blocks.0.mlp.hook_pre", torch.full((32,), 0.05),
+                                                      activation="silu", pos="last"),
     "networks mask": lambda m: _networks(m).to_intervention("mask"),
     "networks preserve (mean)": lambda m: _networks(m).to_intervention("preserve", ablation="mean"),
     "networks amplify": lambda m: _networks(m).to_intervention("amplify", gain=1.5),

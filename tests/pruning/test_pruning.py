@@ -178,7 +178,8 @@ def test_activation_scores_match_run_with_cache_and_ignore_padding(setup):
         expect = wout * win * (gate.detach().double().norm(dim=0) if gate is not None else 1.0)
         assert torch.allclose(m[l], expect)
     assert ALLOCATION == {"random": "uniform", "magnitude": "uniform", "wanda": "uniform", "flap": "global",
-                          "activation": "uniform", "fn": "global", "fn_guided": "uniform"}
+                          "activation": "uniform", "fn": "global", "fn_guided": "uniform", "cfsp": "global",
+                          "fn_cfsp": "global"}
 
 
 @ICA_OK

@@ -7,7 +7,7 @@ import argparse
 from ._base import (Handler, add_json, add_model, add_out, check_model, check_out, check_texts, command,
                     emit, fraction, log_for, non_negative_int, positive_int, unit_interval)
 
-_METHODS = ["fn", "fn_guided", "wanda", "flap", "magnitude", "activation", "random"]
+_METHODS = ["fn", "fn_guided", "cfsp", "fn_cfsp", "wanda", "flap", "magnitude", "activation", "random"]
 
 
 @command("prune", "remove a fraction of MLP neurons (FN pruning or a baseline) and save the smaller model")
@@ -22,12 +22,13 @@ def _prune(p: argparse.ArgumentParser) -> Handler:
     p.add_argument("--max-eval-texts", type=positive_int, default=16, help="held-out texts used (128 tokens each)")
     p.add_argument("--protect-first", type=non_negative_int, default=3)
     p.add_argument("--protect-last", type=non_negative_int, default=2)
-    p.add_argument("--n-networks", type=positive_int, default=128, help="fn, fn_guided: ICA components per layer")
-    p.add_argument("--random-state", type=int, default=0, help="fn, fn_guided and random: the seed")
+    p.add_argument("--n-networks", type=positive_int, default=128, help="fn, fn_guided, fn_cfsp: ICA components per "
+                   "layer")
+    p.add_argument("--random-state", type=int, default=0, help="fn, fn_guided, fn_cfsp and random: the seed")
     p.add_argument("--base", choices=["wanda", "activation", "flap"], default="wanda",
                    help="fn_guided: the score that ranks the unprotected neurons")
     p.add_argument("--key-fraction", type=unit_interval, default=0.05,
-                   help="fn_guided: fraction of each layer's neurons (highest FN score) pruned last")
+                   help="fn_guided, fn_cfsp: fraction of each layer's neurons (highest FN score) pruned last")
     add_out(p, "folder for the pruned model (tl_funcnet.models.save)")
     add_json(p)
 
@@ -45,6 +46,7 @@ def _prune(p: argparse.ArgumentParser) -> Handler:
         check_out(args.out, KIND, args.overwrite)
         fn_opts = {"n_networks": args.n_networks, "random_state": args.random_state}
         options = {"fn": fn_opts, "fn_guided": {**fn_opts, "base": args.base, "key_fraction": args.key_fraction},
+                   "fn_cfsp": {**fn_opts, "key_fraction": args.key_fraction},
                    "random": {"random_state": args.random_state}}.get(args.method, {})
         log_for(args)(f"loading {args.model}")
         model = load(args.model, backend=args.backend)

@@ -19,6 +19,7 @@ from .builders import project_onto as project_onto
 from .builders import project_out as project_out
 from .builders import record as record
 from .builders import scale as scale
+from .builders import sparsify as sparsify
 from .builders import steer as steer
 from .intervention import Hook as Hook
 from .intervention import Intervention as Intervention
@@ -33,6 +34,6 @@ from .sites import site_shape as site_shape
 __all__ = [
     "Intervention", "Hook", "SCHEMA_VERSION", "OPS", "register_op", "check_sites", "resolve_sites", "site_shape",
     "steer", "add", "scale", "ablate", "keep_only", "patch", "patch_subspace", "project_out", "project_onto",
-    "clamp", "detach",
+    "clamp", "sparsify", "detach",
     "capture", "capture_grad", "record", "custom", "last_token_positions",
 ]

@@ -95,6 +95,14 @@ def clamp(site: str, *, min: float | Tensor | None = None, max: float | Tensor |
     return _one(site, "clamp", min=min, max=max, units=units, pos=pos)
 
 
+def sparsify(site: str, threshold: Float[Tensor, "units"], *, weight: Float[Tensor, "units"] | None = None,
+             activation: str | None = None, pos: PosSpec = None) -> Intervention:
+    """Activation sparsity: per token, zero each unit whose score ``|activation(a)| * weight`` is below its
+    ``threshold`` (``activation``: None or the name of the MLP's activation function, for a site before it;
+    threshold 0 never zeroes). :mod:`tl_funcnet.sparsity` calibrates the thresholds."""
+    return _one(site, "sparsify", threshold=threshold, weight=weight, activation=activation, pos=pos)
+
+
 def detach(sites: str | Sequence[str]) -> Intervention:
     """Stop the gradient at each site (forward values unchanged): the building block of LRP-style rules."""
     return Intervention(tuple(Hook(s, "detach") for s in _names(sites)))
@@ -127,4 +135,4 @@ def custom(site: str, fn: Callable[..., Any]) -> Intervention:
 
 
 __all__ = ["steer", "add", "scale", "ablate", "keep_only", "patch", "patch_subspace", "project_out", "project_onto",
-           "clamp", "detach", "capture", "capture_grad", "record", "custom"]
+           "clamp", "sparsify", "detach", "capture", "capture_grad", "record", "custom"]

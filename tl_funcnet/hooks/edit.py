@@ -1,5 +1,5 @@
 """The built-in ops that change an activation: add, scale, ablate, keep_only, replace, projections, subspace
-patching, clamp, detach.
+patching, clamp, sparsify, detach.
 
 Every op returns a new tensor and never edits the activation in place. Tensors held in params move to the
 activation's device and dtype once per application. ``units`` and ``pos`` follow :mod:`.select`.
@@ -371,6 +371,63 @@ def clamp_op(min: Tensor | float | None = None, max: Tensor | float | None = Non
         if mask is not None:
             out = torch.where(mask, out, act)
         return where_pos(pos, out, act, site)
+
+    return hook_fn
+
+
+# --------------------------------------------------------------------------- sparsify
+
+#: Activation functions ``sparsify`` can score through (all map 0 to 0, so zeroing the input zeroes the output).
+SPARSIFY_ACTIVATIONS = {
+    "relu": torch.relu,
+    "silu": torch.nn.functional.silu,
+    "gelu": lambda x: torch.nn.functional.gelu(x),
+    "gelu_new": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: torch.nn.functional.gelu(x, approximate="tanh"),
+}
+
+
+def _p_sparsify(p: dict[str, Any]) -> dict[str, Any]:
+    threshold = real_tensor(p.get("threshold"), "threshold")
+    if threshold.ndim != 1 or bool((threshold < 0).any()):
+        raise FuncnetError(f"threshold should be one non-negative number per unit (a 1-d tensor), got shape "
+                           f"{tuple(threshold.shape)}" + (" with negative entries" if threshold.ndim == 1 else ""))
+    p["threshold"] = threshold
+    if p.get("weight") is not None:
+        weight = real_tensor(p["weight"], "weight")
+        if weight.shape != threshold.shape or bool((weight < 0).any()):
+            raise FuncnetError(f"weight should be one non-negative number per unit, shape {tuple(threshold.shape)}; "
+                               f"got shape {tuple(weight.shape)}")
+        p["weight"] = weight
+    act = p.get("activation")
+    if act is not None and act not in SPARSIFY_ACTIVATIONS:
+        raise FuncnetError(f"activation should be None or one of {sorted(SPARSIFY_ACTIVATIONS)}, got {act!r:.40}")
+    return _common(p)
+
+
+def _v_sparsify(model: Any, site: str, p: Mapping[str, Any]) -> None:
+    n = unit_count(model, site)
+    if n is not None and p["threshold"].numel() != n:
+        raise ShapeError(f"threshold has {p['threshold'].numel()} entries, but {site!r} has {n} units; calibrate "
+                         f"the thresholds on this model")
+
+
+@register_op("sparsify", prepare=_p_sparsify, validate=_v_sparsify)
+def sparsify_op(threshold: Tensor, weight: Tensor | None = None, activation: str | None = None,
+                pos: PosSpec = None) -> HookFn:
+    """Per token, zero the units whose score ``|activation(a)| * weight`` falls below their ``threshold``
+    (activation sparsity; a unit with threshold 0 is never zeroed)."""
+    thr = _Cached(threshold)
+    w = _Cached(weight) if weight is not None else None
+    fn = SPARSIFY_ACTIVATIONS[activation] if activation is not None else None
+
+    def hook_fn(act: Tensor, hook: Any = None) -> Tensor:
+        score = (fn(act) if fn is not None else act).abs()
+        if w is not None:
+            score = score * w.like(act)
+        kept = act * (score >= thr.like(act)).to(act.dtype)
+        return where_pos(pos, kept, act, getattr(hook, "name", "?"))
 
     return hook_fn
 

@@ -7,6 +7,7 @@ activations through ``record`` interventions, like every other reader of the pac
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
@@ -95,7 +96,7 @@ class Calibration:
         return self._stats
 
 
-class _RealRows:
+class RealRows:
     """A ``record`` sink that hands each site's real-token rows ``(n_real, width)`` to ``take(site, rows)``."""
 
     def __init__(self, take: Any, transform: dict[str, Any] | None = None):
@@ -132,10 +133,31 @@ def neuron_stats(model: Any, calibration: Calibration) -> NeuronStats:
         s2 += (x * x).sum(0)
         sa += x.abs().sum(0)
 
-    sink = _RealRows(take)
+    sink = RealRows(take)
     n = sum(b.n_real for b in sink.batches(model, calibration, record(list(sums), sink), return_type=None))
     per_layer = [sums[POST.format(l)] for l in range(len(widths))]
     return NeuronStats(n, [s[0] / n for s in per_layer], [s[1] / n for s in per_layer], [s[2] / n for s in per_layer])
+
+
+@torch.no_grad()
+def block_influence(model: Any, calibration: Calibration, layers: Sequence[int]) -> dict[int, float]:
+    """Per block, the mean over real calibration tokens of the angular distance ``arccos(cos(h_in, h_out)) / π``
+    between its residual input and output (how much the block changes the hidden state; CFSP's coarse metric)."""
+    total = {l: 0.0 for l in layers}
+    held: dict[int, Tensor] = {}
+
+    def take(site: str, rows: Tensor) -> None:
+        l = int(site.split(".")[1])
+        if site.endswith("hook_resid_pre"):
+            held[l] = rows.float()
+            return
+        cos = torch.nn.functional.cosine_similarity(held.pop(l), rows.float(), dim=-1).clamp(-1.0, 1.0)
+        total[l] += float(torch.arccos(cos).sum()) / math.pi
+
+    sites = [f"blocks.{l}.{h}" for l in layers for h in ("hook_resid_pre", "hook_resid_post")]
+    sink = RealRows(take)
+    n = sum(b.n_real for b in sink.batches(model, calibration, record(sites, sink), return_type=None))
+    return {l: total[l] / n for l in layers}
 
 
 #: Upper bound on the FN signal matrices held at once (bytes); more layers are read in further passes.
@@ -187,7 +209,7 @@ def _signal_group(model: Any, calibration: Calibration, layers: list[int], width
         w = widths[l]
         bufs[l][row[0]:row[0] + rows.shape[0], block * w:(block + 1) * w] = rows.float().cpu()
 
-    sink = _RealRows(take, transform)
+    sink = RealRows(take, transform)
     stop = max(layers) + 1
     kwargs = {"return_type": None} if stop >= model.cfg.n_layers else {"stop_at_layer": stop}
     for batch in sink.batches(model, calibration, record(list(columns), sink), **kwargs):

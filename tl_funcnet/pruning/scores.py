@@ -1,4 +1,5 @@
-"""Neuron importance scores: FN (functional networks), FN-guided, random, magnitude, Wanda, FLAP, mean |activation|.
+"""Neuron importance scores: FN (functional networks), FN-guided, random, magnitude, Wanda, FLAP, mean |activation|,
+CFSP and FN-aware CFSP.
 
 Every scorer has the signature ``scorer(model, calibration, *, layers, <its own options>) -> list[Tensor | None]``:
 one ``(d_mlp_l,)`` float tensor per layer (higher = more important), ``None`` for layers it was not asked to
@@ -7,12 +8,14 @@ Activations are ``mlp.hook_post`` (the input of ``W_out``) over the real calibra
 
 Per-layer allocation (how many neurons each layer loses) is part of a method, see :data:`ALLOCATION`:
 uniform (the same fraction in every prunable layer) for magnitude, wanda, activation, fn_guided and random; global (one
-threshold over all prunable layers) for fn (a global |z| threshold T, as in the paper) and flap (FLAP's
-global selection over per-layer standardized scores).
+threshold over all prunable layers) for fn (a global |z| threshold T, as in the paper), flap (FLAP's
+global selection over per-layer standardized scores) and cfsp (scores built so that one global threshold
+gives CFSP's per-layer allocation).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import torch
@@ -21,8 +24,8 @@ from torch import Tensor
 
 from .._rng import check_random_state, generator, numpy_generator
 from ..errors import FuncnetError
-from ..hooks.values import positive_int
-from .calibration import Calibration, fn_signals
+from ..hooks.values import finite_number, positive_int
+from .calibration import Calibration, block_influence, fn_signals
 from .model_info import check_prunable
 
 Scores = list  # list[Float[Tensor, "d_mlp"] | None], one entry per layer
@@ -142,6 +145,80 @@ def fn_scores(model: Any, calibration: Calibration, *, layers: Sequence[int], n_
     return out
 
 
+#: CFSP's coarse-allocation temperature on per-token mean angular distances: the public code applies
+#: sigmoid((Σ_tokens d_l - mean) / 1e4) to sums over 128 x 2048 calibration tokens, i.e. this factor on means.
+CFSP_TEMPERATURE = 128 * 2048 / 1e4
+
+
+def _relative(w: Float[Tensor, "d_model d_mlp"]) -> Float[Tensor, "d_mlp"]:
+    """Each weight's share among the neurons that share its residual dimension, averaged per neuron."""
+    a = w.abs()
+    return (a / a.sum(1, keepdim=True).clamp_min(1e-30)).mean(0)
+
+
+def cfsp_fine(model: Any, calibration: Calibration, layer: int) -> Float[Tensor, "d_mlp"]:
+    """CFSP's fine (intra-block) score of each neuron: the relative importance of its ``W_out`` weights scaled by
+    its activation RMS, plus that of its ``W_in`` (and ``W_gate``) weights, times the activation RMS (the
+    public code's ``three_w_one_wa`` with b = c = 1). Shares are taken among neurons: the public code's
+    normalisation over a neuron's own weights makes those terms constant, leaving the RMS alone."""
+    mlp = model.blocks[layer].mlp
+    rms = calibration.stats(model).sq_mean[layer].sqrt()
+    s = _relative(mlp.W_out.detach().double().cpu().T * rms) + _relative(mlp.W_in.detach().double().cpu())
+    if getattr(mlp, "W_gate", None) is not None:
+        s = s + _relative(mlp.W_gate.detach().double().cpu())
+    return s * rms
+
+
+def cfsp_keep_shares(influence: dict[int, float], temperature: float) -> dict[int, float]:
+    """CFSP's coarse allocation: each block's share of the kept neurons, ``sigmoid(temperature · (d_l - mean d))``
+    over its mean (a block that changes the hidden state more keeps more)."""
+    mean = sum(influence.values()) / len(influence)
+    raw = {l: 1.0 / (1.0 + math.exp(-temperature * (d - mean))) for l, d in influence.items()}
+    avg = sum(raw.values()) / len(raw)
+    return {l: r / avg for l, r in raw.items()}
+
+
+def _cfsp(model: Any, calibration: Calibration, layers: Sequence[int], temperature: float,
+          keep_first: Scores | None = None, key_fraction: float = 0.0) -> Scores:
+    """Scores whose global threshold at ratio p prunes ``1 - k_l (1 - p)`` of layer l (k_l the keep share) in
+    fine-score order; with ``keep_first`` the top ``key_fraction`` of each layer by it is pruned last."""
+    temperature = finite_number(temperature, "temperature")
+    shares = cfsp_keep_shares(block_influence(model, calibration, list(layers)), temperature)
+    out: Scores = [None] * len(model.blocks)
+    for l in layers:
+        fine = cfsp_fine(model, calibration, l)
+        w = int(fine.numel())
+        u = torch.empty(w, dtype=torch.float64)
+        u[torch.argsort(fine, stable=True)] = torch.arange(1, w + 1, dtype=torch.float64) / w
+        s = 1.0 - (1.0 - u) / shares[l]
+        if keep_first is not None and key_fraction > 0:
+            top = torch.argsort(keep_first[l].double(), descending=True, stable=True)[: int(round(key_fraction * w))]
+            s[top] = s.max() + 1.0 + u[top]
+        out[l] = s
+    return out
+
+
+@_register("cfsp", "global")
+def cfsp_scores(model: Any, calibration: Calibration, *, layers: Sequence[int],
+                temperature: float = CFSP_TEMPERATURE) -> Scores:
+    """CFSP (coarse-to-fine activation information): blocks that change the residual stream more (angular
+    distance, :func:`~tl_funcnet.pruning.calibration.block_influence`) keep more neurons; within a block,
+    :func:`cfsp_fine` ranks them. One forward pass of statistics."""
+    return _cfsp(model, calibration, layers, temperature)
+
+
+@_register("fn_cfsp", "global")
+def fn_cfsp_scores(model: Any, calibration: Calibration, *, layers: Sequence[int], key_fraction: float = 0.05,
+                   temperature: float = CFSP_TEMPERATURE, n_networks: int = 128, n_restarts: int = 10,
+                   n_runs: int = 1, random_state: int = 0) -> Scores:
+    """FN-aware CFSP: CFSP's allocation and ranking, with each layer's top ``key_fraction`` of neurons by FN
+    score (:func:`fn_scores`, which takes the remaining options) pruned only after all others."""
+    key_fraction = guided_fraction(key_fraction)
+    fn = fn_scores(model, calibration, layers=layers, n_networks=n_networks, n_restarts=n_restarts,
+                   n_runs=n_runs, random_state=random_state)
+    return _cfsp(model, calibration, layers, temperature, fn, key_fraction)
+
+
 #: the scores fn_guided can rank the unprotected neurons by
 GUIDED_BASES = ("wanda", "activation", "flap")
 
@@ -217,4 +294,5 @@ def score(model: Any, calibration: Calibration | None, method: str, *, layers: S
 
 
 __all__ = ["SCORERS", "ALLOCATION", "STANDARDIZE", "score", "random_scores", "magnitude_scores",
-           "wanda_scores", "flap_scores", "activation_scores", "fn_scores", "fn_guided_scores", "guided"]
+           "wanda_scores", "flap_scores", "activation_scores", "fn_scores", "fn_guided_scores", "guided", "cfsp_scores",
+           "fn_cfsp_scores", "cfsp_fine", "cfsp_keep_shares"]
