@@ -229,6 +229,17 @@ def _sae(model, tmp_path):
         model(torch.tensor([[1, 2, 3]]))
 
 
+def _sparsity(model, tmp_path):
+    from tl_funcnet.pruning import Calibration, plan_pruning
+    from tl_funcnet.sparsity import calibrate_sparsity
+
+    calib = Calibration.from_texts(model, _tokens(6, 10))
+    for method in ("magnitude", "wina", "chess"):
+        sp = calibrate_sparsity(model, calib, method, 0.3, protect={0: [0, 1]})
+        sp.measure(model, calib)
+    plan_pruning(model, 0.2, "cfsp", calib, protect_first=0, protect_last=0)
+
+
 def _cli(model, tmp_path):
     from tl_funcnet.cli import main
 
@@ -239,7 +250,7 @@ def _cli(model, tmp_path):
 ENTRY_POINTS = {
     "collect": _collect, "evaluate": _evaluate, "functional networks": _networks, "ica estimators": _estimators,
     "pruning": _pruning, "fingerprint": _fingerprint, "patching": _patching, "steering": _steering,
-    "models save/load": _models, "intervention save/load": _intervention, "dashboards": _dashboards, "sae": _sae,
+    "models save/load": _models, "intervention save/load": _intervention, "dashboards": _dashboards, "sae": _sae, "sparsity": _sparsity,
     "cli": _cli,
 }
 

@@ -22,7 +22,7 @@ def _post(model, iv, tokens):
     store = {}
     from tl_funcnet.hooks import capture
 
-    with (iv | capture([POST.format(l) for l in range(model.cfg.n_layers)], store)).applied(model):
+    with (iv + capture([POST.format(l) for l in range(model.cfg.n_layers)], store)).applied(model):
         model(tokens)
     return store
 

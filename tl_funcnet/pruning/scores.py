@@ -188,12 +188,15 @@ def _cfsp(model: Any, calibration: Calibration, layers: Sequence[int], temperatu
     for l in layers:
         fine = cfsp_fine(model, calibration, l)
         w = int(fine.numel())
-        u = torch.empty(w, dtype=torch.float64)
-        u[torch.argsort(fine, stable=True)] = torch.arange(1, w + 1, dtype=torch.float64) / w
-        s = 1.0 - (1.0 - u) / shares[l]
+        key = torch.zeros(w, dtype=torch.bool)
         if keep_first is not None and key_fraction > 0:
-            top = torch.argsort(keep_first[l].double(), descending=True, stable=True)[: int(round(key_fraction * w))]
-            s[top] = s.max() + 1.0 + u[top]
+            key[torch.argsort(keep_first[l].double(), descending=True, stable=True)[: int(round(key_fraction * w))]] = True
+        # u: rank among the other neurons over the full width, so the layer's prune count stays CFSP's
+        rest = (~key).nonzero().flatten()
+        u = torch.ones(w, dtype=torch.float64)
+        u[rest[torch.argsort(fine[rest], stable=True)]] = torch.arange(1, rest.numel() + 1, dtype=torch.float64) / w
+        s = 1.0 - (1.0 - u) / shares[l]
+        s[key] = 2.0 + fine[key] / fine.max().clamp_min(1e-30)  # above every score a prune can reach
         out[l] = s
     return out
 

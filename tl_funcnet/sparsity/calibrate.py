@@ -104,7 +104,7 @@ class ActivationSparsity:
                 zeros[int(site.split(".")[1])] += int((rows == 0).sum())
 
             sink = RealRows(take)
-            for batch in sink.batches(model, calibration, iv | record([POST.format(l) for l in layers], sink),
+            for batch in sink.batches(model, calibration, iv + record([POST.format(l) for l in layers], sink),
                                       return_type=None):
                 n += batch.n_real
             widths = mlp_widths(model) or []
