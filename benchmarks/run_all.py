@@ -29,6 +29,7 @@ BENCHMARKS = {
     "funcnet_masking": "funcnet_masking.py",
     "snmf": "snmf.py",
     "prune": "prune.py",
+    "sparsity": "sparsity.py",
     # fn_guided's knobs as chosen by prune.py's knob search on the finetune split (see BENCHMARKS.md)
     "prune_sweep": "prune.py --stages sweep --out prune_sweep --key-fraction 0.02 --base wanda",
     "zoo": "zoo.py",

@@ -445,7 +445,37 @@ with tempfile.TemporaryDirectory() as tmp:
     again = load(d)
     assert mlp_widths(again) == mlp_widths(small)
 with ablate("blocks.10.mlp.hook_post", units=[0, 1, 2]).applied(again):
-    print("loaded back and ablated further:", round(ppl(m=again), 2))"""),
+    print("loaded back and ablated further:", round(ppl(m=again), 2))"""),    ("md", "## CFSP\n\nCFSP ranks neurons within a block by the share of their weights among the block's neurons "
+           "times their activation RMS, and lets blocks that change the residual stream more (angular distance "
+           "between a block's input and output) keep more neurons. `fn_cfsp` keeps the same allocation and "
+           "prunes each layer's top FN units last."),
+    ("code", """cfsp_scores = score(model, calib, "cfsp", layers=layers)
+cfsp = compensate(model, plan_from_scores(model, cfsp_scores, 0.2, "cfsp"), calib)
+print("neurons removed per layer:", [w0 - w1 for w0, w1 in zip(cfsp.widths_before, cfsp.widths_after)])
+print("perplexity (soft, bias comp.):", round(ppl(cfsp.to_intervention()), 2))"""),
+    ("md", "## Activation sparsity\n\nInstead of removing neurons for good, zero each token's weakest MLP "
+           "activations: thresholds calibrated so every layer zeroes a target fraction of its neurons per token. "
+           "`magnitude` scores `|x|` (TEAL-style), `wina` weighs it by the norm of the `W_out` row that reads the "
+           "neuron, `chess` thresholds the activated gate channel by channel. `protect=` keeps functional-network "
+           "key units (or any units) on; the others are zeroed more so the layer still reaches the target. "
+           "`benchmarks/sparsity.py` compares them all at 25-50%."),
+    ("code", """from tl_funcnet.sparsity import calibrate_sparsity
+fn = score(model, calib, "fn", layers=layers, **fn_opts)
+key = {l: fn[l].topk(int(0.05 * fn[l].numel())).indices for l in layers}  # each layer's top 5% FN units
+rows = {}
+for method in ("magnitude", "wina", "chess"):
+    for name, protect in ((method, None), (method + " (FN-aware)", key)):
+        sp = calibrate_sparsity(model, calib, method, 0.4, protect=protect)
+        rows[name] = {"sparsity reached": round(sp.measure(model, texts)["mean"], 3),
+                      "ppl": round(ppl(sp.to_intervention(model)), 2)}
+rows"""),
+    ("code", """# an ordinary intervention: it stacks with others and saves like any of them
+sp = calibrate_sparsity(model, calib, "wina", 0.4)
+iv = sp.to_intervention(model)
+print(iv.describe().splitlines()[0])
+with tempfile.TemporaryDirectory() as tmp:
+    iv.save(pathlib.Path(tmp) / "wina40")
+    assert round(ppl(type(iv).load(pathlib.Path(tmp) / "wina40")), 4) == round(ppl(iv), 4)"""),
 ]
 
 NOTEBOOKS["04_fingerprinting"] = [

@@ -37,6 +37,25 @@ def tiny_model(request):
     return request.getfixturevalue(request.param)
 
 
+@pytest.fixture(scope="session")
+def bridge():
+    """A tiny TransformerBridge (grouped-query Llama style) in compatibility mode."""
+    from tl_testing import guard, make_bridge_llama
+
+    pytest.importorskip("transformer_lens.model_bridge")
+    return guard(make_bridge_llama())
+
+
+@pytest.fixture(scope="session")
+def twin():
+    """The HookedTransformer with the bridge's weights."""
+    from tl_testing import guard, has_hooked_transformer, make_hooked_twin
+
+    if not has_hooked_transformer():
+        pytest.skip("this transformer-lens has no HookedTransformer (TransformerLens 4)")
+    return guard(make_hooked_twin())
+
+
 @pytest.fixture
 def tokens():
     g = torch.Generator().manual_seed(1)

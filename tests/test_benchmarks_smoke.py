@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ["hook_overhead", "collect", "funcnet_masking", "steering", "prune", "bridge", "illusion", "concept_neurons",
-         "snmf", "lineas", "topafa"]
+         "snmf", "lineas", "topafa", "sparsity"]
 
 
 def finite(x: Any) -> bool:
@@ -196,10 +196,20 @@ def check_topafa(data: dict) -> None:
         assert 0 <= r["eps_lbo"] <= r["max_decoder_cos"] + 1e-6, r
 
 
+def check_sparsity(data: dict) -> None:
+    rows = data["sparsity"]
+    assert len(rows) == 18 and {r["method"] for r in rows} >= {"wina", "chess (FN-aware)"}, rows
+    assert all(abs(r["reached"] - r["target"]) < 0.02 and finite(r["ppl"]) for r in rows), rows
+    pruning = data["pruning"]
+    assert {r["method"] for r in pruning} == {"cfsp", "fn_cfsp", "wanda", "flap", "fn_guided", "random"}
+    assert all(finite(r["ppl"]) for r in pruning) and finite(data["dense"]["ppl"])
+
+
 CHECKS = {"hook_overhead": check_hook_overhead, "collect": check_collect, "funcnet_masking": check_funcnet_masking,
           "steering": check_steering, "prune": check_prune, "bridge": check_bridge, "illusion": check_illusion,
           "concept_neurons": check_concept_neurons, "snmf": check_snmf,
-          "lineas": check_lineas, "topafa": check_topafa}
+          "lineas": check_lineas, "topafa": check_topafa,
+          "sparsity": check_sparsity}
 
 
 @pytest.mark.slow

@@ -250,7 +250,8 @@ def _cli(model, tmp_path):
 ENTRY_POINTS = {
     "collect": _collect, "evaluate": _evaluate, "functional networks": _networks, "ica estimators": _estimators,
     "pruning": _pruning, "fingerprint": _fingerprint, "patching": _patching, "steering": _steering,
-    "models save/load": _models, "intervention save/load": _intervention, "dashboards": _dashboards, "sae": _sae, "sparsity": _sparsity,
+    "models save/load": _models, "intervention save/load": _intervention, "dashboards": _dashboards, "sae": _sae,
+    "sparsity": _sparsity,
     "cli": _cli,
 }
 

@@ -14,8 +14,8 @@ __version__ = "0.1.0"
 
 _HOOK_NAMES = (
     "Hook", "Intervention", "ablate", "add", "capture", "capture_grad", "clamp", "custom", "detach", "keep_only",
-    "patch", "patch_subspace", "project_onto", "project_out", "record", "register_op", "resolve_sites", "scale", "sparsify",
-    "steer", "last_token_positions",
+    "patch", "patch_subspace", "project_onto", "project_out", "record", "register_op", "resolve_sites", "scale",
+    "sparsify", "steer", "last_token_positions",
 )
 
 __all__ = ["FuncnetError", *_HOOK_NAMES, "__version__"]

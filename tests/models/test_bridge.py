@@ -15,23 +15,6 @@ from tl_funcnet.hooks.names import alias_map, canonical_name, is_bridge, legacy_
 pytestmark = pytest.mark.bridge
 
 
-@pytest.fixture(scope="session")
-def bridge():
-    from tl_testing import guard, make_bridge_llama
-
-    pytest.importorskip("transformer_lens.model_bridge")
-    return guard(make_bridge_llama())
-
-
-@pytest.fixture(scope="session")
-def twin():
-    from tl_testing import guard, has_hooked_transformer, make_hooked_twin
-
-    if not has_hooked_transformer():
-        pytest.skip("this transformer-lens has no HookedTransformer (TransformerLens 4)")
-    return guard(make_hooked_twin())
-
-
 @pytest.fixture
 def toks():
     return torch.randint(0, 50, (3, 8), generator=torch.Generator().manual_seed(3))

@@ -48,7 +48,8 @@ def _train_sae(p: argparse.ArgumentParser) -> Handler:
             check_target(Path(args.out) / site, KIND, overwrite=args.overwrite)
         model = load(args.model, backend=args.backend)
         times = train_and_save(model, args.out, sites, args.texts, overwrite=args.overwrite, d_sae=args.d_sae,
-                               architecture=args.architecture, k=args.k, training_tokens=args.tokens, lr=args.lr, random_state=args.random_state,
+                               architecture=args.architecture, k=args.k, training_tokens=args.tokens, lr=args.lr,
+                               random_state=args.random_state,
                                train_batch_size_tokens=DEFAULTS["train_batch_size_tokens"])
         paths = {s: str(Path(args.out) / s) for s in sites}
         emit(args, {"saes": paths, "train_seconds": times},

@@ -6,7 +6,8 @@
 >>> s = score(model, calibration, "fn"); plan = compensate(model, plan_from_scores(model, s, 0.3, "fn"), calibration)
 
 Methods: ``fn`` (functional-network key neurons from CanICA), ``fn_guided``, ``cfsp`` (coarse-to-fine
-activation information), ``fn_cfsp``, ``flap``, ``wanda``, ``magnitude``, ``activation``, ``random``; see :mod:`tl_funcnet.pruning.scores` for definitions and per-layer allocation.
+activation information), ``fn_cfsp``, ``flap``, ``wanda``, ``magnitude``, ``activation``, ``random``; see
+:mod:`tl_funcnet.pruning.scores` for definitions and per-layer allocation.
 """
 
 from .api import METHODS as METHODS

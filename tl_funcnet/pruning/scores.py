@@ -178,8 +178,8 @@ def cfsp_keep_shares(influence: dict[int, float], temperature: float) -> dict[in
     return {l: r / avg for l, r in raw.items()}
 
 
-def _cfsp(model: Any, calibration: Calibration, layers: Sequence[int], temperature: float,
-          keep_first: Scores | None = None, key_fraction: float = 0.0) -> Scores:
+def cfsp_ranked(model: Any, calibration: Calibration, layers: Sequence[int], temperature: float = CFSP_TEMPERATURE,
+                keep_first: Scores | None = None, key_fraction: float = 0.0) -> Scores:
     """Scores whose global threshold at ratio p prunes ``1 - k_l (1 - p)`` of layer l (k_l the keep share) in
     fine-score order; with ``keep_first`` the top ``key_fraction`` of each layer by it is pruned last."""
     temperature = finite_number(temperature, "temperature")
@@ -190,7 +190,8 @@ def _cfsp(model: Any, calibration: Calibration, layers: Sequence[int], temperatu
         w = int(fine.numel())
         key = torch.zeros(w, dtype=torch.bool)
         if keep_first is not None and key_fraction > 0:
-            key[torch.argsort(keep_first[l].double(), descending=True, stable=True)[: int(round(key_fraction * w))]] = True
+            order = torch.argsort(keep_first[l].double(), descending=True, stable=True)
+            key[order[: int(round(key_fraction * w))]] = True
         # u: rank among the other neurons over the full width, so the layer's prune count stays CFSP's
         rest = (~key).nonzero().flatten()
         u = torch.ones(w, dtype=torch.float64)
@@ -207,7 +208,7 @@ def cfsp_scores(model: Any, calibration: Calibration, *, layers: Sequence[int],
     """CFSP (coarse-to-fine activation information): blocks that change the residual stream more (angular
     distance, :func:`~tl_funcnet.pruning.calibration.block_influence`) keep more neurons; within a block,
     :func:`cfsp_fine` ranks them. One forward pass of statistics."""
-    return _cfsp(model, calibration, layers, temperature)
+    return cfsp_ranked(model, calibration, layers, temperature)
 
 
 @_register("fn_cfsp", "global")
@@ -219,7 +220,7 @@ def fn_cfsp_scores(model: Any, calibration: Calibration, *, layers: Sequence[int
     key_fraction = guided_fraction(key_fraction)
     fn = fn_scores(model, calibration, layers=layers, n_networks=n_networks, n_restarts=n_restarts,
                    n_runs=n_runs, random_state=random_state)
-    return _cfsp(model, calibration, layers, temperature, fn, key_fraction)
+    return cfsp_ranked(model, calibration, layers, temperature, fn, key_fraction)
 
 
 #: the scores fn_guided can rank the unprotected neurons by
@@ -298,4 +299,4 @@ def score(model: Any, calibration: Calibration | None, method: str, *, layers: S
 
 __all__ = ["SCORERS", "ALLOCATION", "STANDARDIZE", "score", "random_scores", "magnitude_scores",
            "wanda_scores", "flap_scores", "activation_scores", "fn_scores", "fn_guided_scores", "guided", "cfsp_scores",
-           "fn_cfsp_scores", "cfsp_fine", "cfsp_keep_shares"]
+           "fn_cfsp_scores", "cfsp_fine", "cfsp_keep_shares", "cfsp_ranked"]

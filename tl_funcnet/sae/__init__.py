@@ -1,9 +1,9 @@
 """SAE features as composable hooks: sae-lens SAEs as ``sae_edit``/``sae_capture`` ops, metrics, training.
 
 Importing this package registers the ``sae_edit`` and ``sae_capture`` ops. Top-AFA SAEs (``"topafa"``,
-:mod:`~tl_funcnet.sae.topafa`) join sae-lens's architectures whenever tl_funcnet uses sae-lens. Training (:func:`train_sae`)
-and loading (:func:`load_sae`) import sae-lens lazily: it is the optional ``sae`` extra, and it requires
-transformer-lens<4, so under TransformerLens 4 they raise :class:`~tl_funcnet.errors.FuncnetError` (see
+:mod:`~tl_funcnet.sae.topafa`) join sae-lens's architectures whenever tl_funcnet uses sae-lens. Training
+(:func:`train_sae`) and loading (:func:`load_sae`) import sae-lens lazily: it is the optional ``sae`` extra;
+it requires transformer-lens<4, so under TransformerLens 4 they raise :class:`~tl_funcnet.errors.FuncnetError` (see
 :func:`require_sae_lens`); the ops, builders and metrics need only the SAE's tensors.
 """
 

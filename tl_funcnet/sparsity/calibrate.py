@@ -181,7 +181,8 @@ def calibrate_sparsity(model: Any, calibration: Calibration | Any, method: str =
     layers = list(range(len(widths))) if layers is None else sorted(set(layers))
     bad = [l for l in layers if isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < len(widths)]
     if bad or not layers:
-        raise FuncnetError(f"layers should be a non-empty list of layer indices 0..{len(widths) - 1}, got {bad or layers}")
+        raise FuncnetError(f"layers should be a non-empty list of layer indices 0..{len(widths) - 1}, got "
+                           f"{bad or layers}")
     masks = protected_units(protect, widths)
     for l, mask in masks.items():
         free = int((~mask).sum())
