@@ -65,13 +65,18 @@ def ablation_demo(model, sae, site: str, tokens: torch.Tensor) -> dict:
             "top5_after": _top5(model, after), "kl_before_after": float((lp0.exp() * (lp0 - lp1)).sum())}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def sae_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every SAE benchmark takes: --quick, --retrain, --eval-texts, --tokens."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--retrain", action="store_true", help="train even if saved SAEs exist")
     ap.add_argument("--eval-texts", type=int, default=24, help="evaluation-split texts (128 tokens each)")
     ap.add_argument("--tokens", type=int, default=DEFAULTS["training_tokens"])
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = sae_arguments(__doc__.split("\n")[0]).parse_args(argv)
     torch.manual_seed(0)
     from tl_funcnet.sae import DEFAULT_SITES, evaluate_sae, load_sae
 

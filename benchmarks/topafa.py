@@ -22,7 +22,6 @@ random model, a few hundred steps.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _bench import OUT_DIR, machine_info, markdown_table, peak_rss_mb, write_result  # noqa: E402
-from sae import quick_model  # noqa: E402
+from sae import quick_model, sae_arguments  # noqa: E402
 from tl_funcnet.sae.train import DEFAULTS  # noqa: E402
 
 SITE = "blocks.6.hook_resid_post"
@@ -66,12 +65,7 @@ def row(name: str, k, metrics, train_s) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--retrain", action="store_true", help="train even if saved SAEs exist")
-    ap.add_argument("--eval-texts", type=int, default=24, help="evaluation-split texts (128 tokens each)")
-    ap.add_argument("--tokens", type=int, default=DEFAULTS["training_tokens"])
-    args = ap.parse_args(argv)
+    args = sae_arguments(__doc__.split("\n")[0]).parse_args(argv)
     from tl_funcnet.sae import evaluate_sae
 
     t_start = time.perf_counter()

@@ -14,7 +14,6 @@ import weakref
 from functools import lru_cache
 from typing import Any, Mapping
 
-from ..errors import UnknownSiteError
 
 _BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
