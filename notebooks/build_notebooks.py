@@ -417,12 +417,13 @@ ppl = lambda iv=None, m=model: evaluate(m, texts, iv, progress=False, compare_to
 layers = [l for l in range(model.cfg.n_layers) if l not in protected_layers(model.cfg.n_layers, 3, 2)]
 print(calib.n_tokens, "calibration tokens; unpruned perplexity", round(ppl(), 2))"""),
     ("code", """# score once per method (fn: a small ICA per layer here), then plan 20% of MLP neurons and compensate
-plans = {}
+plans, scores = {}, {}
 fn_opts = {"n_networks": 16, "n_restarts": 1}
 # fn_guided: Wanda-style ranking, each layer's top 5% by FN score pruned last
-for method, opts in [("fn", fn_opts), ("fn_guided", {**fn_opts, "key_fraction": 0.05}), ("wanda", {}), ("random", {"random_state": 0})]:
-    s = score(model, calib, method, layers=layers, **opts)
-    plans[method] = compensate(model, plan_from_scores(model, s, 0.2, method), calib)
+for method, opts in [("fn", fn_opts), ("fn_guided", {**fn_opts, "key_fraction": 0.05}), ("wanda", {}),
+                     ("random", {"random_state": 0})]:
+    scores[method] = score(model, calib, method, layers=layers, **opts)
+    plans[method] = compensate(model, plan_from_scores(model, scores[method], 0.2, method), calib)
 {m: {"neurons removed": p.n_pruned, "ppl (soft, bias comp.)": round(ppl(p.to_intervention()), 2),
      "ppl (no comp.)": round(ppl(p.to_intervention(bias_compensation=False)), 2)} for m, p in plans.items()}"""),
     ("code", """# hard pruning: a smaller copy; the original model is untouched
@@ -460,14 +461,14 @@ print("perplexity (soft, bias comp.):", round(ppl(cfsp.to_intervention()), 2))""
            "key units (or any units) on; the others are zeroed more so the layer still reaches the target. "
            "`benchmarks/sparsity.py` compares them all at 25-50%."),
     ("code", """from tl_funcnet.sparsity import calibrate_sparsity
-fn = score(model, calib, "fn", layers=layers, **fn_opts)
+fn = scores["fn"]  # the FN scores from above
 key = {l: fn[l].topk(int(0.05 * fn[l].numel())).indices for l in layers}  # each layer's top 5% FN units
 rows = {}
-for method in ("magnitude", "wina", "chess"):
-    for name, protect in ((method, None), (method + " (FN-aware)", key)):
-        sp = calibrate_sparsity(model, calib, method, 0.4, protect=protect)
-        rows[name] = {"sparsity reached": round(sp.measure(model, texts)["mean"], 3),
-                      "ppl": round(ppl(sp.to_intervention(model)), 2)}
+for name, method, protect in (("magnitude", "magnitude", None), ("wina", "wina", None), ("chess", "chess", None),
+                              ("wina (FN-aware)", "wina", key)):
+    sp = calibrate_sparsity(model, calib, method, 0.4, protect=protect)
+    rows[name] = {"sparsity reached": round(sp.measure(model, texts)["mean"], 3),
+                  "ppl": round(ppl(sp.to_intervention(model)), 2)}
 rows"""),
     ("code", """# an ordinary intervention: it stacks with others and saves like any of them
 sp = calibrate_sparsity(model, calib, "wina", 0.4)

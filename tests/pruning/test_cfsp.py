@@ -92,6 +92,14 @@ def test_fn_cfsp_prunes_key_units_last_and_keeps_the_allocation(setup):
         score(model, calib, "fn_cfsp", layers=LAYERS, key_fraction=2.0, **opts)
 
 
+def test_extreme_temperatures_saturate_instead_of_failing(setup):
+    model, calib = setup
+    for t in (1e9, -1e9):
+        plan = plan_from_scores(model, score(model, calib, "cfsp", layers=LAYERS, temperature=t), 0.3, "cfsp",
+                                protect_first=1, protect_last=1)
+        assert plan.n_pruned == round(0.3 * 6 * 32)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), "hot", None])
 def test_a_bad_temperature_is_refused(setup, bad):
     model, calib = setup

@@ -127,6 +127,10 @@ def test_bad_settings_are_refused(gpt2_tiny):
         calibrate_sparsity(gpt2_tiny, _texts(), "teal", 0.3)
     with pytest.raises(FuncnetError, match="at most"):
         calibrate_sparsity(gpt2_tiny, _texts(), "magnitude", 0.5, protect={0: list(range(20))})
+    with pytest.raises(FuncnetError, match="should be unit indices"):
+        calibrate_sparsity(gpt2_tiny, _texts(), "magnitude", 0.3, protect={0: [1.5, 2.0]})
+    with pytest.raises(FuncnetError, match="empty"):
+        calibrate_sparsity(gpt2_tiny, _texts(), "magnitude", 0.3).measure(gpt2_tiny, [])
     with pytest.raises(FuncnetError, match="outside 0..31"):
         calibrate_sparsity(gpt2_tiny, _texts(), "magnitude", 0.5, protect={0: [40]})
     with pytest.raises(FuncnetError, match="layers should be"):

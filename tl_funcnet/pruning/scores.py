@@ -172,10 +172,11 @@ def cfsp_fine(model: Any, calibration: Calibration, layer: int) -> Float[Tensor,
 def cfsp_keep_shares(influence: dict[int, float], temperature: float) -> dict[int, float]:
     """CFSP's coarse allocation: each block's share of the kept neurons, ``sigmoid(temperature · (d_l - mean d))``
     over its mean (a block that changes the hidden state more keeps more)."""
-    mean = sum(influence.values()) / len(influence)
-    raw = {l: 1.0 / (1.0 + math.exp(-temperature * (d - mean))) for l, d in influence.items()}
-    avg = sum(raw.values()) / len(raw)
-    return {l: r / avg for l, r in raw.items()}
+    layers = list(influence)
+    d = torch.tensor([influence[l] for l in layers], dtype=torch.float64)
+    raw = torch.sigmoid(temperature * (d - d.mean()))
+    raw = raw / raw.mean() if float(raw.mean()) > 0 else torch.ones_like(raw)  # all saturated at 0: uniform
+    return {l: float(r) for l, r in zip(layers, raw)}
 
 
 def cfsp_ranked(model: Any, calibration: Calibration, layers: Sequence[int], temperature: float = CFSP_TEMPERATURE,

@@ -107,6 +107,8 @@ class ActivationSparsity:
             for batch in sink.batches(model, calibration, iv + record([POST.format(l) for l in layers], sink),
                                       return_type=None):
                 n += batch.n_real
+            if n == 0:
+                raise FuncnetError("the texts to measure on have no tokens; pass non-empty texts")
             widths = mlp_widths(model) or []
             out[label] = {l: zeros[l] / (n * widths[l]) for l in layers}
         per_layer = out["reached"]
@@ -118,15 +120,16 @@ class ActivationSparsity:
                 "activation": self.activation, "protected": dict(self.protected)}
 
 
-def protected_units(protect: Any, widths: Sequence[int]) -> dict[int, Bool[Tensor, "d_mlp"]]:
+def protected_units(model: Any, protect: Any, widths: Sequence[int]) -> dict[int, Bool[Tensor, "d_mlp"]]:
     """``protect`` (FunctionalNetworks fitted on ``mlp.hook_post`` sites, or ``{layer: unit indices or mask}``) as
     one bool mask per layer."""
     from ..funcnet.networks import FunctionalNetworks
+    from ..hooks.names import legacy_name
 
     if protect is None:
         return {}
     if isinstance(protect, FunctionalNetworks):
-        units = protect.site_units(protect.union())
+        units = {legacy_name(model, s): u for s, u in protect.site_units(protect.union()).items()}
         wrong = [s for s in units if not (s.startswith("blocks.") and s.endswith(".mlp.hook_post"))]
         if wrong:
             raise FuncnetError(f"protect needs functional networks of MLP neurons (sites blocks.L.mlp.hook_post); "
@@ -146,6 +149,8 @@ def protected_units(protect: Any, widths: Sequence[int]) -> dict[int, Bool[Tenso
                                    f"{widths[layer]} neurons")
             masks[layer] = t.flatten()
             continue
+        if t.is_floating_point() or t.is_complex():
+            raise FuncnetError(f"protect[{layer}] should be unit indices (ints) or a bool mask, got {t.dtype}")
         t = t.long().flatten()
         if t.numel() and (int(t.min()) < 0 or int(t.max()) >= widths[layer]):
             raise FuncnetError(f"protect[{layer}] has unit indices outside 0..{widths[layer] - 1}")
@@ -183,7 +188,7 @@ def calibrate_sparsity(model: Any, calibration: Calibration | Any, method: str =
     if bad or not layers:
         raise FuncnetError(f"layers should be a non-empty list of layer indices 0..{len(widths) - 1}, got "
                            f"{bad or layers}")
-    masks = protected_units(protect, widths)
+    masks = protected_units(model, protect, widths)
     for l, mask in masks.items():
         free = int((~mask).sum())
         if l in layers and sparsity * widths[l] > free:
