@@ -198,7 +198,7 @@ def check_topafa(data: dict) -> None:
 
 def check_sparsity(data: dict) -> None:
     rows = data["sparsity"]
-    assert len(rows) == 18 and {r["method"] for r in rows} >= {"wina", "chess (FN-aware)"}, rows
+    assert len(rows) == 24 and {r["method"] for r in rows} >= {"wina", "chess (FN-aware)", "wina @ MLP input"}, rows
     assert all(abs(r["reached"] - r["target"]) < 0.02 and finite(r["ppl"]) for r in rows), rows
     pruning = data["pruning"]
     assert {r["method"] for r in pruning} == {"cfsp", "fn_cfsp", "wanda", "flap", "fn_guided", "random"}

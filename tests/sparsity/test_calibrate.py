@@ -64,6 +64,19 @@ def test_calibrated_thresholds_reach_the_target_on_the_calibration_text(tiny_mod
     assert abs(held_out["mean"] - target) < 0.1
 
 
+@pytest.mark.parametrize("method", ["magnitude", "wina"])
+def test_the_mlp_input_can_be_sparsified_instead(tiny_model, method):
+    calib = Calibration.from_texts(tiny_model, _texts())
+    sp = calibrate_sparsity(tiny_model, calib, method, 0.3, where="input")
+    assert sp.sites[0] == "blocks.0.ln2.hook_normalized" and sp.thresholds[0].shape == (16,)
+    if method == "wina":  # the norm of the rows of [W_in | W_gate] that read each input unit
+        mlp = tiny_model.blocks[1].mlp
+        parts = [mlp.W_in] + ([mlp.W_gate] if getattr(mlp, "W_gate", None) is not None else [])
+        torch.testing.assert_close(sp.weights[1], torch.cat([w.detach() for w in parts], 1).norm(dim=1))
+    reached = sp.measure(tiny_model, calib)
+    assert abs(reached["per_layer"][0] - 0.3) < 0.01 and abs(reached["mean"] - 0.3) < 0.02
+
+
 def test_methods_differ_and_wina_weighs_by_the_output_norm(gpt2_tiny):
     calib = Calibration.from_texts(gpt2_tiny, _texts())
     mag, wina = (calibrate_sparsity(gpt2_tiny, calib, m, 0.5) for m in ("magnitude", "wina"))
@@ -125,6 +138,12 @@ def test_thresholds_from_another_model_are_refused_before_anything_is_attached(g
 def test_bad_settings_are_refused(gpt2_tiny):
     with pytest.raises(FuncnetError, match="method should be one of"):
         calibrate_sparsity(gpt2_tiny, _texts(), "teal", 0.3)
+    with pytest.raises(FuncnetError, match="where should be one of"):
+        calibrate_sparsity(gpt2_tiny, _texts(), "wina", 0.3, where="attention")
+    with pytest.raises(FuncnetError, match="chess sparsifies the MLP's gate"):
+        calibrate_sparsity(gpt2_tiny, _texts(), "chess", 0.3, where="input")
+    with pytest.raises(FuncnetError, match="goes with where='hidden'"):
+        calibrate_sparsity(gpt2_tiny, _texts(), "wina", 0.3, where="input", protect={0: [1]})
     with pytest.raises(FuncnetError, match="at most"):
         calibrate_sparsity(gpt2_tiny, _texts(), "magnitude", 0.5, protect={0: list(range(20))})
     with pytest.raises(FuncnetError, match="should be unit indices"):
@@ -141,6 +160,15 @@ def test_bad_settings_are_refused(gpt2_tiny):
         sparsify(POST.format(0), -torch.ones(32))
     with pytest.raises(FuncnetError, match="activation should be"):
         sparsify(POST.format(0), torch.ones(32), activation="tanh")
+
+
+def test_a_model_without_an_mlp_input_norm_says_which_site_is_missing():
+    from tl_funcnet.errors import UnknownSiteError
+    from tl_testing import make_gpt2_style
+
+    bare = make_gpt2_style(normalization_type=None).eval()
+    with pytest.raises(UnknownSiteError, match="ln2.hook_normalized"):
+        calibrate_sparsity(bare, _texts(), "wina", 0.3, where="input")
 
 
 def test_an_attention_only_model_has_no_neurons_to_sparsify():

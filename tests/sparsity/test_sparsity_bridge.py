@@ -17,13 +17,14 @@ def _texts():
     return [torch.randint(0, 50, (int(torch.randint(4, 12, (1,), generator=g)),), generator=g) for _ in range(12)]
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_calibrated_sparsity_matches_the_hooked_twin(bridge, twin, method):
+@pytest.mark.parametrize("method,where", [(m, "hidden") for m in METHODS] + [("wina", "input")])
+def test_calibrated_sparsity_matches_the_hooked_twin(bridge, twin, method, where):
     texts = _texts()
     got = {}
+    protect = {0: [0, 1, 2]} if where == "hidden" else None
     for name, model in (("bridge", bridge), ("twin", twin)):
         sp = calibrate_sparsity(model, Calibration.from_texts(model, texts, max_tokens=None), method, 0.4,
-                                protect={0: [0, 1, 2]})
+                                where=where, protect=protect)
         loss = evaluate(model, texts, sp.to_intervention(model), compare_to_base=False, progress=False).loss
         got[name] = (sp, loss, sp.measure(model, texts)["mean"])
     (b, lb, rb), (t, lt, rt) = got["bridge"], got["twin"]

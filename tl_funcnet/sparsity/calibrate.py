@@ -13,6 +13,10 @@ neurons on text like the calibration text. Three scores:
   threshold per channel ``τ / E|u_j|`` on the activated gate; zeroing ``g_j`` zeroes neuron ``j`` since
   ``act(0) = 0``. For plain MLPs ``|act(g_j)|`` (no up projection).
 
+``where="input"`` sparsifies the MLP's input instead (``ln2.hook_normalized``, what ``W_in`` and ``W_gate``
+read), as TEAL does for every projection: ``magnitude`` scores ``|x_i|``, ``wina`` weighs it by the norm of row
+``i`` of ``[W_in | W_gate]``; ``chess`` has its own site.
+
 ``protect`` (FN-aware variants): units that are never zeroed, e.g. the key units of functional networks; the
 other units' threshold is raised so the layer still reaches the target sparsity over all its neurons.
 """
@@ -30,12 +34,14 @@ from torch import Tensor
 from ..errors import FuncnetError
 from ..hooks import Intervention, record, sparsify
 from ..hooks.edit import SPARSIFY_ACTIVATIONS
-from ..models.mlp import mlp_widths
+from ..hooks.sites import check_sites
 from ..pruning.calibration import Calibration, RealRows
 from ..pruning.model_info import check_prunable
 
 METHODS = ("magnitude", "wina", "chess")
+PLACES = ("hidden", "input")
 POST, PRE, PRE_LINEAR = "blocks.{}.mlp.hook_post", "blocks.{}.mlp.hook_pre", "blocks.{}.mlp.hook_pre_linear"
+MLP_IN = "blocks.{}.ln2.hook_normalized"
 
 
 def check_sparsity(sparsity: Any) -> float:
@@ -58,9 +64,10 @@ class ActivationSparsity:
     """Calibrated per-token sparsity of MLP neurons; :meth:`to_intervention` applies it.
 
     Attributes:
-        method, sparsity: the score and the target fraction of neurons zeroed per token.
+        method, sparsity: the score and the target fraction of units zeroed per token.
+        where: ``"hidden"`` (the MLP's neurons) or ``"input"`` (the MLP's input).
         sites: per layer, the hook the ``sparsify`` op sits on.
-        thresholds: per layer, one threshold per neuron (0 for protected neurons).
+        thresholds: per layer, one threshold per unit (0 for protected units).
         weights: per layer, the score's per-neuron weight (None for ``magnitude``).
         activation: the MLP activation the score goes through (``chess``), else None.
         protected: per layer, the number of neurons never zeroed.
@@ -68,6 +75,7 @@ class ActivationSparsity:
 
     method: str
     sparsity: float
+    where: str
     sites: dict[int, str]
     thresholds: dict[int, Float[Tensor, "d_mlp"]]
     weights: dict[int, Float[Tensor, "d_mlp"] | None]
@@ -90,11 +98,14 @@ class ActivationSparsity:
 
     @torch.no_grad()
     def measure(self, model: Any, texts: Any, *, max_tokens: int | None = 2048) -> dict[str, Any]:
-        """The sparsity reached on ``texts``: per layer and on average, the fraction of ``mlp.hook_post`` units
-        that are exactly zero on real tokens under :meth:`to_intervention` (and without it, for reference)."""
+        """The sparsity reached on ``texts``: per layer and on average, the fraction of units that are exactly zero
+        on real tokens under :meth:`to_intervention` (and without it, for reference): ``mlp.hook_post`` for
+        ``where="hidden"``, the MLP input for ``"input"``."""
         calibration = texts if isinstance(texts, Calibration) else Calibration.from_texts(model, texts,
                                                                                        max_tokens=max_tokens)
         layers = sorted(self.sites)
+        read = {l: (MLP_IN if self.where == "input" else POST).format(l) for l in layers}
+        width = {l: int(self.thresholds[l].numel()) for l in layers}
         out = {}
         for label, iv in (("reached", self.to_intervention(model)), ("dense", Intervention())):
             zeros = {l: 0 for l in layers}
@@ -104,19 +115,17 @@ class ActivationSparsity:
                 zeros[int(site.split(".")[1])] += int((rows == 0).sum())
 
             sink = RealRows(take)
-            for batch in sink.batches(model, calibration, iv + record([POST.format(l) for l in layers], sink),
-                                      return_type=None):
+            for batch in sink.batches(model, calibration, iv + record(list(read.values()), sink), return_type=None):
                 n += batch.n_real
             if n == 0:
                 raise FuncnetError("the texts to measure on have no tokens; pass non-empty texts")
-            widths = mlp_widths(model) or []
-            out[label] = {l: zeros[l] / (n * widths[l]) for l in layers}
+            out[label] = {l: zeros[l] / (n * width[l]) for l in layers}
         per_layer = out["reached"]
         return {"target": self.sparsity, "mean": sum(per_layer.values()) / len(per_layer), "per_layer": per_layer,
                 "dense_mean": sum(out["dense"].values()) / len(per_layer), "n_tokens": calibration.n_tokens}
 
     def summary(self) -> dict[str, Any]:
-        return {"method": self.method, "sparsity": self.sparsity, "layers": sorted(self.sites),
+        return {"method": self.method, "sparsity": self.sparsity, "where": self.where, "layers": sorted(self.sites),
                 "activation": self.activation, "protected": dict(self.protected)}
 
 
@@ -160,7 +169,11 @@ def protected_units(model: Any, protect: Any, widths: Sequence[int]) -> dict[int
     return masks
 
 
-def _score_sites(model: Any, method: str, layers: Sequence[int]) -> tuple[dict[int, str], str | None]:
+def _score_sites(model: Any, method: str, where: str, layers: Sequence[int]) -> tuple[dict[int, str], str | None]:
+    if where == "input":
+        if method == "chess":
+            raise FuncnetError("chess sparsifies the MLP's gate channels; where='input' is for magnitude and wina")
+        return {l: MLP_IN.format(l) for l in layers}, None
     if method == "chess":
         act = getattr(model.cfg, "act_fn", None)
         if act not in SPARSIFY_ACTIVATIONS:
@@ -172,15 +185,20 @@ def _score_sites(model: Any, method: str, layers: Sequence[int]) -> tuple[dict[i
 
 @torch.no_grad()
 def calibrate_sparsity(model: Any, calibration: Calibration | Any, method: str = "magnitude",
-                       sparsity: float = 0.4, *, layers: Sequence[int] | None = None, protect: Any = None,
-                       max_tokens: int | None = 2048) -> ActivationSparsity:
+                       sparsity: float = 0.4, *, where: str = "hidden", layers: Sequence[int] | None = None,
+                       protect: Any = None, max_tokens: int | None = 2048) -> ActivationSparsity:
     """Thresholds that zero a ``sparsity`` fraction of each layer's MLP neurons per token on ``calibration``
     (a :class:`~tl_funcnet.pruning.Calibration` or texts), scored by ``method`` (see the module docstring).
 
+    ``where``: ``"hidden"`` (the MLP's neurons) or ``"input"`` (the MLP's input, see the module docstring).
     ``protect``: functional networks (their key units) or ``{layer: units}`` never zeroed (FN-aware variant).
     """
     if method not in METHODS:
         raise FuncnetError(f"method should be one of {METHODS}, got {method!r:.40}")
+    if where not in PLACES:
+        raise FuncnetError(f"where should be one of {PLACES}, got {where!r:.40}")
+    if where == "input" and protect is not None:
+        raise FuncnetError("protect names MLP neurons, so it goes with where='hidden', not 'input'")
     sparsity = check_sparsity(sparsity)
     widths = check_prunable(model)
     layers = list(range(len(widths))) if layers is None else sorted(set(layers))
@@ -194,7 +212,8 @@ def calibrate_sparsity(model: Any, calibration: Calibration | Any, method: str =
         if l in layers and sparsity * widths[l] > free:
             raise FuncnetError(f"layer {l} protects {int(mask.sum())} of {widths[l]} neurons, so at most "
                                f"{free / widths[l]:.3f} of them can be zeroed, less than sparsity={sparsity}")
-    sites, activation = _score_sites(model, method, layers)
+    sites, activation = _score_sites(model, method, where, layers)
+    check_sites(model, list(sites.values()))
     gated = all(hasattr(model.blocks[l].mlp, "W_gate") for l in layers)
     if not isinstance(calibration, Calibration):
         calibration = Calibration.from_texts(model, calibration, max_tokens=max_tokens)
@@ -219,8 +238,12 @@ def calibrate_sparsity(model: Any, calibration: Calibration | Any, method: str =
         raise FuncnetError("the calibration text has no tokens; pass non-empty texts")
     thresholds, weights, protected = {}, {}, {}
     for l in layers:
-        if method == "wina":
-            weight = model.blocks[l].mlp.W_out.detach().float().norm(dim=1).cpu()
+        mlp = model.blocks[l].mlp
+        if method == "wina" and where == "input":  # the rows of W_in (and W_gate) that read input unit i
+            parts = [mlp.W_in] + ([mlp.W_gate] if getattr(mlp, "W_gate", None) is not None else [])
+            weight = torch.cat([w.detach().float() for w in parts], dim=1).norm(dim=1).cpu()
+        elif method == "wina":
+            weight = mlp.W_out.detach().float().norm(dim=1).cpu()
         elif method == "chess" and gated:
             weight = (up_abs[l] / n).float()
         else:
@@ -228,16 +251,17 @@ def calibrate_sparsity(model: Any, calibration: Calibration | Any, method: str =
         score = torch.cat(rows.pop(sites[l]))
         if weight is not None:
             score = score * weight
-        mask = masks.get(l, torch.zeros(widths[l], dtype=torch.bool))
+        width = int(score.shape[1])
+        mask = masks.get(l, torch.zeros(width, dtype=torch.bool))
         free = score[:, ~mask].flatten()
         n_zero = int(round(sparsity * score.numel()))
         tau = torch.zeros(())
         if n_zero > 0:  # zero where score < tau: just above the k-th smallest free score zeroes those k (ties aside)
             kth = free.kthvalue(n_zero).values
             tau = torch.nextafter(kth, torch.tensor(math.inf, dtype=kth.dtype))
-        thresholds[l] = torch.where(mask, torch.zeros(()), tau.expand(widths[l]))
+        thresholds[l] = torch.where(mask, torch.zeros(()), tau.expand(width))
         weights[l], protected[l] = weight, int(mask.sum())
-    return ActivationSparsity(method, sparsity, sites, thresholds, weights, activation, protected,
+    return ActivationSparsity(method, sparsity, where, sites, thresholds, weights, activation, protected,
                               model_signature(model))
 
 
