@@ -34,17 +34,24 @@ from .topafa import top_afa
 ARCHITECTURE = "topafa"
 
 
+def _unit_coefficients(sae: Any, acts: Tensor) -> Tensor:
+    """``acts`` as coefficients of unit decoder atoms (they already are with ``rescale_acts_by_decoder_norm``)."""
+    return acts if sae.cfg.rescale_acts_by_decoder_norm else acts * sae.W_dec.norm(dim=-1)
+
+
+def _target(sae: Any, sae_in: Tensor) -> Tensor:
+    """The AFA target ‖normalized x - b_dec‖ from the encoder input ``sae_in``."""
+    return afa_target({"apply_b_dec_to_input": sae.cfg.apply_b_dec_to_input, "b_dec": sae.b_dec}, sae_in)
+
+
 def _encode_top_afa(sae: Any, x: Tensor) -> tuple[Tensor, Tensor]:
     """Feature activations and (decoder-norm-scaled) pre-activations of a top-AFA ``sae`` for input ``x``."""
     sae_in = sae.process_sae_in(x)
     hidden_pre = sae.hook_sae_acts_pre(sae_in @ sae.W_enc + sae.b_enc)
-    norms = sae.W_dec.norm(dim=-1)
     if sae.cfg.rescale_acts_by_decoder_norm:
-        hidden_pre = hidden_pre * norms
+        hidden_pre = hidden_pre * sae.W_dec.norm(dim=-1)
     acts = sae.activation_fn(hidden_pre)
-    coefficients = acts if sae.cfg.rescale_acts_by_decoder_norm else acts * norms
-    target = afa_target({"apply_b_dec_to_input": sae.cfg.apply_b_dec_to_input, "b_dec": sae.b_dec}, sae_in)
-    keep = top_afa(coefficients, target)
+    keep = top_afa(_unit_coefficients(sae, acts), _target(sae, sae_in))
     return sae.hook_sae_acts_post(acts * keep.to(acts.dtype)), hidden_pre
 
 
@@ -112,11 +119,8 @@ class TopAFATrainingSAE(TopKTrainingSAE):
                            sae_out: Tensor) -> dict[str, Tensor]:
         losses = super().calculate_aux_loss(step_input, feature_acts, hidden_pre, sae_out)
         if self.cfg.afa_loss_coefficient:
-            coefficients = feature_acts if self.cfg.rescale_acts_by_decoder_norm else feature_acts * self.W_dec.norm(
-                dim=-1)
-            sae_in = self.process_sae_in(step_input.sae_in)
-            target = afa_target({"apply_b_dec_to_input": self.cfg.apply_b_dec_to_input, "b_dec": self.b_dec}, sae_in)
-            gap = coefficients.norm(dim=-1) - target
+            target = _target(self, self.process_sae_in(step_input.sae_in))
+            gap = _unit_coefficients(self, feature_acts).norm(dim=-1) - target
             losses["afa_loss"] = self.cfg.afa_loss_coefficient * (gap * gap).mean()
         return losses
 

@@ -44,7 +44,7 @@ from ..errors import FuncnetError
 from ..evaluate import next_token_logprobs, next_token_nll, target_mask
 from ..hooks import ablate, capture
 from .builders import _site, splice
-from .params import Normalizer, afa_target, decode, encode, rescales_by_decoder_norm, sae_input, sae_params
+from .params import Normalizer, afa_target, decode, encode, sae_input, sae_params, unit_coefficients
 
 
 @dataclass
@@ -91,14 +91,6 @@ def max_decoder_cos(W_dec: Float[Tensor, "d_sae d_in"], *, chunk: int = 2048) ->
     return best
 
 
-def _unit_coefficients(p: dict[str, Any], f: Tensor) -> Tensor:
-    """``g`` with ``x̂ - b_dec = Σ g_i u_i`` for unit atoms ``u_i``."""
-    norms = p["W_dec"].to(f).norm(dim=-1)
-    if rescales_by_decoder_norm(p):
-        return f
-    return f * norms
-
-
 def token_afa(p: dict[str, Any], x: Float[Tensor, "n d_in"]) -> dict[str, Tensor]:
     """Per-token AFA quantities: ``x_norm`` (‖x̃‖₂), ``f_norm`` (‖g‖₂) and ``eps`` (NaN with < 2 active)."""
     kind = p.get("normalize_activations", "none")
@@ -106,7 +98,7 @@ def token_afa(p: dict[str, Any], x: Float[Tensor, "n d_in"]) -> dict[str, Tensor
     f = encode(p, x, Normalizer(kind, x.shape[-1]))
     W_dec = p["W_dec"].to(f)
     norms = W_dec.norm(dim=-1)
-    g = _unit_coefficients(p, f)
+    g = unit_coefficients(p, f)
     recon_c = (g / norms) @ W_dec  # x̂ - b_dec before un-normalizing
     g2 = (g * g).sum(-1)
     denom = g.abs().sum(-1) ** 2 - g2

@@ -145,6 +145,12 @@ def rescales_by_decoder_norm(p: Mapping[str, Any]) -> bool:
     return p["architecture"] in _RESCALABLE and bool(p.get("rescale_acts_by_decoder_norm", False))
 
 
+def unit_coefficients(p: Mapping[str, Any], f: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_sae"]:
+    """``g`` with ``x̂ - b_dec = Σ g_i u_i`` for unit decoder atoms ``u_i`` (``f`` itself when the SAE rescales by
+    decoder norm)."""
+    return f if rescales_by_decoder_norm(p) else f * _like(p["W_dec"], f).norm(dim=-1)
+
+
 def afa_target(p: Mapping[str, Any], s: Float[Tensor, "... d_in"]) -> Float[Tensor, "..."]:
     """The norm AFA expects of the unit-atom coefficients: ``‖normalized x - b_dec‖`` from the encoder input
     ``s`` (which already lacks ``b_dec`` when the SAE subtracts it)."""
@@ -173,8 +179,7 @@ def encode(p: Mapping[str, Any], x: Float[Tensor, "... d_in"],
         pre = pre * _like(p["W_dec"], x).norm(dim=-1)
     if arch == "topafa":
         acts = torch.relu(pre)
-        coefficients = acts if rescales_by_decoder_norm(p) else acts * _like(p["W_dec"], x).norm(dim=-1)
-        return acts * top_afa(coefficients, afa_target(p, s))
+        return acts * top_afa(unit_coefficients(p, acts), afa_target(p, s))
     k = min(int(p["k"]), pre.shape[-1])
     if arch == "topk":
         vals, idx = torch.topk(pre, k=k, dim=-1, sorted=False)
@@ -199,4 +204,5 @@ def decoder_norms(p: Mapping[str, Any]) -> Float[Tensor, "d_sae"]:
 
 
 __all__ = ["ARCHITECTURES", "SAEParams", "sae_params", "check_params", "encode", "decode", "Normalizer",
-           "sae_input", "decoder_norms", "rescales_by_decoder_norm", "afa_target"]
+           "sae_input", "decoder_norms", "rescales_by_decoder_norm", "afa_target",
+           "unit_coefficients"]

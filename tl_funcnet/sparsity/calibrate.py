@@ -35,6 +35,7 @@ from ..errors import FuncnetError
 from ..hooks import Intervention, record, sparsify
 from ..hooks.edit import SPARSIFY_ACTIVATIONS
 from ..hooks.sites import check_sites
+from ..models.digest import model_digest
 from ..pruning.calibration import Calibration, RealRows
 from ..pruning.model_info import check_prunable
 
@@ -51,12 +52,6 @@ def check_sparsity(sparsity: Any) -> float:
         raise FuncnetError(f"sparsity should be the fraction of MLP neurons zeroed per token, in [0, 1); got "
                            f"{sparsity!r:.40}")
     return float(sparsity)
-
-
-def model_signature(model: Any) -> tuple[float, ...]:
-    """A cheap fingerprint of ``model``'s MLPs (the Frobenius norm of each ``W_out``): thresholds calibrated on
-    one model are refused on another, while a reloaded copy of the same model passes."""
-    return tuple(round(float(b.mlp.W_out.detach().float().norm()), 3) for b in model.blocks)
 
 
 @dataclass(eq=False)
@@ -81,10 +76,10 @@ class ActivationSparsity:
     weights: dict[int, Float[Tensor, "d_mlp"] | None]
     activation: str | None
     protected: dict[int, int]
-    signature: tuple[float, ...] = field(repr=False)
+    digest: str = field(repr=False)  # model_digest of the model the thresholds were calibrated on
 
     def check_model(self, model: Any) -> None:
-        if model_signature(model) != self.signature:
+        if model_digest(model) != self.digest:
             raise FuncnetError(f"these {self.method} thresholds were calibrated on another model (its MLP weights "
                                f"differ); calibrate them on this model with calibrate_sparsity(model, ...)")
 
@@ -101,8 +96,7 @@ class ActivationSparsity:
         """The sparsity reached on ``texts``: per layer and on average, the fraction of units that are exactly zero
         on real tokens under :meth:`to_intervention` (and without it, for reference): ``mlp.hook_post`` for
         ``where="hidden"``, the MLP input for ``"input"``."""
-        calibration = texts if isinstance(texts, Calibration) else Calibration.from_texts(model, texts,
-                                                                                       max_tokens=max_tokens)
+        calibration = _calibration(model, texts, max_tokens)
         layers = sorted(self.sites)
         read = {l: (MLP_IN if self.where == "input" else POST).format(l) for l in layers}
         width = {l: int(self.thresholds[l].numel()) for l in layers}
@@ -127,6 +121,14 @@ class ActivationSparsity:
     def summary(self) -> dict[str, Any]:
         return {"method": self.method, "sparsity": self.sparsity, "where": self.where, "layers": sorted(self.sites),
                 "activation": self.activation, "protected": dict(self.protected)}
+
+
+def _calibration(model: Any, texts: Any, max_tokens: int | None) -> Calibration:
+    """``texts`` as a :class:`Calibration` bound to ``model`` (a Calibration is checked against it)."""
+    if not isinstance(texts, Calibration):
+        return Calibration.from_texts(model, texts, max_tokens=max_tokens)
+    texts.check_model(model)
+    return texts
 
 
 def protected_units(model: Any, protect: Any, widths: Sequence[int]) -> dict[int, Bool[Tensor, "d_mlp"]]:
@@ -215,9 +217,7 @@ def calibrate_sparsity(model: Any, calibration: Calibration | Any, method: str =
     sites, activation = _score_sites(model, method, where, layers)
     check_sites(model, list(sites.values()))
     gated = all(hasattr(model.blocks[l].mlp, "W_gate") for l in layers)
-    if not isinstance(calibration, Calibration):
-        calibration = Calibration.from_texts(model, calibration, max_tokens=max_tokens)
-    calibration.check_model(model)
+    calibration = _calibration(model, calibration, max_tokens)
 
     rows: dict[str, list[Tensor]] = {s: [] for s in sites.values()}
     up_abs = {l: torch.zeros(widths[l], dtype=torch.float64) for l in layers}
@@ -262,8 +262,8 @@ def calibrate_sparsity(model: Any, calibration: Calibration | Any, method: str =
         thresholds[l] = torch.where(mask, torch.zeros(()), tau.expand(width))
         weights[l], protected[l] = weight, int(mask.sum())
     return ActivationSparsity(method, sparsity, where, sites, thresholds, weights, activation, protected,
-                              model_signature(model))
+                              model_digest(model))
 
 
-__all__ = ["METHODS", "ActivationSparsity", "calibrate_sparsity", "check_sparsity", "model_signature",
+__all__ = ["METHODS", "ActivationSparsity", "calibrate_sparsity", "check_sparsity",
            "protected_units"]
