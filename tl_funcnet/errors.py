@@ -61,6 +61,10 @@ class EmbeddedModelMissingError(FuncnetError, ImportError):
     """An embedded-model wheel is not installed."""
 
 
+class ChunkError(FuncnetError):
+    """A chunk of a fanned-out sweep that failed twice (or whose worker died twice); nothing partial is returned."""
+
+
 __all__ = [
     "FuncnetError",
     "UnknownSiteError",
@@ -74,4 +78,5 @@ __all__ = [
     "CheckpointError",
     "NotFittedError",
     "EmbeddedModelMissingError",
+    "ChunkError",
 ]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -23,8 +24,10 @@ import torch
 from torch import Tensor
 
 from ..errors import FuncnetError
+from ..executors.fanout import Chunk, check_executor, fan_out, model_ref, spans
+from ..models.ref import ModelRef, as_model
 from ..patching.metrics import Metric, check_metric
-from .circuit import AblatedValues, Circuit, circuits_intervention
+from .circuit import ABLATIONS, AblatedValues, Circuit, circuits_intervention
 from .graph import Graph
 from .run import ablated_values, check_tokens, edge_hooks
 
@@ -164,22 +167,62 @@ def faithfulness(model: Any, circuits: Circuit | Sequence[Circuit], clean: Tenso
 def faithfulness_curve(model: Any, scores: Any, clean: Tensor, metric: Metric, *, corrupted: Tensor | None = None,
                        fractions: Sequence[float] = FRACTIONS, ablation: str = "patching",
                        ablated: AblatedValues | None = None, absolute: bool = True, greedy: bool = False,
-                       max_rows: int = 32) -> FaithfulnessCurve:
-    """Faithfulness of the circuits of the best ``fractions`` of edges by ``scores`` (an :class:`EdgeScores`)."""
+                       max_rows: int = 32, executor: Executor | None = None) -> FaithfulnessCurve:
+    """Faithfulness of the circuits of the best ``fractions`` of edges by ``scores`` (an :class:`EdgeScores`).
+
+    ``executor`` (any ``concurrent.futures.Executor``) evaluates the sizes in chunks of one forward each, every
+    worker loading ``model`` by reference; the curve equals the in-process one."""
     t0 = time.perf_counter()
     graph = _edge_scores(scores).graph
     fr = tuple(float(x) for x in fractions)
     if not fr or any(not 0 <= x <= 1 for x in fr) or list(fr) != sorted(fr):
         raise FuncnetError(f"fractions should be increasing numbers in [0, 1], got {list(fractions)}")
-    ablated = ablated or ablated_values(model, graph, ablation, corrupted=corrupted, texts=corrupted)
-    full, empty = _baselines(model, graph, clean, metric, ablated, max_rows)
     circuits = [scores.circuit(int(x * graph.n_edges), absolute=absolute, greedy=greedy) for x in fr]
-    ms = circuit_metrics(model, circuits, clean, metric, ablated, max_rows=max_rows)
+    if executor is not None:
+        ms, (full, empty), kind = _fanned_metrics(model, circuits, clean, metric, corrupted=corrupted,
+                                                  ablation=ablation, ablated=ablated, max_rows=max_rows,
+                                                  executor=executor)
+    else:
+        model = as_model(model)
+        ablated = ablated or ablated_values(model, graph, ablation, corrupted=corrupted, texts=corrupted)
+        full, empty = _baselines(model, graph, clean, metric, ablated, max_rows)
+        ms, kind = circuit_metrics(model, circuits, clean, metric, ablated, max_rows=max_rows), ablated.ablation
     return FaithfulnessCurve(fr, tuple(int(x * graph.n_edges) for x in fr), tuple(ms),
                              tuple((m - empty) / (full - empty) for m in ms), full, empty, scores.method,
-                             ablated.ablation, time.perf_counter() - t0,
+                             kind, time.perf_counter() - t0,
                              {"n_edges_after_pruning": [c.n_edges for c in circuits], "absolute": absolute,
                               "greedy": greedy})
+
+
+def _metrics_task(model: Any, *, circuits: list[Circuit], clean: Tensor, metric: Metric, corrupted: Tensor | None,
+                  ablation: str, ablated: AblatedValues | None, max_rows: int, baselines: bool
+                  ) -> tuple[list[float], tuple[float, float] | None, str]:
+    """One chunk of a fanned-out evaluation: its circuits' metrics (and the baselines, for the first chunk)."""
+    graph = circuits[0].graph
+    ablated = ablated or ablated_values(model, graph, ablation, corrupted=corrupted, texts=corrupted)
+    base = _baselines(model, graph, clean, metric, ablated, max_rows) if baselines else None
+    return circuit_metrics(model, circuits, clean, metric, ablated, max_rows=max_rows), base, ablated.ablation
+
+
+def _fanned_metrics(model: Any, circuits: list[Circuit], clean: Tensor, metric: Metric, *, corrupted: Tensor | None,
+                    ablation: str, ablated: AblatedValues | None, max_rows: int, executor: Executor
+                    ) -> tuple[list[float], tuple[float, float], str]:
+    """:func:`circuit_metrics` and the baselines on ``executor``, one forward's circuits per chunk."""
+    check_executor(executor)
+    if ablated is None and ablation not in ABLATIONS:
+        raise FuncnetError(f"ablation should be one of {ABLATIONS}, got {ablation!r}")
+    n = check_tokens(None, clean, "clean").shape[0]
+    if not isinstance(model, ModelRef):
+        _checked(model, circuits[0].graph, clean, ablated or AblatedValues(circuits[0].graph, "zero", None))
+    ref = model_ref(model)
+    per = max(1, max_rows // n)
+    common = {"clean": check_tokens(None, clean, "clean"), "metric": metric, "corrupted": corrupted,
+              "ablation": ablation, "ablated": ablated, "max_rows": max_rows}
+    chunks = [Chunk(f"circuits {s.start}..{s.stop - 1}", {**common, "circuits": circuits[s.start:s.stop],
+                                                          "baselines": s.start == 0})
+              for s in spans(len(circuits), per)]
+    results = fan_out(executor, _metrics_task, chunks, ref=ref, what="faithfulness_curve")
+    return [m for ms, _, _ in results for m in ms], results[0][1], results[0][2]
 
 
 def edges_for_faithfulness(model: Any, scores: Any, clean: Tensor, metric: Metric, *, target: float = 0.8,

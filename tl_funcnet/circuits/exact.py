@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from concurrent.futures import Executor
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from ..errors import FuncnetError
+from ..executors.fanout import Chunk, check_executor, fan_out, model_ref, spans
 from ..hooks import Intervention, capture, patch
 from ..hooks.intervention import flags_on
-from ..hooks.values import index_list
+from ..hooks.values import index_list, positive_int
+from ..models.ref import ModelRef, as_model
 from ..models.surface import starts_at_layer
 from ..patching._common import forward_logits, last_position_only
 from ..patching.metrics import Metric, check_metric
@@ -56,31 +59,61 @@ def _targets(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, directi
     return target, ablated.values
 
 
+def _check_sweep(graph: Graph, clean: Any, corrupted: Any, direction: str, max_rows: Any, position: Any,
+                 edges: Any) -> tuple[int, list[int]]:
+    """The checks that need no model: ``(number of prompts, chosen edges)``."""
+    if direction not in DIRECTIONS:
+        raise FuncnetError(f"direction should be 'noise' (ablate edges of the clean run with corrupted values) or "
+                           f"'denoise' (restore edges of the corrupted run with clean values), got {direction!r}")
+    c, k = check_tokens(None, clean, "clean"), check_tokens(None, corrupted, "corrupted")
+    if c.shape != k.shape:
+        raise FuncnetError(f"clean tokens {tuple(c.shape)} and corrupted tokens {tuple(k.shape)} must have the same "
+                           f"shape: one corrupted prompt of the same token length per clean prompt")
+    n, n_pos = c.shape
+    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < n:
+        raise FuncnetError(f"max_rows={max_rows!r} is below the number of prompts ({n}); each edge needs one row per "
+                           f"prompt")
+    if position is not None and (isinstance(position, bool) or not isinstance(position, int) or
+                                 not -n_pos <= position < n_pos):
+        raise FuncnetError(f"position should be a position of the prompts (0..{n_pos - 1}, or negative "
+                           f"from the end) or None for all, got {position!r}")
+    chosen = list(range(graph.n_edges)) if edges is None else list(index_list(edges, "edges"))
+    if chosen and max(chosen) >= graph.n_edges:
+        raise FuncnetError(f"edge {max(chosen)} does not exist; the graph has {graph.n_edges} edges")
+    return n, chosen
+
+
+def _edge_chunk(model: Any, **params: Any) -> tuple[Tensor, float]:
+    """One chunk of a fanned-out edge sweep: its edges' scores and the baseline."""
+    scores = exact_edge_scores(model, **params)
+    return scores.scores[torch.as_tensor(params["edges"])], scores.baseline
+
+
 def exact_edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metric: Metric, *,
                       edges: Sequence[int] | Tensor | None = None, direction: str = "noise",
                       ablated: AblatedValues | None = None, max_rows: int = 256,
-                      position: int | None = None) -> EdgeScores:
+                      position: int | None = None, executor: Executor | None = None,
+                      chunk_size: int | None = None) -> EdgeScores:
     """Ablate each edge of ``edges`` (default: all) alone and measure ``metric`` (mean over prompts).
 
     ``direction="noise"``: on the clean prompts, edge ``u->v`` gets ``u``'s corrupted output; ``"denoise"``:
     the reverse. ``ablated`` (from :func:`~tl_funcnet.circuits.ablated_values`) replaces the corrupted values
     by mean or zero ablation. ``position`` ablates each edge at that position of the prompt only (the oracle
     for ``edge_scores(..., per_position=True)``). Unscored edges are NaN.
+
+    ``executor`` (any ``concurrent.futures.Executor``) fans the edges out in chunks of ``chunk_size`` edges
+    (rounded up to whole forwards; default 8 forwards) that each load ``model`` by reference (a
+    :class:`~tl_funcnet.models.ref.ModelRef`, or a model loaded by :func:`tl_funcnet.models.load`); the scores
+    equal the in-process run's.
     """
+    if executor is not None:
+        return _fanned(model, graph, clean, corrupted, metric, edges=edges, direction=direction, ablated=ablated,
+                       max_rows=max_rows, position=position, executor=executor, chunk_size=chunk_size)
+    model = as_model(model)
     graph.check_model(model)
+    n, chosen = _check_sweep(graph, clean, corrupted, direction, max_rows, position, edges)
     target, a_vals = _targets(model, graph, clean, corrupted, direction, ablated)
-    n = target.shape[0]
-    if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < n:
-        raise FuncnetError(f"max_rows={max_rows!r} is below the number of prompts ({n}); each edge needs one row per "
-                           f"prompt")
-    if position is not None and (isinstance(position, bool) or not isinstance(position, int) or
-                                 not -target.shape[1] <= position < target.shape[1]):
-        raise FuncnetError(f"position should be a position of the prompts (0..{target.shape[1] - 1}, or negative "
-                           f"from the end) or None for all, got {position!r}")
     at = slice(None) if position is None else slice(position % target.shape[1], position % target.shape[1] + 1)
-    chosen = list(range(graph.n_edges)) if edges is None else list(index_list(edges, "edges"))
-    if chosen and max(chosen) >= graph.n_edges:
-        raise FuncnetError(f"edge {max(chosen)} does not exist; the graph has {graph.n_edges} edges")
     t0 = time.perf_counter()
     dev = model.cfg.device
     target = target.to(dev)
@@ -140,3 +173,34 @@ def exact_edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor
 
 
 __all__ = ["exact_edge_scores", "DIRECTIONS"]
+
+
+def _fanned(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metric: Metric, *, edges: Any,
+            direction: str, ablated: AblatedValues | None, max_rows: int, position: int | None,
+            executor: Executor, chunk_size: int | None) -> EdgeScores:
+    """:func:`exact_edge_scores` in chunks on ``executor``: spans of the in-process order, cut at whole
+    forwards, so every forward holds the same edges as in process."""
+    check_executor(executor)
+    n, chosen = _check_sweep(graph, clean, corrupted, direction, max_rows, position, edges)
+    if not isinstance(model, ModelRef):
+        graph.check_model(model)
+        check_tokens(model, clean, "clean"), check_tokens(model, corrupted, "corrupted")
+    ref = model_ref(model)
+    per_forward = max(1, max_rows // n)
+    size = per_forward * (8 if chunk_size is None else -(-positive_int(chunk_size, "chunk_size") // per_forward))
+    order = sorted(chosen, key=lambda i: (graph.receiver_layer(int(graph.edges[i, 1])), i))
+    common = {"graph": graph, "clean": torch.as_tensor(clean), "corrupted": torch.as_tensor(corrupted),
+              "metric": metric, "direction": direction, "ablated": ablated, "max_rows": max_rows,
+              "position": position}
+    chunks = [Chunk(f"edges {order[s.start]}..{order[s.stop - 1]} ({len(s)})", {**common, "edges": order[s.start:s.stop]})
+              for s in spans(len(order), size)]
+    t0 = time.perf_counter()
+    results = fan_out(executor, _edge_chunk, chunks, ref=ref, what="exact_edge_scores")
+    out = torch.full((graph.n_edges,), float("nan"), dtype=torch.float64)
+    for chunk, (values, _) in zip(chunks, results):
+        out[torch.as_tensor(chunk.params["edges"])] = values
+    baseline = results[0][1] if results else float("nan")
+    return EdgeScores(graph, out, "exact", direction, baseline, time.perf_counter() - t0,
+                      {"n_prompts": n, "max_rows": max_rows, "n_scored": len(chosen), "position": position,
+                       "ablation": "patching" if ablated is None else ablated.ablation, "chunks": len(chunks),
+                       "executor": type(executor).__name__})

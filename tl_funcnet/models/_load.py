@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,10 @@ def _hub_name(spec: Any) -> tuple[str, str]:
         raise
 
 
+#: how each live model was loaded (``spec``, options), so a sweep can send workers a reference to it
+LOADED_AS: "weakref.WeakKeyDictionary[Any, tuple[str, dict[str, Any]]]" = weakref.WeakKeyDictionary()
+
+
 def load(spec: str | os.PathLike[str], *, device: str | torch.device = "cpu",
          dtype: torch.dtype | None = None, backend: str | None = None, **kwargs: Any) -> Any:
     """Load a model by embedded name, saved folder or TransformerLens name.
@@ -135,6 +140,14 @@ def load(spec: str | os.PathLike[str], *, device: str | torch.device = "cpu",
     With ``$TL_FUNCNET_CACHE`` set, the processed SmolLM2 weights are cached there after the first load.
     Nothing here changes the process: environment variables, seeds and thread counts stay as they were.
     """
+    model = _load(spec, device=device, dtype=dtype, backend=backend, **kwargs)
+    options = {"device": device, "dtype": dtype, "backend": backend, **kwargs}
+    LOADED_AS[model] = (os.fspath(spec), {k: v for k, v in options.items() if v is not None})
+    return model
+
+
+def _load(spec: str | os.PathLike[str], *, device: str | torch.device, dtype: torch.dtype | None,
+          backend: str | None, **kwargs: Any) -> Any:
     if backend is not None and backend not in BACKENDS:
         raise FuncnetError(f"backend should be one of {list(BACKENDS)}, got {backend!r}")
     kind, what = resolve(spec, backend)

@@ -24,6 +24,8 @@ from .plan import select as select
 from .scores import ALLOCATION as ALLOCATION
 from .scores import method_options as method_options
 from .scores import score as score
+from .sweep import sweep as sweep
 
 __all__ = ["METHODS", "ALLOCATION", "Calibration", "NeuronStats", "PruningPlan", "compensate", "hard_prune",
-           "method_options", "plan_from_scores", "plan_pruning", "protected_layers", "prune", "score", "select"]
+           "method_options", "plan_from_scores", "plan_pruning", "protected_layers", "prune", "score", "select",
+           "sweep"]

@@ -15,6 +15,7 @@ next-token ``loss`` and its change ``delta_loss``.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -25,9 +26,11 @@ from torch import Tensor
 from .._rng import check_random_state
 from ..activations.forward import run_batches
 from ..errors import FuncnetError
+from ..executors.fanout import Chunk, check_executor, fan_out, model_ref
 from ..evaluate import kl_divergence, next_token_logprobs, next_token_nll, target_mask
 from ..hooks import Intervention
 from ..hooks.values import positive_int
+from ..models.ref import as_model
 from .vector import SteeringVector, random_like
 
 IvFactory = Callable[[Int[Tensor, "batch"]], Intervention]
@@ -130,36 +133,18 @@ class NeutralReference:
         return {"kl": kl / n, "loss": loss / n, "delta_loss": loss / n - self.base_loss, "neutral_entropy": ent / n}
 
 
-def sweep(model: Any, vectors: Mapping[Any, SteeringVector] | Sequence[SteeringVector], scales: Sequence[float],
-          test_prompts: Sequence[Any], positive_words: Sequence[str | int], negative_words: Sequence[str | int], *,
-          neutral: NeutralReference | Any = "evaluation", pos: str | None = None, normalize: bool = False,
-          random_control: bool = True, random_state: int | None = 0, progress: Callable[[str], None] | None = None):
-    """Site x scale sweep: one row per (kind, vector, scale) with target and side-effect metrics.
-
-    ``vectors`` are steering vectors (a list, or a dict such as :func:`mean_differences` returns), each applied
-    at its own site; the ``vector`` column names each one by its dict key (or list index). ``pos`` is ``None``
-    (every position) or ``"last"`` (the last real token of each test prompt). With ``random_control`` every
-    configuration is repeated with a random vector of the same norm. Returns a pandas DataFrame with columns
-    ``kind, vector, site, layer, scale, norm, log_odds, shift, pos_mass, neg_mass, pos_logprob, entropy, kl,
-    loss, delta_loss, neutral_entropy``.
-    """
-    import pandas as pd
-
-    named = list(vectors.items()) if isinstance(vectors, Mapping) else list(enumerate(vectors))
-    vs = [v for _, v in named]
-    if not vs or not all(isinstance(v, SteeringVector) for v in vs):
-        raise FuncnetError("vectors should be SteeringVectors (a list, or a dict such as mean_differences returns)")
-    if not scales:
-        raise FuncnetError("no scales to sweep; pass one or more numbers")
-    if pos not in (None, "last"):
-        raise FuncnetError(f"pos should be None (every position) or 'last' for a sweep, got {pos!r}")
+def _sweep_rows(model: Any, *, named: list[tuple[int, Any, SteeringVector]], scales: list[float],
+                test_prompts: Sequence[Any], positive_words: Sequence[str | int],
+                negative_words: Sequence[str | int], neutral: NeutralReference | Any, pos: str | None,
+                normalize: bool, random_control: bool, base_seed: int | None, with_base: bool,
+                progress: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """The rows of the vectors ``named`` (index, name, vector) and, ``with_base``, the unsteered row first."""
     pos_ids, neg_ids = word_ids(model, positive_words), word_ids(model, negative_words)
     ref = neutral if isinstance(neutral, NeutralReference) else NeutralReference(model, neutral)
     base = target_metrics(prompt_logprobs(model, test_prompts), pos_ids, neg_ids)
     rows = [{"kind": "base", "vector": "", "site": "", "layer": -1, "scale": 0.0, "norm": 0.0, **base, "shift": 0.0,
-             "kl": 0.0, "loss": ref.base_loss, "delta_loss": 0.0, "neutral_entropy": float("nan")}]
-    base_seed = check_random_state(random_state)
-    for i, (name, sv) in enumerate(named):
+             "kl": 0.0, "loss": ref.base_loss, "delta_loss": 0.0, "neutral_entropy": float("nan")}] if with_base else []
+    for i, name, sv in named:
         layer = -1 if sv.layer is None else sv.layer
         kinds = [("steer", sv)] + ([("random", random_like(sv, random_state=None if base_seed is None
                                                         else base_seed + i))] if random_control else [])
@@ -175,7 +160,54 @@ def sweep(model: Any, vectors: Mapping[Any, SteeringVector] | Sequence[SteeringV
                 if progress:
                     progress(f"{kind:6s} {v.site} scale {s:6.2f}: shift {rows[-1]['shift']:+.3f} "
                              f"kl {side['kl']:.3f}")
-    return pd.DataFrame(rows)
+    return rows
+
+
+def sweep(model: Any, vectors: Mapping[Any, SteeringVector] | Sequence[SteeringVector], scales: Sequence[float],
+          test_prompts: Sequence[Any], positive_words: Sequence[str | int], negative_words: Sequence[str | int], *,
+          neutral: NeutralReference | Any = "evaluation", pos: str | None = None, normalize: bool = False,
+          random_control: bool = True, random_state: int | None = 0, progress: Callable[[str], None] | None = None,
+          executor: Executor | None = None):
+    """Site x scale sweep: one row per (kind, vector, scale) with target and side-effect metrics.
+
+    ``vectors`` are steering vectors (a list, or a dict such as :func:`mean_differences` returns), each applied
+    at its own site; the ``vector`` column names each one by its dict key (or list index). ``pos`` is ``None``
+    (every position) or ``"last"`` (the last real token of each test prompt). With ``random_control`` every
+    configuration is repeated with a random vector of the same norm. ``executor`` (any
+    ``concurrent.futures.Executor``) runs one chunk per vector, each worker loading ``model`` by reference
+    (``neutral`` is then texts, not a NeutralReference). Returns a pandas DataFrame with columns
+    ``kind, vector, site, layer, scale, norm, log_odds, shift, pos_mass, neg_mass, pos_logprob, entropy, kl,
+    loss, delta_loss, neutral_entropy``.
+    """
+    import pandas as pd
+
+    named = list(vectors.items()) if isinstance(vectors, Mapping) else list(enumerate(vectors))
+    vs = [v for _, v in named]
+    if not vs or not all(isinstance(v, SteeringVector) for v in vs):
+        raise FuncnetError("vectors should be SteeringVectors (a list, or a dict such as mean_differences returns)")
+    if not scales:
+        raise FuncnetError("no scales to sweep; pass one or more numbers")
+    if pos not in (None, "last"):
+        raise FuncnetError(f"pos should be None (every position) or 'last' for a sweep, got {pos!r}")
+    settings = {"scales": list(scales), "test_prompts": list(test_prompts), "positive_words": list(positive_words),
+                "negative_words": list(negative_words), "pos": pos, "normalize": normalize,
+                "random_control": random_control, "base_seed": check_random_state(random_state)}
+    indexed = [(i, name, v) for i, (name, v) in enumerate(named)]
+    if executor is None:
+        model = as_model(model)
+        return pd.DataFrame(_sweep_rows(model, named=indexed, neutral=neutral, with_base=True, progress=progress,
+                                        **settings))
+    check_executor(executor)
+    if isinstance(neutral, NeutralReference):
+        raise FuncnetError("with an executor, neutral should be texts (a split name, path or list of strings): a "
+                           "NeutralReference holds a loaded model, which is never sent to workers")
+    from ..activations.tokens import resolve_inputs
+
+    settings["neutral"] = resolve_inputs(neutral)
+    chunks = [Chunk(f"vector {name!r} at {v.site}", {**settings, "named": [(i, name, v)], "with_base": i == 0})
+              for i, name, v in indexed]
+    parts = fan_out(executor, _sweep_rows, chunks, ref=model_ref(model), what="steering.sweep")
+    return pd.DataFrame([row for part in parts for row in part])
 
 
 def best_config(df: Any, *, kl_budget: float = 1.0, kind: str = "steer") -> dict[str, Any]:
