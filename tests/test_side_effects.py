@@ -240,6 +240,21 @@ def _sparsity(model, tmp_path):
     plan_pruning(model, 0.2, "cfsp", calib, protect_first=0, protect_last=0)
 
 
+def _executors(model, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tl_funcnet.models import load, save
+    from tl_funcnet.patching import exact_patch, logit_diff, node_grid
+    from tl_funcnet.pruning import sweep
+
+    save(model, tmp_path / "m")
+    loaded = load(tmp_path / "m")
+    clean, corrupted = torch.stack(_tokens(2, 6, seed=1)), torch.stack(_tokens(2, 6, seed=2))
+    with ThreadPoolExecutor(2) as ex:
+        exact_patch(loaded, clean, corrupted, node_grid(loaded, "mlp", 6), logit_diff([1, 2], [3, 4]), executor=ex)
+        sweep(loaded, ["random"], [0.25], _tokens(), _tokens(2), protect_first=0, protect_last=0, executor=ex)
+
+
 def _cli(model, tmp_path):
     from tl_funcnet.cli import main
 
@@ -251,7 +266,7 @@ ENTRY_POINTS = {
     "collect": _collect, "evaluate": _evaluate, "functional networks": _networks, "ica estimators": _estimators,
     "pruning": _pruning, "fingerprint": _fingerprint, "patching": _patching, "steering": _steering,
     "models save/load": _models, "intervention save/load": _intervention, "dashboards": _dashboards, "sae": _sae,
-    "sparsity": _sparsity,
+    "sparsity": _sparsity, "executors": _executors,
     "cli": _cli,
 }
 

@@ -10,15 +10,17 @@ Cost: one row-forward (from the receiver's layer on) per edge and prompt; pass `
 from __future__ import annotations
 
 import time
+import uuid
 from collections import defaultdict
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
 from ..errors import FuncnetError
-from ..executors.fanout import Chunk, check_executor, fan_out, model_ref, spans
+from ..executors.fanout import Chunk, check_executor, fan_out, model_ref, reuse, spans
 from ..hooks import Intervention, capture, patch
 from ..hooks.intervention import flags_on
 from ..hooks.values import index_list, positive_int
@@ -83,54 +85,49 @@ def _check_sweep(graph: Graph, clean: Any, corrupted: Any, direction: str, max_r
     return n, chosen
 
 
-def _edge_chunk(model: Any, **params: Any) -> tuple[Tensor, float]:
-    """One chunk of a fanned-out edge sweep: its edges' scores and the baseline."""
-    scores = exact_edge_scores(model, **params)
-    return scores.scores[torch.as_tensor(params["edges"])], scores.baseline
+@dataclass(frozen=True)
+class _TargetRun:
+    """What every forward of a sweep reads from the unpatched target run."""
+
+    target: Tensor  # token ids (n, pos)
+    z: Tensor  # sender outputs of the target run (n, pos, n_senders, d)
+    a: Tensor  # their ablated values, same shape
+    recv_store: dict[str, Tensor]  # receiver inputs and the residual inputs of the patched layers
+    base: Tensor  # unpatched metric per prompt
+    last_only: bool
+    at: slice  # positions ablated
 
 
-def exact_edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metric: Metric, *,
-                      edges: Sequence[int] | Tensor | None = None, direction: str = "noise",
-                      ablated: AblatedValues | None = None, max_rows: int = 256,
-                      position: int | None = None, executor: Executor | None = None,
-                      chunk_size: int | None = None) -> EdgeScores:
-    """Ablate each edge of ``edges`` (default: all) alone and measure ``metric`` (mean over prompts).
-
-    ``direction="noise"``: on the clean prompts, edge ``u->v`` gets ``u``'s corrupted output; ``"denoise"``:
-    the reverse. ``ablated`` (from :func:`~tl_funcnet.circuits.ablated_values`) replaces the corrupted values
-    by mean or zero ablation. ``position`` ablates each edge at that position of the prompt only (the oracle
-    for ``edge_scores(..., per_position=True)``). Unscored edges are NaN.
-
-    ``executor`` (any ``concurrent.futures.Executor``) fans the edges out in chunks of ``chunk_size`` edges
-    (rounded up to whole forwards; default 8 forwards) that each load ``model`` by reference (a
-    :class:`~tl_funcnet.models.ref.ModelRef`, or a model loaded by :func:`tl_funcnet.models.load`); the scores
-    equal the in-process run's.
-    """
-    if executor is not None:
-        return _fanned(model, graph, clean, corrupted, metric, edges=edges, direction=direction, ablated=ablated,
-                       max_rows=max_rows, position=position, executor=executor, chunk_size=chunk_size)
-    model = as_model(model)
-    graph.check_model(model)
-    n, chosen = _check_sweep(graph, clean, corrupted, direction, max_rows, position, edges)
+@torch.no_grad()
+def _target_run(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metric: Metric, direction: str,
+                ablated: AblatedValues | None, position: int | None, layers: Sequence[int]) -> _TargetRun:
+    """One pass over the target prompts (``layers``: where forwards may start)."""
     target, a_vals = _targets(model, graph, clean, corrupted, direction, ablated)
+    n = target.shape[0]
     at = slice(None) if position is None else slice(position % target.shape[1], position % target.shape[1] + 1)
-    t0 = time.perf_counter()
     dev = model.cfg.device
     target = target.to(dev)
     z = sender_outputs(model, graph, target)  # (n, pos, n_senders, d), the target run's
     a = a_vals.to(dev, z.dtype).expand(n, z.shape[1], -1, -1) if a_vals.shape[0] == 1 else a_vals.to(dev, z.dtype)
     recv_store: dict[str, Tensor] = {}
-    layers = sorted({min(graph.receiver_layer(int(graph.edges[i, 1])), graph.n_layers - 1) for i in chosen})
     resid_sites = [f"blocks.{L}.hook_resid_pre" for L in layers]
-    with torch.no_grad(), edge_hooks(model), capture(graph.receiver_sites() + resid_sites, recv_store).applied(model):
+    with edge_hooks(model), capture(graph.receiver_sites() + resid_sites, recv_store).applied(model):
         model(target, return_type=None)
     last_only = last_position_only(metric, ["blocks.0.hook_resid_pre"])
-    with torch.no_grad(), edge_hooks(model):
+    with edge_hooks(model):
         base = check_metric(metric, n, metric(forward_logits(model, target, last_only=last_only)))
-    out = torch.full((graph.n_edges,), float("nan"), dtype=torch.float64)
-    order = sorted(chosen, key=lambda i: (graph.receiver_layer(int(graph.edges[i, 1])), i))
+    return _TargetRun(target, z, a, recv_store, base, last_only, at)
+
+
+@torch.no_grad()
+def _ablate_each(model: Any, graph: Graph, run: _TargetRun, order: list[int], metric: Metric, max_rows: int
+                 ) -> list[float]:
+    """Each edge of ``order`` ablated alone: the mean change of ``metric``, ``max_rows // n`` edges per forward."""
+    target, z, a, recv_store, at = run.target, run.z, run.a, run.recv_store, run.at
+    n = target.shape[0]
     per_chunk = max(1, max_rows // n)
-    with torch.no_grad(), flags_on(model, EDGE_FLAGS):
+    out: list[float] = []
+    with flags_on(model, EDGE_FLAGS):
         for start in range(0, len(order), per_chunk):
             chunk = order[start:start + per_chunk]
             rows = len(chunk) * n
@@ -161,15 +158,65 @@ def exact_edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor
             with iv.applied(model):
                 if starts_at_layer(model):
                     resid = recv_store[f"blocks.{layer0}.hook_resid_pre"].repeat(len(chunk), 1, 1)
-                    logits = forward_logits(model, tokens, last_only=last_only, resid=resid, start_layer=layer0)
+                    logits = forward_logits(model, tokens, last_only=run.last_only, resid=resid, start_layer=layer0)
                 else:  # a TransformerBridge runs only from tokens
-                    logits = forward_logits(model, tokens, last_only=last_only)
-            for j, i in enumerate(chunk):
+                    logits = forward_logits(model, tokens, last_only=run.last_only)
+            for j in range(len(chunk)):
                 vals = check_metric(metric, n, metric(logits[j * n:(j + 1) * n]))
-                out[i] = float((vals.double() - base.double()).mean())
-    return EdgeScores(graph, out, "exact", direction, float(base.double().mean()), time.perf_counter() - t0,
+                out.append(float((vals.double() - run.base.double()).mean()))
+    return out
+
+
+def _in_order(graph: Graph, edges: Sequence[int]) -> list[int]:
+    """Edges by receiver layer: forwards start as late as they can."""
+    return sorted(edges, key=lambda i: (graph.receiver_layer(int(graph.edges[i, 1])), i))
+
+
+def exact_edge_scores(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metric: Metric, *,
+                      edges: Sequence[int] | Tensor | None = None, direction: str = "noise",
+                      ablated: AblatedValues | None = None, max_rows: int = 256,
+                      position: int | None = None, executor: Executor | None = None,
+                      chunk_size: int | None = None) -> EdgeScores:
+    """Ablate each edge of ``edges`` (default: all) alone and measure ``metric`` (mean over prompts).
+
+    ``direction="noise"``: on the clean prompts, edge ``u->v`` gets ``u``'s corrupted output; ``"denoise"``:
+    the reverse. ``ablated`` (from :func:`~tl_funcnet.circuits.ablated_values`) replaces the corrupted values
+    by mean or zero ablation. ``position`` ablates each edge at that position of the prompt only (the oracle
+    for ``edge_scores(..., per_position=True)``). Unscored edges are NaN.
+
+    ``executor`` (any ``concurrent.futures.Executor``) fans the edges out in chunks of ``chunk_size`` edges
+    (rounded up to whole forwards; default 8 forwards) that each load ``model`` by reference (a
+    :class:`~tl_funcnet.models.ref.ModelRef`, or a model loaded by :func:`tl_funcnet.models.load`); the scores
+    equal the in-process run's (bit for bit at the same torch thread count per worker).
+    """
+    if executor is not None:
+        return _fanned(model, graph, clean, corrupted, metric, edges=edges, direction=direction, ablated=ablated,
+                       max_rows=max_rows, position=position, executor=executor, chunk_size=chunk_size)
+    model = as_model(model)
+    graph.check_model(model)
+    n, chosen = _check_sweep(graph, clean, corrupted, direction, max_rows, position, edges)
+    t0 = time.perf_counter()
+    layers = sorted({min(graph.receiver_layer(int(graph.edges[i, 1])), graph.n_layers - 1) for i in chosen})
+    run = _target_run(model, graph, clean, corrupted, metric, direction, ablated, position, layers)
+    out = torch.full((graph.n_edges,), float("nan"), dtype=torch.float64)
+    order = _in_order(graph, chosen)
+    if order:
+        out[torch.as_tensor(order)] = torch.tensor(_ablate_each(model, graph, run, order, metric, max_rows),
+                                                   dtype=torch.float64)
+    return EdgeScores(graph, out, "exact", direction, float(run.base.double().mean()), time.perf_counter() - t0,
                       {"n_prompts": n, "max_rows": max_rows, "n_scored": len(chosen), "position": position,
                        "ablation": "patching" if ablated is None else ablated.ablation})
+
+
+def _edges_task(model: Any, *, sweep: str, graph: Graph, clean: Tensor, corrupted: Tensor, metric: Metric,
+                direction: str, ablated: AblatedValues | None, position: int | None, max_rows: int,
+                edges: list[int]) -> tuple[list[float], float]:
+    """One chunk of a fanned-out sweep: its edges' scores and the baseline. A worker makes the target run once
+    per sweep (``sweep`` names it) and reuses it for every chunk of that sweep it runs."""
+    graph.check_model(model)
+    run = reuse((sweep, id(model)), lambda: _target_run(model, graph, clean, corrupted, metric, direction, ablated,
+                                                        position, range(graph.n_layers)))
+    return _ablate_each(model, graph, run, edges, metric, max_rows), float(run.base.double().mean())
 
 
 __all__ = ["exact_edge_scores", "DIRECTIONS"]
@@ -188,17 +235,17 @@ def _fanned(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metric: 
     ref = model_ref(model)
     per_forward = max(1, max_rows // n)
     size = per_forward * (8 if chunk_size is None else -(-positive_int(chunk_size, "chunk_size") // per_forward))
-    order = sorted(chosen, key=lambda i: (graph.receiver_layer(int(graph.edges[i, 1])), i))
-    common = {"graph": graph, "clean": torch.as_tensor(clean), "corrupted": torch.as_tensor(corrupted),
-              "metric": metric, "direction": direction, "ablated": ablated, "max_rows": max_rows,
-              "position": position}
+    order = _in_order(graph, chosen)
+    common = {"sweep": uuid.uuid4().hex, "graph": graph, "clean": torch.as_tensor(clean),
+              "corrupted": torch.as_tensor(corrupted), "metric": metric, "direction": direction, "ablated": ablated,
+              "max_rows": max_rows, "position": position}
     chunks = [Chunk(f"edges {order[s.start]}..{order[s.stop - 1]} ({len(s)})", {**common, "edges": order[s.start:s.stop]})
               for s in spans(len(order), size)]
     t0 = time.perf_counter()
-    results = fan_out(executor, _edge_chunk, chunks, ref=ref, what="exact_edge_scores")
+    results = fan_out(executor, _edges_task, chunks, ref=ref, what="exact_edge_scores")
     out = torch.full((graph.n_edges,), float("nan"), dtype=torch.float64)
     for chunk, (values, _) in zip(chunks, results):
-        out[torch.as_tensor(chunk.params["edges"])] = values
+        out[torch.as_tensor(chunk.params["edges"])] = torch.tensor(values, dtype=torch.float64)
     baseline = results[0][1] if results else float("nan")
     return EdgeScores(graph, out, "exact", direction, baseline, time.perf_counter() - t0,
                       {"n_prompts": n, "max_rows": max_rows, "n_scored": len(chosen), "position": position,

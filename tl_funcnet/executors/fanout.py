@@ -10,6 +10,7 @@ again the whole sweep raises :class:`~tl_funcnet.errors.ChunkError` naming the c
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -47,6 +48,23 @@ def run_chunk(task: Callable[..., Any], ref: ModelRef | None, params: dict[str, 
         return task(None, **params)
     with using(ref) as model:
         return task(model, **params)
+
+
+_reused: dict[Any, Any] = {}
+_reused_lock = threading.Lock()
+
+
+def reuse(key: Any, make: Callable[[], Any]) -> Any:
+    """This process's value for ``key``, made once: the set-up a sweep's chunks share on one worker (a target
+    run, a calibration). Only the latest key is kept, so a worker holds one sweep's set-up at a time."""
+    with _reused_lock:
+        if key in _reused:
+            return _reused[key]
+    value = make()
+    with _reused_lock:
+        _reused.clear()
+        _reused[key] = value
+    return value
 
 
 def _describe(value: Any) -> str:
@@ -101,4 +119,4 @@ def spans(n: int, size: int) -> list[range]:
     return [range(s, min(n, s + size)) for s in range(0, n, size)]
 
 
-__all__ = ["Chunk", "check_executor", "model_ref", "run_chunk", "fan_out", "spans"]
+__all__ = ["Chunk", "check_executor", "model_ref", "run_chunk", "fan_out", "spans", "reuse"]

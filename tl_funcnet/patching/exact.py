@@ -12,6 +12,7 @@ and it is not run. Results equal ``transformer_lens.patching`` on the same grid.
 from __future__ import annotations
 
 import time
+import uuid
 from collections import defaultdict
 from concurrent.futures import Executor
 from typing import Any
@@ -21,7 +22,7 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..errors import FuncnetError
-from ..executors.fanout import Chunk, check_executor, fan_out, model_ref, spans
+from ..executors.fanout import Chunk, check_executor, fan_out, model_ref, reuse, spans
 from ..hooks import Intervention, patch
 from ..hooks.values import positive_int
 from ..models.ref import ModelRef, as_model
@@ -158,22 +159,30 @@ def exact_patch(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeSet, me
                        info={"max_rows": max_rows, "n_prompts": n, "n_run": len(order), **info})
 
 
-def _plan_task(model: Any, *, clean: Tensor, corrupted: Tensor, nodes: NodeSet, metric: Metric, direction: str,
-               max_rows: int, reuse_prefix: bool) -> tuple[list[int], Tensor]:
+def _shared_setup(model: Any, sweep: str, **params: Any) -> tuple:
+    """:func:`_setup`, made once per worker for all the chunks of one sweep it runs (``sweep`` names it)."""
+    return reuse((sweep, id(model)), lambda: _setup(model, **params))
+
+
+def _plan_task(model: Any, *, sweep: str, clean: Tensor, corrupted: Tensor, nodes: NodeSet, metric: Metric,
+               direction: str, max_rows: int, reuse_prefix: bool) -> tuple[list[int], Tensor]:
     """A worker's plan of a fanned-out sweep: the run order and the unpatched metric per prompt."""
-    target, _, last_only, src_cache, tgt_cache = _setup(model, clean, corrupted, nodes, metric, direction, max_rows,
-                                                        reuse_prefix)
+    target, _, last_only, src_cache, tgt_cache = _shared_setup(
+        model, sweep, clean=clean, corrupted=corrupted, nodes=nodes, metric=metric, direction=direction,
+        max_rows=max_rows, reuse_prefix=reuse_prefix)
     with torch.no_grad():
         base = check_metric(metric, target.shape[0], metric(forward_logits(model, target, last_only=last_only)))
     return _run_order(nodes, src_cache, tgt_cache), base.detach().float().cpu()
 
 
-def _nodes_task(model: Any, *, clean: Tensor, corrupted: Tensor, nodes: NodeSet, metric: Metric, direction: str,
-                max_rows: int, reuse_prefix: bool, run: list[int]) -> Tensor:
+def _nodes_task(model: Any, *, sweep: str, clean: Tensor, corrupted: Tensor, nodes: NodeSet, metric: Metric,
+                direction: str, max_rows: int, reuse_prefix: bool, run: list[int]) -> Tensor:
     """One chunk of a fanned-out sweep: the metric per prompt with each node of ``run`` patched."""
-    target, reuse, last_only, src_cache, tgt_cache = _setup(model, clean, corrupted, nodes, metric, direction,
-                                                           max_rows, reuse_prefix)
-    return _patched_metrics(model, target, nodes, run, metric, max_rows, reuse, last_only, src_cache, tgt_cache)
+    target, from_prefix, last_only, src_cache, tgt_cache = _shared_setup(
+        model, sweep, clean=clean, corrupted=corrupted, nodes=nodes, metric=metric, direction=direction,
+        max_rows=max_rows, reuse_prefix=reuse_prefix)
+    return _patched_metrics(model, target, nodes, run, metric, max_rows, from_prefix, last_only, src_cache,
+                            tgt_cache)
 
 
 def _fanned(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeSet, metric: Metric, *, direction: str,
@@ -189,7 +198,7 @@ def _fanned(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeSet, metric
     if not isinstance(model, ModelRef):
         prepare(model, clean, corrupted, nodes, direction)  # every check, here, before any work is sent
     ref = model_ref(model)
-    common = {"clean": as_tokens(clean, "clean"), "corrupted": as_tokens(corrupted, "corrupted"), "nodes": nodes,
+    common = {"sweep": uuid.uuid4().hex, "clean": as_tokens(clean, "clean"), "corrupted": as_tokens(corrupted, "corrupted"), "nodes": nodes,
               "metric": metric, "direction": direction, "max_rows": max_rows, "reuse_prefix": reuse_prefix}
     [(order, base)] = fan_out(executor, _plan_task, [Chunk("plan: the nodes that change the run", common)], ref=ref,
                               what="exact_patch")

@@ -9,13 +9,14 @@ one method, so the grid gives the same numbers in process and on any executor.
 
 from __future__ import annotations
 
+import uuid
 from concurrent.futures import Executor
 from typing import Any, Mapping, Sequence
 
 from ..activations.tokens import resolve_inputs
 from ..errors import FuncnetError
 from ..evaluate import perplexity
-from ..executors.fanout import Chunk, check_executor, fan_out, model_ref
+from ..executors.fanout import Chunk, check_executor, fan_out, model_ref, reuse
 from ..models.ref import as_model
 from .api import _check_method, calibration_for, compensate, plan_from_scores
 from .model_info import check_prunable, protected_layers
@@ -25,7 +26,7 @@ from .scores import method_options, score
 DENSE = "dense"  # the unpruned model's row
 
 
-def _method_rows(model: Any, *, method: str, ratios: list[float], texts: Any, eval_texts: list, options: dict,
+def _method_rows(model: Any, *, sweep: str | None = None, method: str, ratios: list[float], texts: Any, eval_texts: list, options: dict,
                  bias_compensation: bool, protect_first: int, protect_last: int, max_tokens: int,
                  max_tokens_per_seq: int) -> list[dict[str, Any]]:
     """One method's rows: score once, then plan, compensate and evaluate each ratio (``"dense"``: the model)."""
@@ -33,7 +34,11 @@ def _method_rows(model: Any, *, method: str, ratios: list[float], texts: Any, ev
         ppl = perplexity(model, eval_texts, max_tokens_per_seq=max_tokens_per_seq, progress=False)
         return [{"method": DENSE, "ratio": 0.0, "neuron_ratio": 0.0, "n_pruned": 0, "perplexity": ppl}]
     widths = check_prunable(model)
-    calibration = calibration_for(model, texts, max_tokens=max_tokens, max_tokens_per_seq=max_tokens_per_seq)
+    def calibrate() -> Any:
+        return calibration_for(model, texts, max_tokens=max_tokens, max_tokens_per_seq=max_tokens_per_seq)
+
+    # a worker calibrates once for all the methods of one sweep it runs
+    calibration = calibrate() if sweep is None else reuse((sweep, id(model)), calibrate)
     prot = protected_layers(len(widths), protect_first, protect_last, None)
     layers = [l for l in range(len(widths)) if l not in prot]
     scores = score(model, calibration, method, layers=layers, **options)
@@ -100,7 +105,8 @@ def sweep(model: Any, methods: Sequence[str], ratios: Sequence[float], texts: An
             raise FuncnetError("with an executor, texts should be a split name, a path or a list of strings (a "
                                "Calibration holds a model's activations and is not sent to workers)")
         ref = model_ref(model)
-        chunks = [Chunk(f"method {p['method']}", {**p, "texts": calibration}) for p in per_method]
+        sweep_id = uuid.uuid4().hex
+        chunks = [Chunk(f"method {p['method']}", {**p, "texts": calibration, "sweep": sweep_id}) for p in per_method]
         results = fan_out(executor, _method_rows, chunks, ref=ref, what="pruning.sweep")
         rows = [row for part in results for row in part]
     return pd.DataFrame(rows)
