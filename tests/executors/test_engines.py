@@ -147,3 +147,30 @@ def test_a_failing_chunk_is_retried_then_reported(executor, ref, tmp_path):
     gone = ModelRef(tmp_path / "nothing-here")
     with pytest.raises(ChunkError, match="chunk 1 of 1 .*nothing-here"):
         fan_out(executor, _flaky, [Chunk("unloadable", {"marker": str(tmp_path / "m")})], ref=gone)
+
+
+def test_a_fingerprint_zoo_and_its_registry_ranking_match_in_process(executor, ref, tmp_path_factory):
+    from tl_testing import make_gpt2_style
+
+    from tl_funcnet.fingerprint import FingerprintRegistry, fingerprint_models
+    from tl_funcnet.fingerprint.transforms import permute_mlp
+
+    folder = tmp_path_factory.mktemp("zoo")
+    base = load(ref.spec)
+    save(permute_mlp(base, random_state=1), folder / "permuted")
+    save(make_gpt2_style(seed=7).eval(), folder / "other")
+    zoo = {"base": ref, "permuted": ModelRef(folder / "permuted"), "other": ModelRef(folder / "other")}
+    texts = ["alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau"] * 2
+    kw = dict(n_networks=4, tokenizer="chars", max_tokens_per_text=12)
+    with one_thread():
+        want = fingerprint_models(zoo, texts, **kw)
+    got = fingerprint_models(zoo, texts, executor=executor, **kw)
+    assert list(got) == list(want) and all(torch.equal(torch.cat(got[k].series), torch.cat(want[k].series))
+                                           for k in want)
+    registry = FingerprintRegistry.create(folder / "registry")
+    registry.add_many(got)
+    ranked = registry.rank(got["permuted"], executor=executor, n_null=20, chunk_size=1)
+    local = registry.rank(got["permuted"], n_null=20)
+    assert [(n, c.score, c.p_value) for n, c in ranked.rows] == [(n, c.score, c.p_value) for n, c in local.rows]
+    scores = {name: c.score for name, c in ranked.rows}
+    assert scores["permuted"] >= max(scores.values()) - 1e-9  # a fingerprint matches itself best
