@@ -44,6 +44,8 @@ BENCHMARKS = {
     "steering": "steering.py",
     "lineas": "lineas.py",
     "bridge": "bridge.py",
+    # sweeps in process vs a 2-worker Dask local cluster vs Ray (never timed while anything else runs)
+    "scale_out": "scale_out.py",
     # the main job: `tl-funcnet demo` end to end and its report in headless Chromium (--quick: the demo's sizes)
     "report": "report.py",
 }

@@ -493,11 +493,12 @@ texts = load_corpus("evaluation")[:4]
 victim = fingerprint(model, texts, n_networks=64, random_state=0, name="smollm2")
 victim"""),
     ("code", """# derived copies (function-preserving changes of basis) and an independent model
-rows = {}
+rows, fps = {}, {}
 for name, suspect in [("MLP neurons permuted", permute_mlp(model, random_state=1)),
                       ("residual rotated", rotate_residual(model, random_state=1)),
                       ("random init", random_init(model, random_state=7))]:
-    c = compare(victim, fingerprint(suspect, texts, name=name))
+    fps[name] = fingerprint(suspect, texts, name=name)
+    c = compare(victim, fps[name])
     rows[name] = {"score": round(c.score, 3), "p_value": c.p_value, "verdict": c.verdict}
     del suspect
 # executed in CI, so these lines also test the claims on the real model
@@ -518,6 +519,17 @@ with tempfile.TemporaryDirectory() as tmp:
     again = Fingerprint.load(path)
 assert compare(victim, again, random_state=0).score > 0.999
 print(path.name, again)"""),
+    ("md", "## A registry of published fingerprints\n\nA folder (or any fsspec URL) of fingerprints with an index "
+           "that records each file's SHA-256. A suspect (a fingerprint, or a model that is then fingerprinted on "
+           "the registry's texts) is ranked against every entry; `executor=` runs the comparisons on Dask, Ray or "
+           "a process pool, and `tl-funcnet fingerprint --suspect M --registry DIR` does the same from the shell."),
+    ("code", """from tl_funcnet.fingerprint import FingerprintRegistry
+with tempfile.TemporaryDirectory() as tmp:
+    registry = FingerprintRegistry.create(pathlib.Path(tmp) / "registry")
+    registry.add_many({"smollm2": victim, "independent-model": fps["random init"]})
+    ranking = registry.rank(fps["MLP neurons permuted"])
+assert ranking.best[0] == "smollm2" and ranking.best[1].verdict == "derived"
+ranking.to_frame()[["rank", "name", "score", "p_value", "verdict"]]"""),
 ]
 
 NOTEBOOKS["05_patching"] = [

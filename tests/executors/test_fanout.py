@@ -143,3 +143,14 @@ def test_ray_executor_needs_ray_initialised():
         pytest.skip("Ray is running in this process")
     with pytest.raises(FuncnetError, match="ray.init"):
         RayExecutor()
+
+
+def test_nothing_imports_dask_or_ray_until_an_executor_is_made():
+    import subprocess
+    import sys
+
+    code = ("import sys, tl_funcnet.executors, tl_funcnet.fingerprint, tl_funcnet.circuits, tl_funcnet.patching, "
+            "tl_funcnet.pruning, tl_funcnet.steering; print(sorted(m for m in ('ray', 'dask', 'distributed') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

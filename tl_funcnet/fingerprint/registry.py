@@ -24,20 +24,19 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._io import remove_stale
 from ..errors import FormatError, FuncnetError, OverwriteError
 from ..executors.fanout import Chunk, check_executor, fan_out, model_ref, spans
 from ..hooks.values import positive_int
 from ..models.ref import ModelRef, using
 from .compare import TOP_M, Comparison, compare
 from .core import Fingerprint
+from .storage import Storage
 
 FORMAT = "tl_funcnet.fingerprint_registry"
 VERSION = 1
@@ -48,7 +47,6 @@ RANK_CHUNK = 8
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,99}")
 _ENTRY_KEYS = {"name": str, "file": str, "sha256": str, "model": dict, "n_networks": int, "texts_sha256": str,
                "params": dict}
-_TAG = "tlfn"  # temporary names as tl_funcnet._io makes them: .<name>.tlfn-<pid>-<token>.tmp
 
 
 # --------------------------------------------------------------------------- small helpers
@@ -69,10 +67,6 @@ def check_name(name: Any) -> str:
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _temp_rel(rel: str) -> str:
-    return f".{rel}.{_TAG}-{os.getpid()}-{secrets.token_hex(4)}.tmp"
 
 
 def _fingerprint_bytes(fp: Fingerprint) -> bytes:
@@ -99,114 +93,7 @@ def _entry_of(name: str, fp: Fingerprint, data: bytes) -> dict[str, Any]:
             "n_networks": fp.n_networks, "texts_sha256": texts_key(fp), "params": dict(fp.params)}
 
 
-# --------------------------------------------------------------------------- storage: a folder or an fsspec URL
-
-
-class _Storage:
-    """The registry's folder: a local path (plain os calls, atomic renames) or an fsspec location."""
-
-    def __init__(self, location: Any):
-        if isinstance(location, os.PathLike):
-            location = os.fspath(location)
-        if not isinstance(location, str) or not location.strip():
-            raise FuncnetError(f"a registry location should be a folder path or an fsspec URL such as "
-                               f"'s3://bucket/registry', got {location!r:.60}")
-        from fsspec.core import url_to_fs
-        from fsspec.implementations.local import LocalFileSystem
-
-        try:
-            fs, root = url_to_fs(os.path.expanduser(location))
-        except (ImportError, ValueError) as err:
-            raise FuncnetError(f"cannot open the registry location {location!r}: {err} (an fsspec URL needs its "
-                               f"filesystem's package installed)") from None
-        self.local = isinstance(fs, LocalFileSystem)
-        self.fs = fs
-        self.root = os.path.abspath(root) if self.local else str(root).rstrip("/")
-        #: what a worker passes to reopen this storage (an absolute path when local)
-        self.location = self.root if self.local else location.rstrip("/")
-
-    @property
-    def in_memory(self) -> bool:
-        """Whether the files live in this process's memory (fsspec ``memory://``): no other process sees them."""
-        protocol = self.fs.protocol
-        return not self.local and "memory" in (protocol if isinstance(protocol, (tuple, list)) else (protocol,))
-
-    def path(self, rel: str) -> str:
-        return os.path.join(self.root, rel) if self.local else f"{self.root}/{rel}"
-
-    def shown(self, rel: str) -> str:
-        """How messages name a file: its path, or its URL."""
-        return self.path(rel) if self.local else f"{self.location}/{rel}"
-
-    def is_dir(self) -> bool:
-        return os.path.isdir(self.root) if self.local else bool(self.fs.isdir(self.root))
-
-    def exists(self, rel: str | None = None) -> bool:
-        target = self.root if rel is None else self.path(rel)
-        return os.path.lexists(target) if self.local else bool(self.fs.exists(target))
-
-    def read(self, rel: str) -> bytes:
-        """The file's bytes; FileNotFoundError if there is none."""
-        if self.local:
-            return Path(self.path(rel)).read_bytes()
-        try:
-            return bytes(self.fs.cat_file(self.path(rel)))
-        except (FileNotFoundError, IsADirectoryError):
-            raise FileNotFoundError(self.shown(rel)) from None
-
-    def files(self) -> list[str]:
-        """Names of the regular files at the top of the folder, sorted."""
-        if self.local:
-            return sorted(p.name for p in Path(self.root).iterdir() if p.is_file())
-        return sorted(str(info["name"]).rstrip("/").rsplit("/", 1)[-1]
-                      for info in self.fs.ls(self.root, detail=True) if info.get("type") == "file")
-
-    def makedirs(self) -> None:
-        if self.local:
-            os.makedirs(self.root, exist_ok=True)
-        else:
-            self.fs.makedirs(self.root, exist_ok=True)
-
-    def stage(self, rel: str, data: bytes) -> str:
-        """Write ``data`` to a temporary sibling of ``rel``; returns its name (for :meth:`commit`)."""
-        tmp = _temp_rel(rel)
-        if self.local:
-            remove_stale(Path(self.path(rel)))  # leftovers of writers killed before they finished
-            with open(self.path(tmp), "xb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        else:
-            self.fs.pipe_file(self.path(tmp), data)
-        return tmp
-
-    def commit(self, tmp: str, rel: str) -> None:
-        """Rename the staged file onto ``rel`` (atomic on a local disk)."""
-        if self.local:
-            os.replace(self.path(tmp), self.path(rel))
-        else:
-            self.fs.mv(self.path(tmp), self.path(rel))
-
-    def discard(self, tmp: str) -> None:
-        try:
-            if self.local:
-                os.unlink(self.path(tmp))
-            else:
-                self.fs.rm_file(self.path(tmp))
-        except (OSError, FileNotFoundError):
-            pass
-
-    def write(self, rel: str, data: bytes) -> None:
-        """Write one file atomically (staged, then renamed)."""
-        tmp = self.stage(rel, data)
-        try:
-            self.commit(tmp, rel)
-        finally:
-            if self.exists(tmp):
-                self.discard(tmp)
-
-
-def _verified_bytes(storage: _Storage, entry: Mapping[str, Any]) -> bytes:
+def _verified_bytes(storage: Storage, entry: Mapping[str, Any]) -> bytes:
     """The entry's file, after checking it against the index's SHA-256 (FormatError naming the file otherwise)."""
     shown = storage.shown(entry["file"])
     try:
@@ -222,7 +109,7 @@ def _verified_bytes(storage: _Storage, entry: Mapping[str, Any]) -> bytes:
     return data
 
 
-def _read_verified(storage: _Storage, entry: Mapping[str, Any]) -> Fingerprint:
+def _read_verified(storage: Storage, entry: Mapping[str, Any]) -> Fingerprint:
     """The entry's fingerprint, its bytes checked against the index's SHA-256 and its contents against the index's
     description of it (FormatError naming the file otherwise)."""
     shown = storage.shown(entry["file"])
@@ -253,7 +140,7 @@ def _compare_task(model: Any, *, location: str, entries: list[dict[str, Any]], g
                   suspects: dict[int, Fingerprint], top_m: int, n_null: int,
                   random_state: int | None) -> list[Comparison]:
     """Compare each entry's fingerprint (read and verified here) with the suspect fingerprint of its group."""
-    storage = _Storage(location)
+    storage = Storage(location)
     out = []
     for entry, group in zip(entries, groups):
         victim = _read_verified(storage, entry)
@@ -430,7 +317,7 @@ class FingerprintRegistry:
     """
 
     def __init__(self, location: str | os.PathLike[str]):
-        self._storage = _Storage(location)
+        self._storage = Storage(location)
         self._load_index()
 
     # ------------------------------------------------------------------ opening
@@ -450,12 +337,12 @@ class FingerprintRegistry:
     @classmethod
     def exists(cls, location: str | os.PathLike[str]) -> bool:
         """Whether ``location`` holds a registry index (readable or not)."""
-        return _Storage(location).exists(INDEX)
+        return Storage(location).exists(INDEX)
 
     @classmethod
     def create(cls, location: str | os.PathLike[str], *, exist_ok: bool = False) -> FingerprintRegistry:
         """A new, empty registry at ``location`` (created); an existing one is opened only with ``exist_ok``."""
-        storage = _Storage(location)
+        storage = Storage(location)
         if cls._check_create(storage, exist_ok=exist_ok):
             return cls(storage.location)
         storage.makedirs()
@@ -465,12 +352,12 @@ class FingerprintRegistry:
     @classmethod
     def check_create(cls, location: str | os.PathLike[str], *, exist_ok: bool = False) -> None:
         """Raise now if :meth:`create` would be refused (nothing is written)."""
-        storage = _Storage(location)
+        storage = Storage(location)
         if cls._check_create(storage, exist_ok=exist_ok):
             cls(storage.location)  # an existing index must be readable
 
     @staticmethod
-    def _check_create(storage: _Storage, *, exist_ok: bool) -> bool:
+    def _check_create(storage: Storage, *, exist_ok: bool) -> bool:
         """True if a registry is already there (and exist_ok); raises if one may not be created."""
         if not isinstance(exist_ok, bool):
             raise FuncnetError(f"exist_ok should be True or False, got {exist_ok!r}")
@@ -504,7 +391,7 @@ class FingerprintRegistry:
         raises a FuncnetError naming it and no index is written. An existing index is replaced only with
         ``overwrite=True`` (rebuilding it from the files, e.g. after it was edited).
         """
-        storage = _Storage(folder)
+        storage = Storage(folder)
         if not isinstance(overwrite, bool):
             raise FuncnetError(f"overwrite should be True or False, got {overwrite!r}")
         if not storage.is_dir():
