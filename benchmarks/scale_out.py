@@ -1,7 +1,7 @@
 """Scale-out overhead: the same exact edge-patching sweep in process, on a Dask local cluster and on Ray.
 
     python benchmarks/scale_out.py                 # SmolLM2, IOI, a random sample of edges, 3 interleaved rounds
-    python benchmarks/scale_out.py --quick         # a tiny random model (CI smoke)
+    python benchmarks/scale_out.py --quick         # a tiny random model, Dask only unless --engines (CI smoke)
 
 All three run on this machine's two cores: in process (torch with 2 threads), a Dask ``LocalCluster`` of 2
 process workers with 1 thread each, and Ray started with ``num_cpus=2`` (tasks of 1 CPU). The clusters start
@@ -181,6 +181,7 @@ def main() -> None:
         save(model, workdir / "tiny")
         model = load(workdir / "tiny")
         args.edges, args.max_rows, args.chunk_size, args.rounds = 96, 16, 16, 1
+        args.engines = "dask" if args.engines == ap.get_default("engines") else args.engines  # Ray: tests/executors
         args.registry_size, args.n_networks, args.n_null, args.no_registry = 4, 4, 20, True
     else:
         from tl_funcnet.patching import load_task
