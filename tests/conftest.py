@@ -57,6 +57,23 @@ def twin():
 
 
 @pytest.fixture
+def no_model_loads(monkeypatch):
+    """Record any attempt to load a model, and fail it (the CLI's main() turns that into exit code 1)."""
+    from tl_funcnet import models
+    from tl_funcnet.models import _load, ref, store
+
+    calls: list = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise RuntimeError("a model was loaded")
+
+    for module in (models, _load, ref, store):
+        monkeypatch.setattr(module, "load", refuse)
+    return calls
+
+
+@pytest.fixture
 def tokens():
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, 50, (3, 10), generator=g)

@@ -211,24 +211,6 @@ BAD_ARGS = [
 ]
 
 
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """Fail (by recording) any attempt to load a model; main() would turn an exception into exit code 1."""
-    from tl_funcnet import models
-    from tl_funcnet.models import _load, store
-
-    calls: list = []
-
-    def refuse(*args, **kwargs):
-        calls.append(args)
-        raise RuntimeError("a model was loaded")
-
-    for module in (models, _load):
-        monkeypatch.setattr(module, "load", refuse)
-    monkeypatch.setattr(store, "load", refuse)
-    return calls
-
-
 @pytest.mark.parametrize("argv, out, message", [c[1:] for c in BAD_ARGS], ids=[c[0] for c in BAD_ARGS])
 def test_bad_input_fails_at_once_with_one_line(workdir, no_model_loads, capsys, argv, out, message):
     before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob("*"))

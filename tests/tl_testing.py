@@ -12,6 +12,17 @@ def count_hooks(model) -> int:
     return sum(len(hp._forward_hooks) + len(hp._backward_hooks) for hp in model.hook_dict.values())
 
 
+#: three short passages of different genres (fingerprints of tiny models with the character tokenizer)
+SHORT_TEXTS = [
+    "The old lift stopped between the second and third floors, with four people inside. "
+    "Nobody spoke for a while; then the boy asked whether sharks ever sleep.",
+    "To repot a fern, water it the day before, loosen the root ball gently, and choose a pot "
+    "only slightly larger than the old one.",
+    "Dear Marta, thank you for the parcel of seeds. The tomatoes came up in nine days, faster "
+    "than any year before.",
+]
+
+
 def guard(model):
     GUARDED_MODELS.append(model)
     return model

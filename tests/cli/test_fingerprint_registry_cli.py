@@ -9,17 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from tl_testing import SHORT_TEXTS as TEXTS
 
 from tl_funcnet.cli import main
 
-TEXTS = [
-    "The old lift stopped between the second and third floors, with four people inside. "
-    "Nobody spoke for a while; then the boy asked whether sharks ever sleep.",
-    "To repot a fern, water it the day before, loosen the root ball gently, and choose a pot "
-    "only slightly larger than the old one.",
-    "Dear Marta, thank you for the parcel of seeds. The tomatoes came up in nine days, faster "
-    "than any year before.",
-]
 RANK = ["--n-null", "100", "--top-m", "4"]
 
 
@@ -137,23 +130,6 @@ def test_workers_run_the_ranking_on_a_process_pool(setup, registered, capsys, mo
 
 
 # --------------------------------------------------------------------------- bad input
-
-
-@pytest.fixture
-def no_model_loads(monkeypatch):
-    """Record (and refuse) any attempt to load a model."""
-    from tl_funcnet import models
-    from tl_funcnet.models import _load, ref, store
-
-    calls: list = []
-
-    def refuse(*args, **kwargs):
-        calls.append(args)
-        raise RuntimeError("a model was loaded")
-
-    for module in (models, _load, ref, store):
-        monkeypatch.setattr(module, "load", refuse)
-    return calls
 
 
 @pytest.fixture

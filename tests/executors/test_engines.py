@@ -45,11 +45,25 @@ def ref(tmp_path_factory):
     return ModelRef(folder)
 
 
+@contextmanager
+def environ_restored():
+    """Dask's LocalCluster and ray.init set OMP_NUM_THREADS=1 and more in the calling process's environment (for
+    their workers) and leave them there; every later subprocess of the test run (notebook kernels, benchmarks)
+    would inherit them, so the fixtures put the environment back."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="module")
 def dask_executor():
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cl:
-        with distributed.Client(cl) as client:
+    with environ_restored():
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                      dashboard_address=None) as cl, distributed.Client(cl) as client:
             yield client.get_executor()
 
 
@@ -58,20 +72,15 @@ def ray_executor():
     ray = pytest.importorskip("ray")
     from tl_funcnet.executors import RayExecutor
 
-    # Ray's workers import this module's task functions by name: give them the tests folder on their path
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent), old) if p)
-    try:
+    with environ_restored():
+        # Ray's workers import this module's task functions by name: give them the tests folder on their path
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).parent),
+                                                               os.environ.get("PYTHONPATH")) if p)
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    finally:
-        if old is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = old
-    try:
-        yield RayExecutor()
-    finally:
-        ray.shutdown()
+        try:
+            yield RayExecutor()
+        finally:
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module", params=["dask", "ray"])

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tl_testing import SHORT_TEXTS as TEXTS
 from tl_testing import make_llama_style
 
 from tl_funcnet.errors import FormatError, FuncnetError, OverwriteError
@@ -18,14 +19,6 @@ from tl_funcnet.fingerprint import Fingerprint, FingerprintRegistry, Ranking, fi
 from tl_funcnet.fingerprint.registry import FORMAT, texts_key
 from tl_funcnet.models.ref import ModelRef
 
-TEXTS = [
-    "The old lift stopped between the second and third floors, with four people inside. "
-    "Nobody spoke for a while; then the boy asked whether sharks ever sleep.",
-    "To repot a fern, water it the day before, loosen the root ball gently, and choose a pot "
-    "only slightly larger than the old one.",
-    "Dear Marta, thank you for the parcel of seeds. The tomatoes came up in nine days, faster "
-    "than any year before.",
-]
 KW = {"n_networks": 6, "tokenizer": "chars"}
 CMP = {"top_m": 4, "n_null": 100}
 

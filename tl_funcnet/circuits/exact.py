@@ -38,14 +38,9 @@ DIRECTIONS = ("noise", "denoise")
 
 def _targets(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, direction: str,
              ablated: AblatedValues | None) -> tuple[Tensor, Tensor]:
-    """``(target tokens, ablated sender values)`` for ``direction`` (or the given ablation)."""
-    if direction not in DIRECTIONS:
-        raise FuncnetError(f"direction should be 'noise' (ablate edges of the clean run with corrupted values) or "
-                           f"'denoise' (restore edges of the corrupted run with clean values), got {direction!r}")
+    """``(target tokens, ablated sender values)`` for ``direction`` (or the given ablation); the tokens' shapes
+    and the direction were checked by :func:`_check_sweep`, the vocabulary is checked here."""
     c, k = check_tokens(model, clean, "clean"), check_tokens(model, corrupted, "corrupted")
-    if c.shape != k.shape:
-        raise FuncnetError(f"clean tokens {tuple(c.shape)} and corrupted tokens {tuple(k.shape)} must have the same "
-                           f"shape: one corrupted prompt of the same token length per clean prompt")
     target, source = (c, k) if direction == "noise" else (k, c)
     if ablated is None:
         return target, sender_outputs(model, graph, source).float()
@@ -219,8 +214,6 @@ def _edges_task(model: Any, *, sweep: str, graph: Graph, clean: Tensor, corrupte
     return _ablate_each(model, graph, run, edges, metric, max_rows), float(run.base.double().mean())
 
 
-__all__ = ["exact_edge_scores", "DIRECTIONS"]
-
 
 def _fanned(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metric: Metric, *, edges: Any,
             direction: str, ablated: AblatedValues | None, max_rows: int, position: int | None,
@@ -251,3 +244,6 @@ def _fanned(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metric: 
                       {"n_prompts": n, "max_rows": max_rows, "n_scored": len(chosen), "position": position,
                        "ablation": "patching" if ablated is None else ablated.ablation, "chunks": len(chunks),
                        "executor": type(executor).__name__})
+
+
+__all__ = ["exact_edge_scores", "DIRECTIONS"]
