@@ -417,13 +417,15 @@ ppl = lambda iv=None, m=model: evaluate(m, texts, iv, progress=False, compare_to
 layers = [l for l in range(model.cfg.n_layers) if l not in protected_layers(model.cfg.n_layers, 3, 2)]
 print(calib.n_tokens, "calibration tokens; unpruned perplexity", round(ppl(), 2))"""),
     ("code", """# score once per method (fn: a small ICA per layer here), then plan 20% of MLP neurons and compensate
-plans, scores = {}, {}
-fn_opts = {"n_networks": 16, "n_restarts": 1}
-# fn_guided: Wanda-style ranking, each layer's top 5% by FN score pruned last
-for method, opts in [("fn", fn_opts), ("fn_guided", {**fn_opts, "key_fraction": 0.05}), ("wanda", {}),
-                     ("random", {"random_state": 0})]:
-    scores[method] = score(model, calib, method, layers=layers, **opts)
-    plans[method] = compensate(model, plan_from_scores(model, scores[method], 0.2, method), calib)
+from tl_funcnet.pruning.scores import guided
+scores = {"fn": score(model, calib, "fn", layers=layers, n_networks=16, n_restarts=1),
+          "wanda": score(model, calib, "wanda", layers=layers),
+          "random": score(model, calib, "random", layers=layers, random_state=0)}
+# fn_guided: the Wanda ranking with each layer's top 5% by FN score pruned last (what score(..., "fn_guided")
+# computes; here it reuses the FN scores above instead of running the ICA again)
+scores["fn_guided"] = guided(scores["fn"], scores["wanda"], key_fraction=0.05)
+plans = {m: compensate(model, plan_from_scores(model, scores[m], 0.2, m), calib)
+         for m in ("fn", "fn_guided", "wanda", "random")}
 {m: {"neurons removed": p.n_pruned, "ppl (soft, bias comp.)": round(ppl(p.to_intervention()), 2),
      "ppl (no comp.)": round(ppl(p.to_intervention(bias_compensation=False)), 2)} for m, p in plans.items()}"""),
     ("code", """# hard pruning: a smaller copy; the original model is untouched
