@@ -65,27 +65,36 @@ def _table_lines(stdout: str) -> str:
     return "\n".join(keep)
 
 
-def run(names: list[str], quick: bool, write_md: bool) -> dict[str, dict]:
+def _run_one(name: str, quick: bool, env: dict[str, str]) -> dict:
+    script_name, *script_args = BENCHMARKS[name].split()
+    script = HERE / script_name
+    if not script.exists():
+        return {"status": "missing", "seconds": 0.0, "output": ""}
+    cmd = [sys.executable, str(script), *script_args] + (["--quick"] if quick else [])
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    dt = time.perf_counter() - t0
+    status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
+    print(f"{name:18s} {status:20s} {dt:7.1f} s", flush=True)
+    return {"status": status, "seconds": dt, "output": _table_lines(proc.stdout),
+            "stderr_tail": "\n".join(proc.stderr.splitlines()[-15:]) if proc.returncode else "",
+            "command": "python benchmarks/" + BENCHMARKS[name] + (" --quick" if quick else "")}
+
+
+def run(names: list[str], quick: bool, write_md: bool, jobs: int = 1) -> dict[str, dict]:
+    """Run ``names`` one after another in subprocesses; a smoke run (``quick``) may run ``jobs`` at once, each
+    with one thread (its numbers are then not timings)."""
     sys.path.insert(0, str(HERE))
+    from concurrent.futures import ThreadPoolExecutor
+
     from _bench import machine_info
 
-    results: dict[str, dict] = {}
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
-    for name in names:
-        script_name, *script_args = BENCHMARKS[name].split()
-        script = HERE / script_name
-        if not script.exists():
-            results[name] = {"status": "missing", "seconds": 0.0, "output": ""}
-            continue
-        cmd = [sys.executable, str(script), *script_args] + (["--quick"] if quick else [])
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-        dt = time.perf_counter() - t0
-        status = "ok" if proc.returncode == 0 else f"failed (exit {proc.returncode})"
-        results[name] = {"status": status, "seconds": dt, "output": _table_lines(proc.stdout),
-                         "stderr_tail": "\n".join(proc.stderr.splitlines()[-15:]) if proc.returncode else "",
-                         "command": "python benchmarks/" + BENCHMARKS[name] + (" --quick" if quick else "")}
-        print(f"{name:18s} {status:20s} {dt:7.1f} s", flush=True)
+    if jobs > 1:
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
+    with ThreadPoolExecutor(jobs) as pool:
+        futures = {name: pool.submit(_run_one, name, quick, env) for name in names}
+    results = {name: f.result() for name, f in futures.items()}
     if write_md:
         _write_markdown(results, machine_info(), quick)
     return results
@@ -115,10 +124,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="small settings, tiny models (smoke run)")
     ap.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these")
     ap.add_argument("--no-write", action="store_true", help="do not rewrite BENCHMARKS.md")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="with --quick: benchmarks run at once, one thread each (a smoke run, not timings)")
     args = ap.parse_args(argv)
+    if args.jobs < 1 or (args.jobs > 1 and not args.quick):
+        ap.error("--jobs runs benchmarks side by side, which spoils their timings: use it with --quick only")
     names = args.only or list(BENCHMARKS)
     # a quick run never overwrites the recorded full results
-    results = run(names, args.quick, write_md=not args.no_write and not args.quick)
+    results = run(names, args.quick, write_md=not args.no_write and not args.quick, jobs=args.jobs)
     failed = [n for n, r in results.items() if r["status"].startswith("failed")]
     return 1 if failed else 0
 

@@ -216,7 +216,7 @@ CHECKS = {"hook_overhead": check_hook_overhead, "collect": check_collect, "funcn
 def test_benchmarks_quick_mode_runs(tmp_path):
     env = {**os.environ, "TLFN_BENCH_OUT": str(tmp_path)}
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_all.py"), "--quick", "--no-write",
-                           "--only", *QUICK], cwd=ROOT, env=env, capture_output=True, text=True)
+                           "--jobs", "2", "--only", *QUICK], cwd=ROOT, env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     for name in QUICK:
         data = json.loads((tmp_path / f"{name}_quick.json").read_text())
