@@ -211,12 +211,15 @@ def _fanned_metrics(model: Any, circuits: list[Circuit], clean: Tensor, metric: 
     check_executor(executor)
     if ablated is None and ablation not in ABLATIONS:
         raise FuncnetError(f"ablation should be one of {ABLATIONS}, got {ablation!r}")
-    n = check_tokens(None, clean, "clean").shape[0]
-    if not isinstance(model, ModelRef):
-        _checked(model, circuits[0].graph, clean, ablated or AblatedValues(circuits[0].graph, "zero", None))
+    clean_ids = check_tokens(None, clean, "clean")
+    if not isinstance(model, ModelRef) and ablated is not None:  # a loaded model: every check before any work
+        _checked(model, circuits[0].graph, clean, ablated)
+    elif not isinstance(model, ModelRef):
+        circuits[0].graph.check_model(model)
+        check_tokens(model, clean, "clean")
     ref = model_ref(model)
-    per = max(1, max_rows // n)
-    common = {"clean": check_tokens(None, clean, "clean"), "metric": metric, "corrupted": corrupted,
+    per = max(1, max_rows // clean_ids.shape[0])
+    common = {"clean": clean_ids, "metric": metric, "corrupted": corrupted,
               "ablation": ablation, "ablated": ablated, "max_rows": max_rows}
     chunks = [Chunk(f"circuits {s.start}..{s.stop - 1}", {**common, "circuits": circuits[s.start:s.stop],
                                                           "baselines": s.start == 0})

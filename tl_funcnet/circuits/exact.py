@@ -20,10 +20,10 @@ import torch
 from torch import Tensor
 
 from ..errors import FuncnetError
-from ..executors.fanout import Chunk, check_executor, fan_out, model_ref, reuse, spans
+from ..executors.fanout import Chunk, check_executor, fan_out, forward_spans, model_ref, reuse
 from ..hooks import Intervention, capture, patch
 from ..hooks.intervention import flags_on
-from ..hooks.values import index_list, positive_int
+from ..hooks.values import index_list
 from ..models.ref import ModelRef, as_model
 from ..models.surface import starts_at_layer
 from ..patching._common import forward_logits, last_position_only
@@ -224,16 +224,16 @@ def _fanned(model: Any, graph: Graph, clean: Tensor, corrupted: Tensor, metric: 
     n, chosen = _check_sweep(graph, clean, corrupted, direction, max_rows, position, edges)
     if not isinstance(model, ModelRef):
         graph.check_model(model)
-        check_tokens(model, clean, "clean"), check_tokens(model, corrupted, "corrupted")
+        check_tokens(model, clean, "clean")
+        check_tokens(model, corrupted, "corrupted")
     ref = model_ref(model)
-    per_forward = max(1, max_rows // n)
-    size = per_forward * (8 if chunk_size is None else -(-positive_int(chunk_size, "chunk_size") // per_forward))
     order = _in_order(graph, chosen)
     common = {"sweep": uuid.uuid4().hex, "graph": graph, "clean": torch.as_tensor(clean),
               "corrupted": torch.as_tensor(corrupted), "metric": metric, "direction": direction, "ablated": ablated,
               "max_rows": max_rows, "position": position}
-    chunks = [Chunk(f"edges {order[s.start]}..{order[s.stop - 1]} ({len(s)})", {**common, "edges": order[s.start:s.stop]})
-              for s in spans(len(order), size)]
+    chunks = [Chunk(f"edges {order[s.start]}..{order[s.stop - 1]} ({len(s)})",
+                    {**common, "edges": order[s.start:s.stop]})
+              for s in forward_spans(len(order), max(1, max_rows // n), chunk_size)]
     t0 = time.perf_counter()
     results = fan_out(executor, _edges_task, chunks, ref=ref, what="exact_edge_scores")
     out = torch.full((graph.n_edges,), float("nan"), dtype=torch.float64)

@@ -119,4 +119,17 @@ def spans(n: int, size: int) -> list[range]:
     return [range(s, min(n, s + size)) for s in range(0, n, size)]
 
 
-__all__ = ["Chunk", "check_executor", "model_ref", "run_chunk", "fan_out", "spans", "reuse"]
+FORWARDS_PER_CHUNK = 8  # the default chunk of a patching sweep: enough forwards to amortise a worker's set-up
+
+
+def forward_spans(n: int, per_forward: int, chunk_size: int | None) -> list[range]:
+    """``range(n)`` cut into chunks of whole forwards (``per_forward`` items each): ``chunk_size`` items rounded
+    up to whole forwards, or :data:`FORWARDS_PER_CHUNK` forwards. Cut this way, every forward of a fanned-out
+    sweep holds the items it holds in process."""
+    from ..hooks.values import positive_int
+
+    forwards = FORWARDS_PER_CHUNK if chunk_size is None else -(-positive_int(chunk_size, "chunk_size") // per_forward)
+    return spans(n, per_forward * forwards)
+
+
+__all__ = ["Chunk", "check_executor", "model_ref", "run_chunk", "fan_out", "spans", "forward_spans", "reuse"]

@@ -22,9 +22,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from ..errors import FuncnetError
-from ..executors.fanout import Chunk, check_executor, fan_out, model_ref, reuse, spans
+from ..executors.fanout import Chunk, check_executor, fan_out, forward_spans, model_ref, reuse
 from ..hooks import Intervention, patch
-from ..hooks.values import positive_int
 from ..models.ref import ModelRef, as_model
 from ..models.surface import starts_at_layer
 from ._common import as_tokens, forward_logits, last_position_only, prepare, run_capture
@@ -193,19 +192,18 @@ def _fanned(model: Any, clean: Tensor, corrupted: Tensor, nodes: NodeSet, metric
     check_executor(executor)
     if not isinstance(nodes, NodeSet):
         raise FuncnetError(f"nodes should be a NodeSet (from node_grid or units_nodes), got {type(nodes).__name__}")
-    n = as_tokens(clean, "clean").shape[0]
+    clean_ids, corrupted_ids = as_tokens(clean, "clean"), as_tokens(corrupted, "corrupted")
+    n = clean_ids.shape[0]
     _check_max_rows(max_rows, n)
     if not isinstance(model, ModelRef):
         prepare(model, clean, corrupted, nodes, direction)  # every check, here, before any work is sent
     ref = model_ref(model)
-    common = {"sweep": uuid.uuid4().hex, "clean": as_tokens(clean, "clean"), "corrupted": as_tokens(corrupted, "corrupted"), "nodes": nodes,
+    common = {"sweep": uuid.uuid4().hex, "clean": clean_ids, "corrupted": corrupted_ids, "nodes": nodes,
               "metric": metric, "direction": direction, "max_rows": max_rows, "reuse_prefix": reuse_prefix}
     [(order, base)] = fan_out(executor, _plan_task, [Chunk("plan: the nodes that change the run", common)], ref=ref,
                               what="exact_patch")
-    per_forward = max(1, max_rows // n)
-    size = per_forward * (8 if chunk_size is None else -(-positive_int(chunk_size, "chunk_size") // per_forward))
     chunks = [Chunk(f"nodes {s.start}..{s.stop - 1} of the run order", {**common, "run": order[s.start:s.stop]})
-              for s in spans(len(order), size)]
+              for s in forward_spans(len(order), max(1, max_rows // n), chunk_size)]
     parts = fan_out(executor, _nodes_task, chunks, ref=ref, what="exact_patch")
     return (torch.cat(parts) if parts else torch.zeros(0, n)), base, order
 
